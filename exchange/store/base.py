@@ -1,0 +1,55 @@
+"""The store contract: the only persistence the exchange has, with an SQLite and a PostgreSQL body.
+
+Every method is a single short transaction. Implementations raise `StoreUnavailable` when the database
+cannot be reached or times out, so the app can answer 503 instead of hanging or guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from schemas.records import AuditRecord, StoredKey
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached, or did not answer in time."""
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect (and migrate, where configured)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a trivial query succeeds now."""
+
+    # Signing keys
+    async def insert_key(self, key: StoredKey) -> None: ...
+
+    async def list_keys(self) -> list[StoredKey]:
+        """All keys, newest first."""
+
+    async def activate_key(self, kid: str, now: float) -> None:
+        """Make `kid` the one active key; the previously active key becomes retiring at `now`."""
+
+    async def retire_keys(self, before: float) -> list[str]:
+        """Retiring keys that stopped signing before `before` become retired; returns their kids."""
+
+    # Audit
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Append a batch in one transaction: all are committed when this returns, or none."""
+
+    async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
+        """Newest first."""
+
+    # Single use and rate limits
+    async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        """Record (issuer, jti) once: True the first time, False on every replay until it expires."""
+
+    async def increment_counter(self, key: str, window_start: int, expires_at: float) -> int:
+        """Add one to the counter for (key, window_start) and return the new count."""
+
+    async def purge_expired(self, now: float) -> int:
+        """Drop replay records and counters past their expiry; returns how many rows went."""

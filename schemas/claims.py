@@ -1,0 +1,27 @@
+"""The purpose token's claims (RFC 9068 access-token profile plus RFC 8693 / 9396 members)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.base import Base
+
+PURPOSE_TOKEN_TYP = "at+jwt"
+
+
+class PurposeClaims(Base, omit_defaults=True):
+    iss: str
+    sub: str
+    aud: str
+    exp: int
+    iat: int
+    jti: str
+    client_id: str
+    scope: str
+    acr: str | None = None
+    amr: list[str] | None = None
+    auth_time: int | None = None
+    authorization_details: list[dict[str, Any]] | None = None
+    act: dict[str, Any] | None = None
+    # The downstream verifier accepts a single_use token's jti once (replay guard).
+    single_use: bool | None = None

@@ -1,0 +1,101 @@
+"""The configuration file's shape: one TOML document decoded into these Structs.
+
+The names here are a public contract (see docs/CONFIGURATION.md); add, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.base import Base, Identifier, Leeway, NonEmptyStr, TokenTTL
+from schemas.rules import Delegation, DetailField, RuleConfig
+
+SigningAlgorithm = Literal["ES256", "Ed25519", "RS256", "PS256"]
+# Subject tokens come from asymmetric issuers only: never "none", never HS*.
+SubjectAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "Ed25519", "EdDSA"
+]
+AuthMethod = Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+PoolSize = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=60)]
+
+
+class StoreConfig(Base):
+    url: NonEmptyStr = "sqlite:///exchange.db"
+    pool_min_size: PoolSize = 1
+    pool_max_size: PoolSize = 10
+    connect_timeout: Timeout = 5.0
+    command_timeout: Timeout = 5.0
+    migrate_on_start: bool = True
+
+
+class SigningConfig(Base):
+    algorithm: SigningAlgorithm = "ES256"
+    kek_file: str | None = None
+    # How long clients may cache the JWKS (Cache-Control max-age on /.well-known/jwks.json).
+    jwks_max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
+
+
+class TrustedIssuer(Base):
+    issuer: NonEmptyStr
+    audiences: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    jwks_file: str | None = None
+    jwks_uri: str | None = None
+    algorithms: Annotated[list[SubjectAlgorithm], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    leeway: Leeway = 30
+    # RFC 9068: an access token declares itself with typ "at+jwt". Some providers omit it; set false
+    # only for such an issuer, and its access tokens are then told from ID tokens by declaration alone.
+    require_at_jwt_typ: bool = True
+
+
+class Client(Base):
+    client_id: Identifier
+    auth_method: AuthMethod = "none"
+    secret_hash: str | None = None
+    # Name of an environment variable holding the secret hash, so config files can be committed.
+    secret_hash_env: str | None = None
+    jwks_file: str | None = None
+    jwks_uri: str | None = None
+    purposes: list[NonEmptyStr] = msgspec.field(default_factory=list)
+
+
+class Purpose(Base):
+    audience: NonEmptyStr | list[NonEmptyStr]
+    ttl: TokenTTL = 60
+    rules: list[RuleConfig] = msgspec.field(default_factory=list)
+    single_use: bool = False
+    authorization_details: dict[str, dict[str, DetailField]] = msgspec.field(default_factory=dict)
+    delegation: Delegation = msgspec.field(default_factory=Delegation)
+
+    @property
+    def audiences(self) -> list[str]:
+        return [self.audience] if isinstance(self.audience, str) else list(self.audience)
+
+
+class DevIssuer(Base):
+    """A local identity provider for the README walkthrough: never enable it in production."""
+
+    issuer: NonEmptyStr = "http://127.0.0.1:8080/dev-idp"
+    key_file: str = "dev-idp-key.json"
+    audience: NonEmptyStr = "purpose-exchange"
+
+
+class Limits(Base):
+    # Largest subject/actor token accepted; anything longer is refused before any parsing.
+    max_token_bytes: Annotated[int, msgspec.Meta(ge=512, le=65536)] = 8192
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1048576)] = 65536
+
+
+class Settings(Base):
+    issuer: NonEmptyStr
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    trusted_issuers: list[TrustedIssuer] = msgspec.field(default_factory=list)
+    clients: list[Client] = msgspec.field(default_factory=list)
+    purposes: dict[NonEmptyStr, Purpose] = msgspec.field(default_factory=dict)
+    dev_issuer: DevIssuer | None = None

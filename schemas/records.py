@@ -1,0 +1,57 @@
+"""What the store keeps: signing keys (private half encrypted) and audit records."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.base import Base
+
+KeyState = Literal["active", "retiring", "retired"]
+Decision = Literal["granted", "denied"]
+
+
+class StoredKey(Base):
+    """A signing key. `private_jwk` is AES-GCM ciphertext under the KEK, never plaintext.
+
+    active: signs and is published; retiring: published (tokens it signed may still be alive), no
+    longer signs; retired: neither. Exactly one key is active at a time.
+    """
+
+    kid: str
+    alg: str
+    state: KeyState
+    created_at: float
+    public_jwk: str
+    private_jwk: bytes
+    retired_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"StoredKey(kid={self.kid!r}, alg={self.alg!r}, state={self.state!r})"
+
+
+class RuleOutcome(Base, omit_defaults=True):
+    rule: str
+    outcome: Literal["allow", "deny", "error"]
+    code: str | None = None
+
+
+class AuditRecord(Base, omit_defaults=True):
+    """One decision. Never the token itself: the issued token is named by its jti."""
+
+    time: float
+    request_id: str
+    decision: Decision
+    client_id: str | None = None
+    issuer: str | None = None
+    sub: str | None = None
+    purpose: str | None = None
+    audience: str | None = None
+    error: str | None = None
+    denial: str | None = None
+    reason: str | None = None
+    jti: str | None = None
+    exp: int | None = None
+    actor: str | None = None
+    rules: list[RuleOutcome] = msgspec.field(default_factory=list)

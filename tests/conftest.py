@@ -1,0 +1,3 @@
+"""Shared fixtures. Feature areas keep their own fixtures in their folder's conftest.py."""
+
+from __future__ import annotations
