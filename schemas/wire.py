@@ -37,10 +37,10 @@ class TokenRequest(Base):
         return f"TokenRequest(grant_type={self.grant_type!r}, scope={self.scope!r}, client_id={self.client_id!r})"
 
 
-class TokenResponse(Base, omit_defaults=True):
+class TokenResponse(Base):
     access_token: str
     issued_token_type: str
-    token_type: str = "Bearer"
+    token_type: str
     expires_in: int
     scope: str
 

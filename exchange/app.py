@@ -1,0 +1,276 @@
+"""The HTTP face: `create_app(settings)` wires the pieces built once at start-up to five routes.
+
+POST /token                              RFC 8693 exchange (exchange/service.py does the work)
+GET  /.well-known/jwks.json              public signing keys (RFC 7517), cacheable
+GET  /.well-known/oauth-authorization-server   RFC 8414 metadata
+GET  /healthz                            the process is up
+GET  /readyz                             the store answers and a signing key is loaded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+
+from exchange import devidp
+from exchange.audit import Auditor
+from exchange.clients import ClientAuthenticator
+from exchange.errors import InvalidRequest, OAuthError, ServerError
+from exchange.keys import KeyRing, load_kek
+from exchange.logging import configure_logging
+from exchange.service import TokenExchange
+from exchange.store import make_store
+from exchange.store.base import Store
+from exchange.tokens import Minter
+from exchange.trust import KeySource, StaticKeys, SubjectTrust
+from rules import compile_policies
+from schemas.config import Settings, TrustedIssuer
+from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, TokenRequest
+
+log = structlog.get_logger("exchange.app")
+_encode = msgspec.json.Encoder().encode
+_FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {"audience", "resource"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# How often a replica re-reads keys from the store, so a rotation elsewhere reaches it within seconds.
+KEY_REFRESH_SECONDS = 5.0
+PURGE_SECONDS = 60.0
+
+
+@dataclass
+class Runtime:
+    """Everything built at start-up; handlers only read it."""
+
+    store: Store
+    keyring: KeyRing
+    exchange: TokenExchange
+    auditor: Auditor
+    metadata: bytes
+
+
+def key_source(issuer: TrustedIssuer) -> KeySource:
+    if issuer.jwks_file is not None:
+        return StaticKeys.from_file(issuer.jwks_file)
+    from exchange.verify.jwks import JWKSCache
+
+    assert issuer.jwks_uri is not None
+    return _LookupAdapter(JWKSCache(issuer.jwks_uri))
+
+
+class _LookupAdapter:
+    """Turns the verifier's unknown-key error into the LookupError the trust module expects."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    async def get_key(self, kid: str) -> Any:
+        from exchange.verify import VerificationError
+
+        try:
+            return await self._cache.get_key(kid)
+        except VerificationError as exc:
+            if exc.reason == "unknown_key":
+                raise LookupError(kid) from None
+            raise
+
+
+def metadata(settings: Settings) -> ServerMetadata:
+    methods = sorted({c.auth_method for c in settings.clients} or {"none"})
+    return ServerMetadata(
+        issuer=settings.issuer,
+        token_endpoint=f"{settings.issuer}/token",
+        jwks_uri=f"{settings.issuer}/.well-known/jwks.json",
+        grant_types_supported=[GRANT_TOKEN_EXCHANGE],
+        token_endpoint_auth_methods_supported=methods,
+        token_endpoint_auth_signing_alg_values_supported=(
+            ["ES256", "Ed25519", "EdDSA", "RS256", "PS256"] if "private_key_jwt" in methods else None
+        ),
+        scopes_supported=sorted(settings.purposes),
+        authorization_details_types_supported=sorted(
+            {t for p in settings.purposes.values() for t in p.authorization_details}
+        ) or None,
+    )
+
+
+async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time.time) -> Runtime:
+    """Open the store, load keys, and build trust, clients, policies and the exchange once."""
+    policies = compile_policies(settings)  # config problems stop start-up before any I/O
+    kek = load_kek(settings.signing, settings.store)
+    store = make_store(settings.store)
+    await store.open()
+    try:
+        keyring = KeyRing(store, kek, settings.signing.algorithm)
+        await keyring.ensure_active()
+        sources: list[tuple[TrustedIssuer, KeySource]] = [(t, key_source(t)) for t in settings.trusted_issuers]
+        if settings.dev_issuer is not None:
+            key = devidp.load_or_create_key(settings.dev_issuer.key_file)
+            sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticKeys(devidp.public_jwks(key))))
+            log.warning("dev_issuer_trusted", issuer=settings.dev_issuer.issuer,
+                        warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted")
+        trust = SubjectTrust(sources, max_token_bytes=settings.limits.max_token_bytes)
+        clients = ClientAuthenticator(settings.clients, token_endpoint=f"{settings.issuer}/token",
+                                      issuer=settings.issuer, store=store,
+                                      key_sources={c.client_id: key_source(_client_keys(c)) for c in settings.clients
+                                                   if c.auth_method == "private_key_jwt" and c.jwks_uri},
+                                      max_token_bytes=settings.limits.max_token_bytes)
+        auditor = Auditor(store)
+        exchange = TokenExchange(trust=trust, clients=clients, policies=policies, minter=Minter(keyring, settings.issuer),
+                                 auditor=auditor, store=store, clock=clock)
+    except BaseException:
+        await store.close()
+        raise
+    return Runtime(store=store, keyring=keyring, exchange=exchange, auditor=auditor,
+                   metadata=_encode(metadata(settings)))
+
+
+def _client_keys(client: Any) -> TrustedIssuer:
+    return TrustedIssuer(issuer=client.client_id, audiences=["-"], jwks_uri=client.jwks_uri)
+
+
+def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
+    """RFC 6749 §3.2: form-encoded, each parameter at most once (audience/resource may repeat, RFC 8693)."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False,
+                          max_num_fields=max_fields)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("malformed form body") from None
+    single: dict[str, str] = {}
+    audience: list[str] = []
+    resource: list[str] = []
+    for name, value in pairs:
+        if name == "audience":
+            audience.append(value)
+        elif name == "resource":
+            resource.append(value)
+        elif name in _FORM_FIELDS:
+            if name in single:
+                raise InvalidRequest(f"parameter {name} is repeated")
+            single[name] = value
+        # Unknown parameters are ignored (RFC 6749 §3.2).
+    return TokenRequest(audience=tuple(audience), resource=tuple(resource), **single)
+
+
+def error_response(exc: OAuthError) -> Response[bytes]:
+    body = ErrorResponse(error=exc.error, error_description=exc.description, denial=exc.denial,
+                         acr_values=exc.acr_values, max_age=exc.max_age)
+    headers = dict(NO_STORE)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
+    return Response(_encode(body), status_code=exc.status, media_type="application/json", headers=headers)
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Litestar:
+    """The ASGI app for these settings. Nothing is opened until the lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        configure_logging()
+        runtime = await build_runtime(settings, clock=clock)
+        await runtime.auditor.start()
+        background = asyncio.create_task(_maintain(runtime), name="key-refresh")
+        app.state.runtime = runtime
+        log.info("service_started", issuer=settings.issuer, kid=runtime.keyring.active.kid,
+                 store=settings.store.url.split(":", 1)[0], pid=os.getpid())
+        try:
+            yield
+        finally:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+            await runtime.auditor.stop()
+            await runtime.store.close()
+
+    jwks_headers = {"Cache-Control": f"public, max-age={settings.signing.jwks_max_age}"}
+
+    @post("/token", status_code=200)
+    async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: Runtime = request.app.state.runtime
+        rid = request.headers.get("x-request-id", "")
+        rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+        try:
+            ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/x-www-form-urlencoded":
+                raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+            form = parse_form(await request.body())
+            answer = await runtime.exchange.handle(form, request.headers.get("authorization"), rid)
+        except OAuthError as exc:
+            return error_response(exc)
+        return Response(_encode(answer), media_type="application/json", headers=NO_STORE)
+
+    @get("/.well-known/jwks.json")
+    async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: Runtime = request.app.state.runtime
+        return Response(runtime.keyring.jwks_bytes, media_type="application/jwk-set+json", headers=jwks_headers)
+
+    @get("/.well-known/oauth-authorization-server")
+    async def server_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: Runtime = request.app.state.runtime
+        return Response(runtime.metadata, media_type="application/json", headers=jwks_headers)
+
+    @get("/healthz")
+    async def healthz() -> Response[bytes]:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @get("/readyz")
+    async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: Runtime = request.app.state.runtime
+        try:
+            await asyncio.wait_for(runtime.store.ping(), settings.store.command_timeout)
+        except Exception:
+            return Response(b'{"status":"unavailable","store":"down"}', status_code=503, media_type="application/json")
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+        if exc.status_code == 413:
+            return error_response(InvalidRequest("request body too large"))
+        status = exc.status_code if 400 <= exc.status_code < 600 else 500
+        name = "invalid_request" if status < 500 else "server_error"
+        return Response(_encode(ErrorResponse(error=name, error_description=str(exc.detail))), status_code=status,
+                        media_type="application/json", headers=exc.headers or None)
+
+    def on_crash(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        log.error("unhandled_error", error=exc.__class__.__name__)
+        return error_response(ServerError("internal error"))
+
+    return Litestar(
+        route_handlers=[token, jwks, server_metadata, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers={HTTPException: on_http_error, Exception: on_crash},
+        request_max_body_size=settings.limits.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )
+
+
+async def _maintain(runtime: Runtime) -> None:
+    """Keep this replica's keys in step with the store, and sweep expired replay/rate rows."""
+    last_purge = 0.0
+    while True:
+        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        try:
+            await runtime.keyring.refresh()
+            if time.time() - last_purge > PURGE_SECONDS:
+                await runtime.store.purge_expired(time.time())
+                last_purge = time.time()
+        except Exception as exc:  # the store may be down for a while; keep serving with what we have
+            log.warning("maintenance_failed", error=exc.__class__.__name__)
+
+
+def app_from_env() -> Litestar:
+    """Factory for ASGI servers: reads the config named by $EXCHANGE_CONFIG."""
+    from exchange.config import config_path, load_settings
+
+    return create_app(load_settings(config_path(None)))

@@ -1,0 +1,104 @@
+"""One exception family for everything a client may be told; one handler renders it (RFC 6749 §5.2).
+
+`reason` is for the audit record only: it says precisely what failed (e.g. "subject_token:expired")
+while the client sees the opaque `description` where telling more would help an attacker.
+"""
+
+from __future__ import annotations
+
+
+class OAuthError(Exception):
+    error: str = "invalid_request"
+    status: int = 400
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        reason: str | None = None,
+        denial: str | None = None,
+        acr_values: str | None = None,
+        max_age: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.reason = reason or description
+        self.denial = denial
+        self.acr_values = acr_values
+        self.max_age = max_age
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    error = "invalid_target"
+
+
+class InsufficientUserAuthentication(OAuthError):
+    """RFC 9470 step-up: the client should re-authenticate the user with `acr_values` / `max_age`.
+
+    RFC 9470 answers 401 at a resource server; at the token endpoint 401 means "bad client
+    credentials" (RFC 6749 §5.2), so this is a 400 with the same error code and hints in the body.
+    """
+
+    error = "insufficient_user_authentication"
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status = 503
+
+
+class ServerError(OAuthError):
+    error = "server_error"
+    status = 500
+
+
+_BY_CODE: dict[str, type[OAuthError]] = {
+    cls.error: cls
+    for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
+                InvalidScope, InvalidTarget, InsufficientUserAuthentication, TemporarilyUnavailable, ServerError)
+}
+
+
+def error_class(code: str) -> type[OAuthError]:
+    """The exception class for an RFC error code (a rule denial names its code as a string)."""
+    return _BY_CODE[code]
+
+
+class SubjectTokenInvalid(InvalidRequest):
+    """RFC 8693 §2.2.2: an unacceptable subject or actor token is `invalid_request`. One opaque text."""
+
+    def __init__(self, reason: str, *, which: str = "subject_token") -> None:
+        super().__init__(f"{which} is invalid", reason=f"{which}:{reason}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; each problem is one clear line naming the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -1,0 +1,188 @@
+"""Signing keys: generate, encrypt at rest, rotate, publish. "The active key signs, all published verify."
+
+Private keys live in the store as AES-GCM ciphertext under a key-encryption key (KEK) that never
+touches the store. The KeyRing holds the decrypted active key and the prebuilt JWKS bytes in memory so
+minting and `/.well-known/jwks.json` do no I/O; `refresh()` re-reads the store (other replicas, CLI).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+
+from exchange.errors import ConfigError
+from exchange.store.base import Store
+from schemas.config import SigningConfig, StoreConfig
+from schemas.records import StoredKey
+
+log = structlog.get_logger("exchange.keys")
+
+SigningKey = ECKey | OKPKey | RSAKey
+# A retiring key stays published this long after it stopped signing: the longest purpose-token
+# lifetime plus room for clock skew, so no token it signed fails verification for want of its key.
+PUBLISH_AFTER_RETIRE = 900 + 120
+_json = msgspec.json.Encoder()
+
+
+def generate_key(alg: str) -> SigningKey:
+    if alg == "ES256":
+        return ECKey.generate_key("P-256")
+    if alg == "Ed25519":
+        return OKPKey.generate_key("Ed25519")
+    if alg in {"RS256", "PS256"}:
+        return RSAKey.generate_key(2048)
+    raise ValueError(f"unsupported signing algorithm {alg!r}")
+
+
+class KeyEncryption:
+    """AES-256-GCM under the KEK; the kid is bound as associated data so ciphertexts can't be swapped."""
+
+    def __init__(self, kek: bytes) -> None:
+        if len(kek) != 32:
+            raise ValueError("the KEK must be 32 bytes")
+        self._aead = AESGCM(kek)
+
+    def __repr__(self) -> str:
+        return "KeyEncryption(<redacted>)"
+
+    def seal(self, kid: str, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+
+    def open(self, kid: str, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], kid.encode())
+        except InvalidTag:
+            raise ConfigError([f"signing key {kid}: cannot decrypt it with this KEK (wrong EXCHANGE_KEK?)"]) from None
+
+
+def decode_kek(value: str, source: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
+    except (binascii.Error, ValueError):
+        raise ConfigError([f"{source}: not base64url"]) from None
+    if len(raw) != 32:
+        raise ConfigError([f"{source}: must decode to 32 bytes, got {len(raw)}"])
+    return raw
+
+
+def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
+    """EXCHANGE_KEK, else signing.kek_file, else (embedded store only) a generated file beside it."""
+    env = os.environ.get("EXCHANGE_KEK")
+    if env:
+        return KeyEncryption(decode_kek(env, "EXCHANGE_KEK"))
+    if signing.kek_file:
+        path = Path(signing.kek_file)
+        try:
+            return KeyEncryption(decode_kek(path.read_text(), f"signing.kek_file ({path})"))
+        except FileNotFoundError:
+            raise ConfigError([f"signing.kek_file: {path} does not exist"]) from None
+    if not store.url.startswith("sqlite:///") or store.url == "sqlite:///:memory:":
+        raise ConfigError(["signing: set EXCHANGE_KEK (or signing.kek_file) for this store; "
+                           "a generated KEK file is only allowed beside an embedded SQLite file"])
+    path = Path(store.url[len("sqlite:///") :]).with_suffix(".kek")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
+        log.warning("kek_generated", path=str(path), hint="set EXCHANGE_KEK for anything but local development")
+    return KeyEncryption(decode_kek(path.read_text(), f"generated KEK file ({path})"))
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveKey:
+    kid: str
+    alg: str
+    key: SigningKey
+    header: dict[str, Any]
+
+
+class KeyRing:
+    """The keys this replica signs with and publishes, rebuilt from the store on `refresh()`."""
+
+    def __init__(self, store: Store, kek: KeyEncryption, algorithm: str) -> None:
+        self._store = store
+        self._kek = kek
+        self._algorithm = algorithm
+        self._active: ActiveKey | None = None
+        self._jwks: bytes = b'{"keys":[]}'
+        self._published: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> ActiveKey:
+        if self._active is None:
+            raise RuntimeError("no active signing key: KeyRing.refresh() has not run")
+        return self._active
+
+    @property
+    def jwks_bytes(self) -> bytes:
+        return self._jwks
+
+    @property
+    def published_kids(self) -> tuple[str, ...]:
+        return self._published
+
+    async def create_key(self, *, now: float | None = None, activate: bool = True) -> str:
+        """Generate, encrypt and store a key of the configured algorithm; returns its kid."""
+        key = generate_key(self._algorithm)
+        kid = key.thumbprint()
+        private = _json.encode(key.as_dict(private=True))
+        stored = StoredKey(
+            kid=kid, alg=self._algorithm, state="retiring", created_at=now or time.time(),
+            public_jwk=_json.encode(key.as_dict(private=False)).decode(), private_jwk=self._kek.seal(kid, private),
+        )
+        await self._store.insert_key(stored)
+        if activate:
+            await self._store.activate_key(kid, now or time.time())
+        return kid
+
+    async def ensure_active(self) -> None:
+        """First start: make a key if the store has none active. Safe when replicas race."""
+        keys = await self._store.list_keys()
+        if not any(k.state == "active" for k in keys):
+            kid = await self.create_key()
+            log.info("key_created", kid=kid, alg=self._algorithm, reason="no active key")
+        await self.refresh()
+
+    async def rotate(self, *, now: float | None = None) -> str:
+        now = now or time.time()
+        kid = await self.create_key(now=now)
+        await self._store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
+        await self.refresh()
+        return kid
+
+    async def refresh(self) -> None:
+        keys = await self._store.list_keys()
+        active = [k for k in keys if k.state == "active"]
+        if not active:
+            raise RuntimeError("the store has no active signing key")
+        current = active[0]
+        if self._active is None or self._active.kid != current.kid:
+            private = import_key(msgspec.json.decode(self._kek.open(current.kid, current.private_jwk)))
+            if not isinstance(private, (ECKey, OKPKey, RSAKey)):
+                raise ConfigError([f"signing key {current.kid}: unexpected key type"])
+            self._active = ActiveKey(
+                kid=current.kid, alg=current.alg, key=private,
+                header={"alg": current.alg, "typ": "at+jwt", "kid": current.kid},
+            )
+        published = [k for k in keys if k.state in {"active", "retiring"}]
+        jwks = []
+        for k in published:
+            entry = msgspec.json.decode(k.public_jwk)
+            entry.update({"kid": k.kid, "alg": k.alg, "use": "sig"})
+            jwks.append(entry)
+        self._jwks = _json.encode({"keys": jwks})
+        self._published = tuple(k.kid for k in published)

@@ -1,0 +1,223 @@
+"""The token exchange, step by step: parse → authenticate the client → trust the subject token →
+delegation and details → rules → mint → audit → respond.
+
+The client is authenticated before the subject token is looked at, so an unauthenticated caller
+cannot use the endpoint as an oracle for identity tokens. Every outcome, granted or denied, is
+audited before the answer leaves; if the audit cannot be committed the token is dropped and the
+client gets 503.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from exchange.audit import Auditor
+from exchange.clients import ClientAuthenticator, presented_credentials
+from exchange.errors import (
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    SubjectTokenInvalid,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    error_class,
+)
+from exchange.store.base import Store, StoreUnavailable
+from exchange.tokens import Minter
+from exchange.trust import SubjectTrust
+from rules import DenialError, PurposePolicy, RuleContext
+from schemas.records import AuditRecord, RuleOutcome
+from schemas.wire import (
+    GRANT_TOKEN_EXCHANGE,
+    ISSUED_TOKEN_TYPES,
+    SUBJECT_TOKEN_TYPES,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TokenRequest,
+    TokenResponse,
+)
+
+
+@dataclass(slots=True)
+class _Draft:
+    """What is known so far about this request, for its audit record."""
+
+    client_id: str | None = None
+    issuer: str | None = None
+    sub: str | None = None
+    purpose: str | None = None
+    audience: str | None = None
+    actor: str | None = None
+    jti: str | None = None
+    exp: int | None = None
+    rules: tuple[RuleOutcome, ...] = ()
+
+    def record(self, now: float, request_id: str, **decision: Any) -> AuditRecord:
+        return AuditRecord(
+            time=now, request_id=request_id, client_id=self.client_id, issuer=self.issuer, sub=self.sub,
+            purpose=self.purpose, audience=self.audience, actor=self.actor, jti=self.jti, exp=self.exp,
+            rules=list(self.rules), **decision,
+        )
+
+
+class TokenExchange:
+    def __init__(
+        self,
+        *,
+        trust: SubjectTrust,
+        clients: ClientAuthenticator,
+        policies: dict[str, PurposePolicy],
+        minter: Minter,
+        auditor: Auditor,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._trust = trust
+        self._clients = clients
+        self._policies = policies
+        self._minter = minter
+        self._auditor = auditor
+        self._store = store
+        self._clock = clock
+
+    async def handle(self, request: TokenRequest, authorization: str | None, request_id: str) -> TokenResponse:
+        """Answer one token request, or raise the OAuthError to send; audited either way."""
+        now = self._clock()
+        draft = _Draft(client_id=request.client_id)
+        try:
+            response = await self._exchange(request, authorization, now, draft)
+        except OAuthError as exc:
+            await self._audit(draft.record(now, request_id, decision="denied", error=exc.error, denial=exc.denial,
+                                           reason=exc.reason))
+            raise
+        except StoreUnavailable as exc:
+            unavailable = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
+            await self._audit(draft.record(now, request_id, decision="denied", error=unavailable.error,
+                                           reason=unavailable.reason))
+            raise unavailable from None
+        await self._audit(draft.record(now, request_id, decision="granted"))
+        return response
+
+    async def _audit(self, record: AuditRecord) -> None:
+        try:
+            await self._auditor.record(record)
+        except StoreUnavailable as exc:
+            # No answer, and above all no token, leaves without its committed audit record.
+            raise TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc)) from None
+
+    async def _exchange(
+        self, request: TokenRequest, authorization: str | None, now: float, draft: _Draft
+    ) -> TokenResponse:
+        if request.grant_type is None:
+            raise InvalidRequest("grant_type is required")
+        if request.grant_type != GRANT_TOKEN_EXCHANGE:
+            raise UnsupportedGrantType("only the token-exchange grant type is supported")
+
+        creds = presented_credentials(request, authorization)
+        draft.client_id = creds.client_id
+        client = await self._clients.authenticate(creds, request, now)
+
+        if not request.subject_token:
+            raise InvalidRequest("subject_token is required")
+        if not request.subject_token_type:
+            raise InvalidRequest("subject_token_type is required")
+        if request.subject_token_type not in SUBJECT_TOKEN_TYPES:
+            raise InvalidRequest("unsupported subject_token_type")
+        if not request.scope:
+            raise InvalidRequest("scope is required: name exactly one purpose")
+        if len(request.scope.split()) != 1:
+            raise InvalidScope("scope must name exactly one purpose")
+        purpose = request.scope.strip()
+        draft.purpose = purpose
+        policy = self._policies.get(purpose)
+        if policy is None:
+            raise InvalidScope("unknown purpose")
+        if purpose not in client.purposes:
+            raise UnauthorizedClient("this client may not request this purpose")
+        requested = request.requested_token_type or TOKEN_TYPE_ACCESS_TOKEN
+        if requested not in ISSUED_TOKEN_TYPES:
+            raise InvalidRequest("unsupported requested_token_type")
+        audience = self._audience(request, policy)
+        draft.audience = audience
+
+        subject = await self._trust.validate(request.subject_token, request.subject_token_type, now=now)
+        draft.issuer, draft.sub = subject.issuer, str(subject.claims["sub"])
+
+        actor_claims = None
+        actor_issuer = None
+        if request.actor_token is not None:
+            if not request.actor_token_type or request.actor_token_type not in SUBJECT_TOKEN_TYPES:
+                raise InvalidRequest("actor_token_type is missing or unsupported")
+            actor = await self._trust.validate(request.actor_token, request.actor_token_type, which="actor_token",
+                                               now=now)
+            actor_claims, actor_issuer = actor.claims, actor.issuer
+            draft.actor = f"{actor.issuer} {actor.claims['sub']}"
+        elif request.actor_token_type is not None:
+            raise InvalidRequest("actor_token_type given without actor_token")
+
+        try:
+            act = policy.check_delegation(subject.claims, actor_claims, actor_issuer)
+            details = policy.validate_details(request.authorization_details)
+        except DenialError as exc:
+            raise _denial_error(exc.denial) from None
+
+        decision = await policy.evaluate(
+            RuleContext(
+                subject=subject.claims, issuer=subject.issuer, client_id=client.client_id, purpose=purpose,
+                audience=audience, details=tuple(MappingProxyType(d) for d in details),
+                actor_chain=_actor_chain(act), now=now, store=self._store,
+            )
+        )
+        draft.rules = tuple(decision.outcomes)
+        if not decision.allowed:
+            assert decision.denial is not None
+            raise _denial_error(decision.denial)
+
+        claims = self._minter.claims(
+            subject=subject.claims, audience=audience, client_id=client.client_id, purpose=purpose,
+            ttl=policy.ttl, now=now, details=details, act=act, single_use=policy.single_use,
+        )
+        if claims.exp <= int(now):
+            raise SubjectTokenInvalid("expires_now")
+        draft.jti, draft.exp = claims.jti, claims.exp
+        return TokenResponse(
+            access_token=self._minter.sign(claims),
+            issued_token_type=requested,
+            token_type="Bearer",
+            expires_in=claims.exp - int(now),
+            scope=purpose,
+        )
+
+    @staticmethod
+    def _audience(request: TokenRequest, policy: PurposePolicy) -> str:
+        """RFC 8693 `audience` and `resource` both name the target; together they must name one."""
+        asked = set(request.audience) | set(request.resource)
+        if not asked:
+            if len(policy.audiences) == 1:
+                return policy.audiences[0]
+            raise InvalidTarget("this purpose has several audiences: name one with audience or resource")
+        if len(asked) > 1:
+            raise InvalidTarget("a purpose token has exactly one audience")
+        (target,) = asked
+        if target not in policy.audiences:
+            raise InvalidTarget("audience not allowed for this purpose")
+        return target
+
+
+def _denial_error(denial: Any) -> OAuthError:
+    cls = error_class(denial.error)
+    return cls(denial.description, denial=denial.code, reason=f"denied:{denial.code}", acr_values=denial.acr_values,
+               max_age=denial.max_age)
+
+
+def _actor_chain(act: dict[str, Any] | None) -> tuple[MappingProxyType[str, Any], ...]:
+    chain = []
+    while act:
+        chain.append(MappingProxyType({k: v for k, v in act.items() if k != "act"}))
+        act = act.get("act")
+    return tuple(chain)

@@ -1,0 +1,173 @@
+"""Subject-token trust: the one place that decides whether an identity token may be exchanged.
+
+Order matters and is cheap-first: size, shape, header, issuer, algorithm, key, signature, claims,
+token type. Every failure is a `SubjectTokenInvalid` whose client-facing text is opaque and whose
+`reason` (e.g. "subject_token:expired") goes to the audit record. Keys come only from configuration
+(JWKS file or URI of a trusted issuer), never from the token: `jwk`, `jku`, `x5u`, `x5c` are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import msgspec
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import JWSRegistry
+
+from exchange.errors import SubjectTokenInvalid
+from schemas.config import TrustedIssuer
+from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
+
+# Header members that would let a token choose its own verification key, or change how it is parsed.
+FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
+_AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
+_claims_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class KeySource(Protocol):
+    """Where an issuer's public keys come from: a JWKS file, or a JWKS URI behind a cache."""
+
+    async def get_key(self, kid: str) -> Any: ...
+
+
+class StaticKeys:
+    """A fixed JWKS (a file, or the dev issuer's key), indexed by kid once."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        keyset = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+        self._by_kid = {k.kid: k for k in keyset.keys if k.kid}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> StaticKeys:
+        return cls(msgspec.json.decode(Path(path).read_bytes()))
+
+    async def get_key(self, kid: str) -> Any:
+        key = self._by_kid.get(kid)
+        if key is None:
+            raise LookupError(kid)
+        return key
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A subject (or actor) token that passed every check; `claims` is read-only."""
+
+    issuer: str
+    claims: Mapping[str, Any]
+    kid: str
+    typ: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Issuer:
+    config: TrustedIssuer
+    keys: KeySource
+    registry: JWSRegistry
+    audiences: frozenset[str]
+
+
+class SubjectTrust:
+    """Validates identity tokens against the configured trusted issuers. Built once, at start-up."""
+
+    def __init__(self, issuers: list[tuple[TrustedIssuer, KeySource]], *, max_token_bytes: int) -> None:
+        self._issuers = {
+            cfg.issuer: _Issuer(cfg, keys, JWSRegistry(algorithms=list(cfg.algorithms)), frozenset(cfg.audiences))
+            for cfg, keys in issuers
+        }
+        self._max = max_token_bytes
+
+    async def validate(
+        self, token: str, token_type: str, *, which: str = "subject_token", now: float | None = None
+    ) -> VerifiedToken:
+        def fail(reason: str) -> SubjectTokenInvalid:
+            return SubjectTokenInvalid(reason, which=which)
+
+        if len(token) > self._max:
+            raise fail("oversized")
+        # Compact serialisation only: exactly three dot-separated base64url segments.
+        if token.count(".") != 2:
+            raise fail("malformed")
+        try:
+            obj = jws.extract_compact(token.encode("ascii"))
+            header = obj.headers()
+            claims = _claims_decoder.decode(obj.payload)
+        except (JoseError, UnicodeError, ValueError, TypeError, msgspec.DecodeError):
+            raise fail("malformed") from None
+
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise fail("malformed")
+        if FORBIDDEN_HEADERS.intersection(header):
+            raise fail("forbidden_header")
+        iss = claims.get("iss")
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise fail("untrusted_issuer")
+        if alg not in issuer.config.algorithms:
+            raise fail("algorithm_not_allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise fail("missing_kid")
+        try:
+            key = await issuer.keys.get_key(kid)
+        except LookupError:
+            raise fail("unknown_kid") from None
+        except Exception:  # a JWKS fetch problem: fail closed, the audit record says why
+            raise fail("jwks_unavailable") from None
+        key_alg = getattr(key, "alg", None)
+        if key_alg is not None and key_alg != alg:
+            raise fail("algorithm_key_mismatch")
+        try:
+            model = issuer.registry.get_alg(alg)
+            model.check_key(key)
+            valid = jws.verify_compact(obj, model, key)
+        except (JoseError, ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise fail("bad_signature")
+
+        self._check_claims(issuer, claims, fail, time.time() if now is None else now)
+        typ = header.get("typ")
+        self._check_type(issuer.config, typ if isinstance(typ, str) else None, token_type, fail)
+        return VerifiedToken(issuer=iss, claims=MappingProxyType(claims), kid=kid, typ=typ)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _check_claims(issuer: _Issuer, claims: dict[str, Any], fail: Any, now: float) -> None:
+        leeway = issuer.config.leeway
+        exp = claims.get("exp")
+        if not _is_number(exp):
+            raise fail("missing_exp")
+        if now >= exp + leeway:
+            raise fail("expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _is_number(nbf) or now < nbf - leeway):
+            raise fail("not_yet_valid")
+        iat = claims.get("iat")
+        if iat is not None and (not _is_number(iat) or iat > now + leeway):
+            raise fail("issued_in_future")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise fail("missing_sub")
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not issuer.audiences.intersection(a for a in auds if isinstance(a, str)):
+            raise fail("wrong_audience")
+
+    @staticmethod
+    def _check_type(config: TrustedIssuer, typ: str | None, declared: str, fail: Any) -> None:
+        is_at = typ is not None and typ.lower() in _AT_JWT
+        if declared == TOKEN_TYPE_ID_TOKEN and is_at:
+            raise fail("access_token_declared_as_id_token")
+        if declared == TOKEN_TYPE_ACCESS_TOKEN and not is_at and config.require_at_jwt_typ:
+            raise fail("not_an_access_token")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
