@@ -1,0 +1,223 @@
+"""The Store contract, run unchanged against SQLite and PostgreSQL (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exchange.store import Store
+from schemas.records import AuditRecord, RuleOutcome, StoredKey
+
+T0 = 1_800_000_000.0
+
+
+def make_key(kid: str, *, state: str = "retired", created_at: float = T0) -> StoredKey:
+    return StoredKey(
+        kid=kid,
+        alg="ES256",
+        state=state,  # type: ignore[arg-type]
+        created_at=created_at,
+        public_jwk=f'{{"kty":"EC","kid":"{kid}"}}',
+        # Bytes that are not valid UTF-8 (and hold a NUL): ciphertext must round-trip exactly.
+        private_jwk=b"\x00\xff\xfe" + kid.encode(),
+    )
+
+
+def make_record(n: int, *, time: float = T0, decision: str = "granted", **extra: object) -> AuditRecord:
+    return AuditRecord(
+        time=time,
+        request_id=f"req-{n}",
+        decision=decision,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_ping_answers_on_an_open_store(store: Store) -> None:
+    await store.ping()
+
+
+class TestKeys:
+    async def test_inserted_keys_round_trip_newest_first(self, store: Store) -> None:
+        await store.insert_key(make_key("old", created_at=T0))
+        await store.insert_key(make_key("new", created_at=T0 + 10))
+
+        keys = await store.list_keys()
+
+        assert [k.kid for k in keys] == ["new", "old"]
+        assert keys[0].private_jwk == b"\x00\xff\xfenew"
+        assert keys[0].public_jwk == '{"kty":"EC","kid":"new"}'
+        assert (keys[0].alg, keys[0].state, keys[0].created_at, keys[0].retired_at) == ("ES256", "retired", T0 + 10, None)
+
+    async def test_list_keys_is_empty_on_a_fresh_store(self, store: Store) -> None:
+        assert await store.list_keys() == []
+
+    async def test_activating_a_key_makes_the_previous_one_retiring_at_now(self, store: Store) -> None:
+        await store.insert_key(make_key("a", state="active", created_at=T0))
+        await store.insert_key(make_key("b", state="retired", created_at=T0 + 1))
+
+        await store.activate_key("b", T0 + 100)
+
+        states = {k.kid: (k.state, k.retired_at) for k in await store.list_keys()}
+        assert states == {"b": ("active", None), "a": ("retiring", T0 + 100)}
+
+    async def test_exactly_one_key_is_active_after_each_rotation(self, store: Store) -> None:
+        for i in range(4):
+            await store.insert_key(make_key(f"k{i}", created_at=T0 + i))
+            await store.activate_key(f"k{i}", T0 + i)
+            active = [k.kid for k in await store.list_keys() if k.state == "active"]
+            assert active == [f"k{i}"]
+
+    async def test_activating_the_active_key_changes_nothing(self, store: Store) -> None:
+        await store.insert_key(make_key("a", state="active"))
+        await store.activate_key("a", T0 + 5)
+        [key] = await store.list_keys()
+        assert (key.state, key.retired_at) == ("active", None)
+
+    async def test_activating_an_unknown_kid_raises_key_error_and_changes_nothing(self, store: Store) -> None:
+        await store.insert_key(make_key("a", state="active"))
+        with pytest.raises(KeyError):
+            await store.activate_key("nope", T0 + 5)
+        [key] = await store.list_keys()
+        assert key.state == "active"
+
+    async def test_concurrent_activations_leave_exactly_one_active_key(self, store: Store) -> None:
+        for i in range(6):
+            await store.insert_key(make_key(f"k{i}", created_at=T0 + i))
+
+        await asyncio.gather(*(store.activate_key(f"k{i}", T0 + 50) for i in range(6)))
+
+        states = [k.state for k in await store.list_keys()]
+        assert states.count("active") == 1
+
+    async def test_retire_keys_retires_only_retiring_keys_that_stopped_before_the_cutoff(self, store: Store) -> None:
+        await store.insert_key(make_key("k1", created_at=T0))
+        await store.insert_key(make_key("k2", created_at=T0 + 1))
+        await store.insert_key(make_key("k3", created_at=T0 + 2))
+        await store.activate_key("k1", T0)
+        await store.activate_key("k2", T0 + 100)  # k1 retiring since T0+100
+        await store.activate_key("k3", T0 + 200)  # k2 retiring since T0+200
+
+        assert await store.retire_keys(T0 + 150) == ["k1"]
+        assert await store.retire_keys(T0 + 150) == []  # already retired: not reported twice
+        assert await store.retire_keys(T0 + 1000) == ["k2"]
+
+        states = {k.kid: k.state for k in await store.list_keys()}
+        assert states == {"k1": "retired", "k2": "retired", "k3": "active"}
+
+
+class TestAudit:
+    async def test_a_batch_round_trips_every_field(self, store: Store) -> None:
+        full = make_record(
+            1,
+            client_id="bank-web",
+            issuer="https://idp.example",
+            sub="alice",
+            purpose="payments.approve",
+            audience="https://payments.internal",
+            reason="ok",
+            jti="jti-1",
+            exp=1_800_000_060,
+            actor="svc",
+            rules=[RuleOutcome(rule="claim", outcome="allow"), RuleOutcome(rule="claim", outcome="deny", code="mfa")],
+        )
+        denied = make_record(2, time=T0 + 1, decision="denied", error="invalid_request", denial="mfa_required")
+
+        await store.append_audit([full, denied])
+
+        assert await store.list_audit() == [denied, full]
+
+    async def test_listing_is_newest_first_and_batch_order_breaks_ties(self, store: Store) -> None:
+        await store.append_audit([make_record(1, time=T0), make_record(2, time=T0 + 2)])
+        await store.append_audit([make_record(3, time=T0 + 1), make_record(4, time=T0 + 1)])
+
+        listed = [r.request_id for r in await store.list_audit()]
+
+        assert listed == ["req-2", "req-4", "req-3", "req-1"]
+
+    async def test_limit_and_before_page_through_the_trail(self, store: Store) -> None:
+        await store.append_audit([make_record(i, time=T0 + i) for i in range(10)])
+
+        first = await store.list_audit(limit=3)
+        second = await store.list_audit(limit=3, before=first[-1].time)
+
+        assert [r.request_id for r in first] == ["req-9", "req-8", "req-7"]
+        assert [r.request_id for r in second] == ["req-6", "req-5", "req-4"]
+
+    async def test_an_empty_batch_is_a_no_op(self, store: Store) -> None:
+        await store.append_audit([])
+        assert await store.list_audit() == []
+
+    async def test_a_failing_batch_commits_none_of_its_records(self, store: Store) -> None:
+        good = make_record(1)
+        # Neither database can store an exp beyond 64-bit integers, so the second record fails after
+        # the first was handed over: the batch must still commit as a whole or not at all.
+        bad = make_record(2, exp=2**70)
+        # A caller's bad data is a programming error, not an outage: never StoreUnavailable.
+        with pytest.raises((OverflowError, ValueError)):
+            await store.append_audit([good, bad])
+
+        assert await store.list_audit() == []
+
+    async def test_concurrent_batches_all_land(self, store: Store) -> None:
+        await asyncio.gather(
+            *(store.append_audit([make_record(b * 10 + i, time=T0 + b) for i in range(10)]) for b in range(10))
+        )
+        assert len(await store.list_audit(limit=1000)) == 100
+
+
+class TestSingleUse:
+    async def test_a_jti_is_consumed_once(self, store: Store) -> None:
+        assert await store.consume_jti("iss", "j1", T0 + 60) is True
+        assert await store.consume_jti("iss", "j1", T0 + 60) is False
+        assert await store.consume_jti("iss", "j1", T0 + 60) is False
+
+    async def test_the_same_jti_from_another_issuer_is_distinct(self, store: Store) -> None:
+        assert await store.consume_jti("iss-a", "j1", T0 + 60) is True
+        assert await store.consume_jti("iss-b", "j1", T0 + 60) is True
+
+    async def test_concurrent_consumers_of_one_jti_see_exactly_one_true(self, store: Store) -> None:
+        results = await asyncio.gather(*(store.consume_jti("iss", "race", T0 + 60) for _ in range(20)))
+        assert results.count(True) == 1
+
+    async def test_a_purged_jti_can_be_recorded_again(self, store: Store) -> None:
+        await store.consume_jti("iss", "j1", T0)
+        assert await store.purge_expired(T0 + 1) == 1
+        assert await store.consume_jti("iss", "j1", T0 + 60) is True
+
+
+class TestCounters:
+    async def test_increments_count_per_key_and_window(self, store: Store) -> None:
+        assert [await store.increment_counter("c1", 100, T0 + 60) for _ in range(3)] == [1, 2, 3]
+        assert await store.increment_counter("c1", 160, T0 + 120) == 1  # next window starts afresh
+        assert await store.increment_counter("c2", 100, T0 + 60) == 1  # another key
+
+    async def test_concurrent_increments_give_exact_counts(self, store: Store) -> None:
+        counts = await asyncio.gather(*(store.increment_counter("hot", 100, T0 + 60) for _ in range(50)))
+        assert sorted(counts) == list(range(1, 51))
+        assert await store.increment_counter("hot", 100, T0 + 60) == 51
+
+
+class TestPurge:
+    async def test_purge_drops_only_expired_replays_and_counters(self, store: Store) -> None:
+        await store.consume_jti("iss", "old", T0 + 10)
+        await store.consume_jti("iss", "live", T0 + 1000)
+        await store.increment_counter("old", 0, T0 + 10)
+        await store.increment_counter("live", 0, T0 + 1000)
+
+        assert await store.purge_expired(T0 + 100) == 2
+
+        assert await store.consume_jti("iss", "live", T0 + 1000) is False  # still remembered
+        assert await store.consume_jti("iss", "old", T0 + 1000) is True  # forgotten, recorded anew
+        assert await store.increment_counter("live", 0, T0 + 1000) == 2
+        assert await store.increment_counter("old", 0, T0 + 1000) == 1
+        assert await store.purge_expired(T0 + 100) == 0
+
+    async def test_purge_never_touches_the_audit_trail_or_keys(self, store: Store) -> None:
+        await store.append_audit([make_record(1, time=T0 - 10_000)])
+        await store.insert_key(make_key("k", created_at=T0 - 10_000))
+
+        await store.purge_expired(T0 + 10_000)
+
+        assert len(await store.list_audit()) == 1
+        assert len(await store.list_keys()) == 1
