@@ -1,0 +1,93 @@
+"""The verified claims of a purpose token: one immutable Struct decoded straight from the payload.
+
+The wire names (`iss`, `aud`, `scope`) are renamed to what a downstream service means by them
+(`issuer`, `audience`, `purpose`); decoding and renaming happen in one msgspec pass. Unknown claims are
+refused, like `schemas.claims.PurposeClaims`: a claim this verifier does not understand may carry a
+constraint it would silently skip (a future `cnf` binding, say), so failing closed is the safer default.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+from exchange.verify.errors import VerificationError
+
+
+class VerifiedClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a verified purpose token says. Only ever built by the verifier, after every check passed."""
+
+    issuer: str = msgspec.field(name="iss")
+    sub: str
+    audience: str = msgspec.field(name="aud")
+    exp: int
+    iat: int
+    jti: str
+    client_id: str
+    purpose: str = msgspec.field(name="scope")
+    acr: str | None = None
+    amr: tuple[str, ...] | None = None
+    auth_time: int | None = None
+    authorization_details: tuple[dict[str, Any], ...] | None = None
+    act: dict[str, Any] | None = None
+    single_use: bool | None = None
+
+    def __post_init__(self) -> None:
+        # RFC 9396 §2: every authorization_details object has a string `type`. Checked here, once, so
+        # require_detail and the services reading the list can rely on it.
+        if self.authorization_details is not None:
+            for detail in self.authorization_details:
+                if not isinstance(detail.get("type"), str):
+                    raise msgspec.ValidationError("authorization_details entry without a string type")
+
+    def require_detail(self, type: str, **expected: Any) -> dict[str, Any]:  # noqa: A002 - RFC 9396 name
+        """Return the first authorization_details object of `type` whose fields equal `expected`.
+
+        Raises `VerificationError("wrong_purpose")` when none matches: the token is valid but does not
+        authorize this particular operation, which an HTTP integration answers with 403.
+        """
+        for detail in self.authorization_details or ():
+            if detail.get("type") != type:
+                continue
+            if all(name in detail and _same(detail[name], value) for name, value in expected.items()):
+                return detail
+        raise VerificationError("wrong_purpose", f"no authorization_details of type {type!r} matches")
+
+    @property
+    def actors(self) -> list[str]:
+        """The delegation chain from the current actor inwards (RFC 8693 §4.1 nested `act`)."""
+        chain: list[str] = []
+        act = self.act
+        while isinstance(act, dict) and len(chain) < _MAX_ACTOR_DEPTH:
+            sub = act.get("sub")
+            if isinstance(sub, str):
+                chain.append(sub)
+            act = act.get("act")
+        return chain
+
+    def to_dict(self) -> dict[str, Any]:
+        """The claims under their wire names (what `X-Purpose-Claims` and the CLI print)."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+_MAX_ACTOR_DEPTH: Final = 16
+
+
+def _same(actual: Any, wanted: Any) -> bool:
+    # bool is an int in Python: True must not satisfy amount=1, nor 1 satisfy flag=True.
+    if isinstance(actual, bool) or isinstance(wanted, bool):
+        return type(actual) is type(wanted) and actual == wanted
+    # JSON numbers arrive as int or float; services often hold Decimal. Compare by decimal value so
+    # 10.5, 10.50 and Decimal("10.5") agree.
+    if isinstance(actual, _NUMBER) and isinstance(wanted, _NUMBER):
+        return Decimal(str(actual)) == Decimal(str(wanted))
+    # No coercion between kinds: "10" is not 10.
+    return type(actual) is type(wanted) and bool(actual == wanted)
+
+
+_NUMBER: Final = (int, float, Decimal)
+
+
+CLAIMS_DECODER: Final = msgspec.json.Decoder(VerifiedClaims)

@@ -1,0 +1,166 @@
+"""Replay guards: accept a single-use token's `jti` once, until the token could no longer verify.
+
+`InMemoryReplayGuard` protects one process. `PostgresReplayGuard` protects every replica sharing a
+database: one atomic INSERT ... ON CONFLICT decides, so two replicas racing on the same jti cannot both
+win. asyncpg is imported inside that class only, so `import exchange.verify` never pulls it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import asyncpg
+
+
+class ReplayGuard(Protocol):
+    async def consume(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        """Record (issuer, jti) until `expires_at`: True the first time, False on every reuse."""
+        ...
+
+
+@runtime_checkable
+class SyncReplayGuard(ReplayGuard, Protocol):
+    def consume_sync(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        """The same decision without awaiting (for the synchronous `verify`)."""
+        ...
+
+
+class InMemoryReplayGuard:
+    """Seen jtis in a dict, expired ones dropped lazily in expiry order (a heap).
+
+    Thread-safe, so a threaded WSGI service can share one. When `max_entries` live jtis are held the
+    guard refuses new ones (fails closed) rather than forgetting live ones, which would re-open replay.
+    """
+
+    def __init__(self, *, max_entries: int = 1_000_000) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._expiry: list[tuple[float, tuple[str, str]]] = []
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def consume_sync(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        entry = (issuer, jti)
+        with self._lock:
+            self._purge(now)
+            if entry in self._seen or len(self._seen) >= self._max_entries:
+                return False
+            self._seen[entry] = expires_at
+            heapq.heappush(self._expiry, (expires_at, entry))
+            return True
+
+    async def consume(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        return self.consume_sync(issuer, jti, expires_at, now=now)
+
+    def _purge(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, entry = heapq.heappop(self._expiry)
+            self._seen.pop(entry, None)
+
+
+_IDENTIFIER: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class PostgresReplayGuard:
+    """Single use across replicas, in table `{schema}.{table}` (created if missing by `open`).
+
+    The pool is created by `open()` (or on first use) in the running event loop and closed by
+    `close()`; use it as `async with PostgresReplayGuard(dsn) as guard:` or from an app lifespan.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "purpose_token_replays",
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 5,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 5.0,
+        create_table: bool = True,
+    ) -> None:
+        # Identifiers cannot be $n parameters, so they are restricted to a safe alphabet instead.
+        for name in (table, schema):
+            if not _IDENTIFIER.match(name):
+                raise ValueError(f"invalid SQL identifier {name!r}: use [a-z_][a-z0-9_]*")
+        self._dsn = dsn
+        self._qualified = f'"{schema}"."{table}"'
+        self._schema = schema
+        self._table = table
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._create_table = create_table
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock: asyncio.Lock | None = None
+        # A live row blocks reuse; an expired row is overwritten, so the table needs no purge to stay
+        # correct (purge() only reclaims space).
+        self._consume_sql = (
+            f"INSERT INTO {self._qualified} AS r (issuer, jti, expires_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at "
+            "WHERE r.expires_at <= $4 RETURNING 1"
+        )
+
+    async def __aenter__(self) -> PostgresReplayGuard:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            import asyncpg  # noqa: PLC0415 - kept out of `import exchange.verify` on purpose
+
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+            )
+            if self._create_table:
+                async with pool.acquire() as conn:
+                    await conn.execute(
+                        f'CREATE SCHEMA IF NOT EXISTS "{self._schema}";'
+                        f"CREATE TABLE IF NOT EXISTS {self._qualified} ("
+                        " issuer text NOT NULL, jti text NOT NULL,"
+                        " expires_at double precision NOT NULL, PRIMARY KEY (issuer, jti));"
+                        f'CREATE INDEX IF NOT EXISTS "{self._table}_expires_at" ON {self._qualified} (expires_at)'
+                    )
+            self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def consume(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        row: Any = await self._pool.fetchval(self._consume_sql, issuer, jti, expires_at, now)
+        return row is not None
+
+    async def purge(self, now: float) -> int:
+        """Delete rows whose token can no longer verify; returns how many went."""
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        status: str = await self._pool.execute(f"DELETE FROM {self._qualified} WHERE expires_at <= $1", now)
+        return int(status.rsplit(" ", 1)[-1])

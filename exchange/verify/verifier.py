@@ -1,0 +1,227 @@
+"""`PurposeTokenVerifier`: the offline check a downstream service runs on every purpose token.
+
+Order of checks, cheapest and least trusting first: size cap and serialisation, header (forbidden
+members, algorithm allow-list, `typ`, `kid`), key lookup by kid, signature, then the claims (issuer,
+audience, time window, lifetime, purpose), then the replay guard for single-use tokens. Nothing in the
+payload is looked at before the signature is good.
+
+Everything that can be built once is built in `__init__`: the algorithm models for the allow-list, the
+size-capped JWS registry, and (module scope) the claims decoder. Per call, a cached-key verify is one
+split and two base64 decodes, one small JSON header parse, the signature check, one msgspec decode and
+a handful of comparisons.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
+
+import msgspec
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import Key
+from joserfc.jws import CompactSignature, JWSAlgModel, JWSRegistry
+
+from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
+from exchange.verify.errors import VerificationError
+from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
+from exchange.verify.replay import InMemoryReplayGuard, ReplayGuard, SyncReplayGuard
+
+#: What the exchange signs with ("EdDSA" is the pre-RFC 9864 name some libraries still emit).
+DEFAULT_ALGORITHMS: Final = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
+#: Asymmetric algorithms a verifier may be configured with. HS* and "none" are never among them: a
+#: verifier holding only public keys must not accept a MAC made with a public key as its secret.
+SUPPORTED_ALGORITHMS: Final = frozenset(
+    {"ES256", "ES384", "ES512", "Ed25519", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+#: RFC 9068 §2.1; "application/" may be omitted (RFC 7515 §4.1.9), media types are case-insensitive.
+_ACCEPTED_TYP: Final = frozenset({"at+jwt", "application/at+jwt"})
+#: Header members that would let the token pick its own key (jwk, jku, x5u, x5c), demand processing
+#: we do not do (crit), or change what is signed (b64, RFC 7797). Keys come only from configuration.
+_FORBIDDEN_HEADER: Final = ("crit", "jwk", "jku", "x5u", "x5c", "b64")
+DEFAULT_MAX_TOKEN_BYTES: Final = 8192
+DEFAULT_LEEWAY: Final = 10
+DEFAULT_MAX_LIFETIME: Final = 900
+
+
+class _SizedRegistry(JWSRegistry):
+    """A JWS registry whose size limits follow the verifier's token cap."""
+
+    def __init__(self, algorithms: Collection[str], max_token_bytes: int) -> None:
+        super().__init__(algorithms=list(algorithms))
+        self.max_header_length = 1024
+        self.max_payload_length = max_token_bytes
+        self.max_signature_length = 1024
+
+
+class PurposeTokenVerifier:
+    """Verifies purpose tokens for one audience from one issuer.
+
+    Keys: `jwks_uri` (fetched and cached), `jwks` (a JWKS dict, or any KeySource such as StaticJWKS or
+    a shared JWKSCache), or neither: then `{issuer}/.well-known/jwks.json`. `clock` returns epoch
+    seconds; `now=` on a call overrides it. `replay_guard` defaults to an in-memory guard for this
+    process; pass a PostgresReplayGuard when several replicas serve the same audience.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_uri: str | None = None,
+        jwks: KeySource | Mapping[str, Any] | None = None,
+        algorithms: Collection[str] = DEFAULT_ALGORITHMS,
+        leeway: int = DEFAULT_LEEWAY,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        replay_guard: ReplayGuard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not issuer or not audience:
+            raise ValueError("PurposeTokenVerifier needs a non-empty issuer and audience")
+        if isinstance(algorithms, str):
+            raise TypeError("algorithms is a collection of names, e.g. ['ES256']")
+        unsupported = set(algorithms) - SUPPORTED_ALGORITHMS
+        if unsupported or not algorithms:
+            raise ValueError(
+                f"unsupported algorithms {sorted(unsupported)}; choose from {sorted(SUPPORTED_ALGORITHMS)}"
+            )
+        if not 0 <= leeway <= 120:
+            raise ValueError("leeway must be between 0 and 120 seconds")
+        if max_lifetime <= 0 or max_token_bytes < 256:
+            raise ValueError("max_lifetime must be positive and max_token_bytes at least 256")
+        if jwks is not None and jwks_uri is not None:
+            raise ValueError("pass jwks_uri or jwks, not both")
+
+        self.issuer = issuer
+        self.audience = audience
+        if jwks is None:
+            self.keys: KeySource = JWKSCache(jwks_uri or issuer.rstrip("/") + "/.well-known/jwks.json")
+        elif isinstance(jwks, Mapping):
+            self.keys = StaticJWKS(jwks)
+        else:
+            self.keys = jwks
+        # Looked up once from the class-level table rather than via get_alg(): get_alg re-checks the
+        # allow-list and warns about EdDSA on every call.
+        self._algorithms: dict[str, JWSAlgModel] = {name: JWSRegistry.algorithms[name] for name in algorithms}
+        self._registry = _SizedRegistry(self._algorithms, max_token_bytes)
+        self._leeway = leeway
+        self._max_lifetime = max_lifetime
+        self._max_token_bytes = max_token_bytes
+        self._clock = clock
+        self.replay_guard: ReplayGuard = replay_guard if replay_guard is not None else InMemoryReplayGuard()
+        self._sync_guard: SyncReplayGuard | None = (
+            self.replay_guard if isinstance(self.replay_guard, SyncReplayGuard) else None
+        )
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(self._algorithms)
+
+    def verify(self, token: str | bytes, *, purpose: str | None = None, now: float | None = None) -> VerifiedClaims:
+        """Verify synchronously, with keys already cached (StaticJWKS, or a JWKSCache after a fetch).
+
+        A JWKSCache is never fetched from here: call `await verifier.refresh_keys()` first, or use
+        `averify`. Raises VerificationError.
+        """
+        if self._sync_guard is None:
+            raise TypeError("verify() needs a synchronous replay guard; use averify() with this guard")
+        obj, alg, kid = self._parse(token)
+        key = self.keys.get_cached_key(kid)
+        if key is None:
+            raise VerificationError("unknown_key", f"kid {kid!r} is not among the cached keys")
+        claims, at = self._check(obj, alg, key, purpose, now)
+        if claims.single_use and not self._sync_guard.consume_sync(
+            claims.issuer, claims.jti, claims.exp + self._leeway, now=at
+        ):
+            raise VerificationError("replayed", f"jti {claims.jti!r} was already used")
+        return claims
+
+    async def averify(
+        self, token: str | bytes, *, purpose: str | None = None, now: float | None = None
+    ) -> VerifiedClaims:
+        """Verify, fetching keys when needed (unknown kid, stale set). Raises VerificationError."""
+        obj, alg, kid = self._parse(token)
+        key = await self.keys.get_key(kid)
+        claims, at = self._check(obj, alg, key, purpose, now)
+        if claims.single_use and not await self.replay_guard.consume(
+            claims.issuer, claims.jti, claims.exp + self._leeway, now=at
+        ):
+            raise VerificationError("replayed", f"jti {claims.jti!r} was already used")
+        return claims
+
+    async def refresh_keys(self) -> None:
+        """Fetch the JWKS now when keys come from a JWKSCache (e.g. at startup); no-op otherwise."""
+        if isinstance(self.keys, JWKSCache):
+            await self.keys.refresh()
+
+    def _parse(self, token: str | bytes) -> tuple[CompactSignature, JWSAlgModel, str]:
+        # The size cap comes before anything else touches the token.
+        if isinstance(token, str):
+            if len(token) > self._max_token_bytes:
+                raise VerificationError("malformed", "token exceeds the size cap")
+            try:
+                value = token.encode("ascii")
+            except UnicodeEncodeError:
+                raise VerificationError("malformed", "token is not ASCII") from None
+        elif isinstance(token, bytes):
+            value = token
+        else:
+            raise TypeError(f"token must be str or bytes, not {type(token).__name__}")
+        if len(value) > self._max_token_bytes:
+            raise VerificationError("malformed", "token exceeds the size cap")
+        if value[:1] == b"{":
+            raise VerificationError("malformed", "JSON-serialised JWS; only compact serialisation is accepted")
+        try:
+            obj = jws.extract_compact(value, registry=self._registry)
+        except JoseError as exc:
+            raise VerificationError("malformed", f"not a compact JWS: {exc.error}") from None
+        header = obj.protected
+        if not isinstance(header, dict):
+            raise VerificationError("malformed", "JWS header is not a JSON object")
+        for member in _FORBIDDEN_HEADER:
+            if member in header:
+                raise VerificationError("malformed", f"forbidden JWS header member {member!r}")
+        alg = self._algorithms.get(header["alg"]) if isinstance(header["alg"], str) else None
+        if alg is None:
+            raise VerificationError("bad_signature", f"algorithm {header['alg']!r} is not allowed")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP:
+            raise VerificationError("wrong_type", f"typ {typ!r} is not at+jwt")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise VerificationError("malformed", "JWS header has no kid")
+        return obj, alg, kid
+
+    def _check(
+        self, obj: CompactSignature, alg: JWSAlgModel, key: Key, purpose: str | None, now: float | None
+    ) -> tuple[VerifiedClaims, float]:
+        try:
+            # The key's type, curve and own `alg` must fit the header's algorithm (an RSA key is never
+            # used for "ES256" just because the kid matched).
+            alg.check_key(key)
+            good = jws.verify_compact(obj, alg, key)
+        except (JoseError, ValueError, TypeError):
+            good = False
+        if not good:
+            raise VerificationError("bad_signature", f"signature does not verify with kid {key.kid!r}")
+        try:
+            claims = CLAIMS_DECODER.decode(obj.payload)
+        except msgspec.DecodeError as exc:
+            raise VerificationError("malformed", f"claims: {exc}") from None
+        if claims.issuer != self.issuer:
+            raise VerificationError("wrong_issuer", f"iss {claims.issuer!r}")
+        if claims.audience != self.audience:
+            raise VerificationError("wrong_audience", f"aud {claims.audience!r}")
+        at = self._clock() if now is None else now
+        if at >= claims.exp + self._leeway:
+            raise VerificationError("expired", f"exp {claims.exp} passed (leeway {self._leeway}s)")
+        if claims.iat > at + self._leeway:
+            raise VerificationError("expired", f"iat {claims.iat} is in the future (not yet valid)")
+        lifetime = claims.exp - claims.iat
+        if not 0 < lifetime <= self._max_lifetime:
+            raise VerificationError("malformed", f"lifetime {lifetime}s outside (0, {self._max_lifetime}]")
+        if purpose is not None and claims.purpose != purpose:
+            raise VerificationError("wrong_purpose", f"token is for {claims.purpose!r}, not {purpose!r}")
+        return claims, at
