@@ -1,0 +1,327 @@
+"""The exchange end to end, over real HTTP against a running `exchange serve`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import httpx
+import jwt as pyjwt
+import msgspec
+import pytest
+from joserfc import jws
+from joserfc.jwk import OctKey
+
+from tests.conftest import CLIENT_SECRET, basic, exchange_form
+from tests.idp import FakeIdP, load_key
+from tests.server import Server
+
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def post(server: Server, form: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{server.url}/token", data=form, headers=headers, timeout=10)
+
+
+def assert_error(resp: httpx.Response, status: int, error: str, description: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.headers["cache-control"] == "no-store"
+    body = resp.json()
+    assert body["error"] == error, body
+    if description is not None:
+        assert body["error_description"] == description
+    return body
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class TestGrant:
+    def test_exchange_issues_a_purpose_token_that_verifies_offline(self, server: Server, idp: FakeIdP) -> None:
+        subject = idp.token()
+        resp = post(server, exchange_form(subject))
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["cache-control"] == "no-store"
+        body = resp.json()
+        assert body["token_type"] == "Bearer"
+        assert body["issued_token_type"] == ACCESS_TOKEN
+        assert body["scope"] == "payments.approve"
+        assert 58 <= body["expires_in"] <= 60
+
+        # An independent JWT library, keys from the served JWKS, no code of ours.
+        jwks = pyjwt.PyJWKClient(f"{server.url}/.well-known/jwks.json")
+        token = body["access_token"]
+        key = jwks.get_signing_key_from_jwt(token)
+        claims = pyjwt.decode(token, key.key, algorithms=["ES256"], audience="https://payments.internal",
+                              issuer=server.url)
+        header = pyjwt.get_unverified_header(token)
+        assert header["typ"] == "at+jwt" and header["kid"] == key.key_id
+        subject_claims = idp.claims()
+        assert claims["sub"] == "alice"
+        assert claims["client_id"] == "bank-web"
+        assert claims["scope"] == "payments.approve"
+        assert claims["aud"] == "https://payments.internal"
+        assert claims["amr"] == subject_claims["amr"] and claims["acr"] == subject_claims["acr"]
+        assert isinstance(claims["auth_time"], int)
+        assert claims["exp"] - claims["iat"] == 60
+        assert "roles" not in claims and "nonce" not in claims
+
+    def test_generic_oauth_client_library_gets_a_token(self, server: Server, idp_ec: FakeIdP) -> None:
+        from authlib.integrations.httpx_client import OAuth2Client
+
+        with OAuth2Client("backoffice", CLIENT_SECRET, token_endpoint_auth_method="client_secret_basic") as client:
+            token = client.fetch_token(
+                f"{server.url}/token", grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+                subject_token=idp_ec.token(), subject_token_type=ID_TOKEN, scope="customer.export",
+                audience="https://crm.internal",
+            )
+        jwks = pyjwt.PyJWKClient(f"{server.url}/.well-known/jwks.json")
+        claims = pyjwt.decode(token["access_token"], jwks.get_signing_key_from_jwt(token["access_token"]).key,
+                              algorithms=["ES256"], audience="https://crm.internal", issuer=server.url)
+        assert claims["client_id"] == "backoffice" and claims["scope"] == "customer.export"
+
+    def test_each_token_has_a_unique_jti(self, server: Server, idp: FakeIdP) -> None:
+        subject = idp.token()
+        jtis = {pyjwt.decode(post(server, exchange_form(subject)).json()["access_token"],
+                             options={"verify_signature": False})["jti"] for _ in range(5)}
+        assert len(jtis) == 5
+
+    def test_lifetime_never_outlives_the_subject_token(self, server: Server, idp: FakeIdP) -> None:
+        exp = int(time.time()) + 20
+        body = post(server, exchange_form(idp.token(exp=exp))).json()
+        claims = pyjwt.decode(body["access_token"], options={"verify_signature": False})
+        assert claims["exp"] == exp
+        assert body["expires_in"] <= 20
+
+    def test_client_secret_post_and_requested_jwt_type(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(), client_id="batch", client_secret=CLIENT_SECRET,
+                                          scope="customer.export", resource="https://export.internal",
+                                          requested_token_type="urn:ietf:params:oauth:token-type:jwt"))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["issued_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+        claims = pyjwt.decode(resp.json()["access_token"], options={"verify_signature": False})
+        assert claims["aud"] == "https://export.internal"
+
+    def test_private_key_jwt_client_assertion(self, server: Server, idp: FakeIdP) -> None:
+        key = load_key("client_ec")
+        now = int(time.time())
+        assertion = jws.serialize_compact(
+            {"alg": "ES256", "kid": key.thumbprint()},
+            msgspec.json.encode({"iss": "signer", "sub": "signer", "aud": f"{server.url}/token", "iat": now,
+                                 "exp": now + 60, "jti": f"a-{now}-{time.monotonic_ns()}"}),
+            key, algorithms=["ES256"])
+        form = exchange_form(idp.token(), client_id="signer", scope="customer.export",
+                             audience="https://crm.internal", client_assertion=assertion,
+                             client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        assert post(server, form).status_code == 200
+        # The same assertion again is a replay.
+        assert_error(post(server, form), 401, "invalid_client")
+
+    def test_access_token_subject_with_at_jwt_type(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(typ="at+jwt"), subject_token_type=ACCESS_TOKEN))
+        assert resp.status_code == 200, resp.text
+
+
+class TestSubjectTokenRejected:
+    """Every failure is the same opaque answer; the audit record has the precise reason."""
+
+    def reject(self, server: Server, token: str, **params: Any) -> None:
+        assert_error(post(server, exchange_form(token, **params)), 400, "invalid_request", "subject_token is invalid")
+
+    def test_expired(self, server: Server, idp: FakeIdP) -> None:
+        now = int(time.time())
+        self.reject(server, idp.token(iat=now - 600, exp=now - 31))
+
+    def test_expired_within_leeway_is_still_accepted_but_never_outlives_it(self, server: Server, idp: FakeIdP) -> None:
+        now = int(time.time())
+        # exp 10 s ago is inside the 30 s leeway, but a token can't be minted to expire in the past.
+        self.reject(server, idp.token(iat=now - 600, exp=now - 10))
+
+    def test_not_yet_valid(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(nbf=int(time.time()) + 120))
+
+    def test_issued_in_the_future(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(iat=int(time.time()) + 120))
+
+    def test_untrusted_issuer(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(iss="https://evil.example.com"))
+
+    def test_issuer_claim_of_another_trusted_issuer_with_this_key(self, server: Server, idp: FakeIdP,
+                                                                  idp_ec: FakeIdP) -> None:
+        self.reject(server, idp.token(iss=idp_ec.issuer))
+
+    def test_wrong_audience(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(aud="someone-else"))
+
+    def test_missing_exp_or_sub(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(exp=None))
+        self.reject(server, idp.token(sub=None))
+
+    def test_unknown_kid(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(header={"kid": "not-a-known-kid"}))
+
+    def test_signed_by_an_unknown_key_with_the_right_kid(self, server: Server, idp_ec: FakeIdP) -> None:
+        self.reject(server, idp_ec.token(key=load_key("attacker_ec")))
+
+    def test_alg_none(self, server: Server, idp: FakeIdP) -> None:
+        header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
+        payload = b64(json.dumps(idp.claims()).encode())
+        self.reject(server, f"{header}.{payload}.")
+
+    def test_hs256_signed_with_the_issuers_public_key(self, server: Server, idp: FakeIdP) -> None:
+        public_pem = idp.key.as_pem(private=False)
+        forged = jws.serialize_compact({"alg": "HS256", "kid": idp.kid}, msgspec.json.encode(idp.claims()),
+                                       OctKey.import_key(public_pem), algorithms=["HS256"])
+        self.reject(server, forged)
+
+    def test_algorithm_not_allowed_for_issuer(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(alg="PS256"))
+
+    def test_embedded_jwk_header(self, server: Server, idp_ec: FakeIdP) -> None:
+        attacker = load_key("attacker_ec")
+        self.reject(server, idp_ec.token(key=attacker, header={"jwk": attacker.as_dict(private=False)}))
+
+    @pytest.mark.parametrize("member", ["jku", "x5u"])
+    def test_key_location_headers(self, server: Server, idp_ec: FakeIdP, member: str) -> None:
+        self.reject(server, idp_ec.token(header={member: "https://evil.example.com/keys"}))
+
+    def test_unknown_crit(self, server: Server, idp_ec: FakeIdP) -> None:
+        self.reject(server, idp_ec.token(header={"crit": ["exp-ext"], "exp-ext": 1}))
+
+    def test_tampered_payload(self, server: Server, idp: FakeIdP) -> None:
+        header, _, signature = idp.token().split(".")
+        payload = b64(json.dumps(idp.claims(sub="mallory")).encode())
+        self.reject(server, f"{header}.{payload}.{signature}")
+
+    def test_oversized_token(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(padding="x" * 9000))
+
+    def test_json_serialised_jws(self, server: Server, idp: FakeIdP) -> None:
+        header, payload, signature = idp.token().split(".")
+        self.reject(server, json.dumps({"protected": header, "payload": payload, "signature": signature}))
+
+    def test_garbage(self, server: Server) -> None:
+        self.reject(server, "not.a.token")
+
+    def test_access_token_presented_as_id_token(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(typ="at+jwt"))
+
+    def test_id_token_presented_as_access_token(self, server: Server, idp: FakeIdP) -> None:
+        self.reject(server, idp.token(typ="JWT"), subject_token_type=ACCESS_TOKEN)
+
+
+class TestRequestRejected:
+    def test_missing_grant_type(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), grant_type=None)), 400, "invalid_request")
+
+    def test_unsupported_grant_type(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), grant_type="password")), 400, "unsupported_grant_type")
+
+    @pytest.mark.parametrize("missing", ["subject_token", "subject_token_type", "scope"])
+    def test_missing_parameter(self, server: Server, idp: FakeIdP, missing: str) -> None:
+        body = assert_error(post(server, exchange_form(idp.token(), **{missing: None})), 400, "invalid_request")
+        assert missing in body["error_description"]
+
+    def test_unsupported_subject_token_type(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), subject_token_type="urn:x:saml")), 400,
+                     "invalid_request", "unsupported subject_token_type")
+
+    def test_repeated_parameter(self, server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token())
+        body = "&".join(f"{k}={v}" for k, v in form.items()) + "&scope=payments.approve"
+        resp = httpx.post(f"{server.url}/token", content=body,
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+        assert_error(resp, 400, "invalid_request", "parameter scope is repeated")
+
+    def test_json_body_is_refused(self, server: Server, idp: FakeIdP) -> None:
+        resp = httpx.post(f"{server.url}/token", json=exchange_form(idp.token()))
+        assert_error(resp, 400, "invalid_request")
+
+    def test_unknown_purpose(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), scope="payments.refund")), 400, "invalid_scope",
+                     "unknown purpose")
+
+    def test_two_purposes(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), scope="payments.approve customer.export")), 400,
+                     "invalid_scope")
+
+    def test_purpose_not_allowed_for_client(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(), client_id="batch", client_secret=CLIENT_SECRET))
+        assert_error(resp, 400, "unauthorized_client")
+
+    def test_audience_not_allowed(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), audience="https://evil.internal")), 400,
+                     "invalid_target")
+
+    def test_audience_required_when_purpose_has_several(self, server: Server, idp: FakeIdP) -> None:
+        assert_error(post(server, exchange_form(idp.token(), scope="customer.export")), 400, "invalid_target")
+
+    def test_two_audiences(self, server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token(), scope="customer.export", audience="https://crm.internal",
+                             resource="https://export.internal")
+        assert_error(post(server, form), 400, "invalid_target")
+
+    def test_unknown_client(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(), client_id="stranger"))
+        assert_error(resp, 401, "invalid_client")
+        assert resp.headers["www-authenticate"].startswith("Basic")
+
+    def test_bad_client_secret(self, server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token(), client_id=None, scope="customer.export", audience="https://crm.internal")
+        assert_error(post(server, form, basic("backoffice", "wrong-secret-000000")), 401, "invalid_client")
+
+    def test_secret_client_without_secret(self, server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token(), client_id="backoffice", scope="customer.export",
+                             audience="https://crm.internal")
+        assert_error(post(server, form), 401, "invalid_client")
+
+    def test_two_auth_methods_at_once(self, server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token(), client_id="backoffice", client_secret=CLIENT_SECRET)
+        assert_error(post(server, form, basic("backoffice", CLIENT_SECRET)), 400, "invalid_request")
+
+    def test_rule_denial_names_its_code(self, server: Server, idp: FakeIdP) -> None:
+        body = assert_error(post(server, exchange_form(idp.token(amr=["pwd"]))), 400, "invalid_request")
+        assert body["denial"]
+
+    def test_oversized_body(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(), filler="x" * 70000))
+        assert resp.status_code in {400, 413}
+        assert resp.json()["error"] == "invalid_request"
+
+
+class TestDiscovery:
+    def test_jwks_is_public_and_cacheable(self, server: Server) -> None:
+        resp = httpx.get(f"{server.url}/.well-known/jwks.json")
+        assert resp.status_code == 200
+        assert "max-age=" in resp.headers["cache-control"]
+        keys = resp.json()["keys"]
+        assert keys and all("d" not in k and "p" not in k for k in keys)
+        assert {k["alg"] for k in keys} == {"ES256"}
+
+    def test_authorization_server_metadata(self, server: Server) -> None:
+        meta = httpx.get(f"{server.url}/.well-known/oauth-authorization-server").json()
+        assert meta["issuer"] == server.url
+        assert meta["token_endpoint"] == f"{server.url}/token"
+        assert meta["jwks_uri"] == f"{server.url}/.well-known/jwks.json"
+        assert meta["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+        assert set(meta["token_endpoint_auth_methods_supported"]) == {
+            "none", "client_secret_basic", "client_secret_post", "private_key_jwt"}
+
+    def test_health_and_readiness(self, server: Server) -> None:
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+    def test_unknown_path_is_json_not_html(self, server: Server) -> None:
+        resp = httpx.get(f"{server.url}/nope")
+        assert resp.status_code == 404
+        assert resp.headers["content-type"].startswith("application/json")
+
+    def test_wrong_method_is_json(self, server: Server) -> None:
+        resp = httpx.get(f"{server.url}/token")
+        assert resp.status_code == 405
+        assert resp.json()["error"] == "invalid_request"
