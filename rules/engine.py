@@ -1,0 +1,190 @@
+"""Purpose policies: compiled once at start-up, evaluated for every exchange.
+
+`compile_policies` turns the configured purposes into PurposePolicy objects, reporting every problem
+at once; `PurposePolicy.evaluate` runs the rules and answers a Decision: it never raises, and anything
+unexpected (a rule raising, a store timing out) denies with `rule_error` (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from rules.attributes import compile_claim, compile_detail, compile_subject_binding
+from rules.authentication import compile_acr, compile_max_auth_age, compile_mfa
+from rules.context import Allow, Deny, RuleContext
+from rules.delegation import DelegationPolicy
+from rules.denials import (
+    INSUFFICIENT_USER_AUTHENTICATION,
+    RULE_ERROR,
+    Denial,
+    PolicyError,
+    rule_error,
+)
+from rules.details import DetailsSchema
+from rules.limits import compile_rate_limit, compile_time_window
+from rules.python import compile_python
+from rules.rule import Rule, Scope, purpose_key
+from schemas.config import Purpose, Settings
+from schemas.records import RuleOutcome
+from schemas.rules import (
+    AcrRule,
+    ClaimRule,
+    DetailRule,
+    MaxAuthAgeRule,
+    MfaRule,
+    PythonRule,
+    RateLimitRule,
+    RuleBase,
+    SubjectBindingRule,
+    TimeWindowRule,
+)
+
+_log = structlog.get_logger("rules")
+
+_COMPILERS: Mapping[type[RuleBase], Callable[[Any, Scope], Rule | None]] = {
+    ClaimRule: compile_claim,
+    MfaRule: compile_mfa,
+    AcrRule: compile_acr,
+    MaxAuthAgeRule: compile_max_auth_age,
+    DetailRule: compile_detail,
+    SubjectBindingRule: compile_subject_binding,
+    TimeWindowRule: compile_time_window,
+    RateLimitRule: compile_rate_limit,
+    PythonRule: compile_python,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer: `outcomes` has one entry per rule evaluated, in evaluation order."""
+
+    allowed: bool
+    outcomes: list[RuleOutcome]
+    denial: Denial | None
+
+
+def _denial(deny: Deny) -> Denial:
+    step_up = deny.step_up or deny.acr_values is not None or deny.max_age is not None
+    if step_up:
+        return Denial(
+            code=deny.code,
+            description=deny.description,
+            error=INSUFFICIENT_USER_AUTHENTICATION,
+            acr_values=deny.acr_values,
+            max_age=deny.max_age,
+        )
+    return Denial(code=deny.code, description=deny.description)
+
+
+class PurposePolicy:
+    """One purpose: what it grants (audiences, ttl, single_use) and what it demands (rules, details,
+    delegation)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        audiences: Sequence[str],
+        ttl: int,
+        single_use: bool,
+        rules: Sequence[Rule],
+        details: DetailsSchema,
+        delegation: DelegationPolicy,
+    ) -> None:
+        self.name = name
+        self.audiences: tuple[str, ...] = tuple(audiences)
+        self.ttl = ttl
+        self.single_use = single_use
+        self.details = details
+        self.delegation = delegation
+        # Cheap rules first, side effects last; a stable sort keeps the configured order within a stage.
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda rule: rule.stage))
+
+    @property
+    def detail_types(self) -> tuple[str, ...]:
+        """The accepted authorization_details types (RFC 9396 metadata)."""
+        return self.details.type_names
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(label, requirement) per rule, in evaluation order: for `exchange rules explain`."""
+        return [(rule.label, rule.describe()) for rule in self.rules]
+
+    def validate_details(self, raw: str | None) -> list[dict[str, Any]]:
+        """The request's authorization_details, validated; [] when absent. Raises DenialError."""
+        return self.details.validate(raw)
+
+    def check_delegation(
+        self,
+        subject: Mapping[str, Any],
+        actor: Mapping[str, Any] | None,
+        actor_issuer: str | None,
+        *,
+        client_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        """The RFC 8693 `act` claim for the purpose token, or None. Raises DenialError."""
+        return self.delegation.check(subject, actor, actor_issuer, client_id=client_id)
+
+    async def evaluate(self, ctx: RuleContext) -> Decision:
+        """Run the rules; the first denial stops evaluation. Never raises."""
+        outcomes: list[RuleOutcome] = []
+        for rule in self.rules:
+            try:
+                result = await rule.check(ctx)
+            except Exception as exc:  # fail closed; the reason is for operators, not the client
+                # Only the exception's type is logged: its message or traceback locals could hold claims.
+                _log.warning("rule_failed", purpose=self.name, rule=rule.label, error_type=type(exc).__name__)
+                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=RULE_ERROR))
+                return Decision(allowed=False, outcomes=outcomes, denial=rule_error())
+            if isinstance(result, Deny):
+                outcomes.append(RuleOutcome(rule=rule.label, outcome="deny", code=result.code))
+                return Decision(allowed=False, outcomes=outcomes, denial=_denial(result))
+            if not isinstance(result, Allow):
+                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=RULE_ERROR))
+                return Decision(allowed=False, outcomes=outcomes, denial=rule_error())
+            outcomes.append(RuleOutcome(rule=rule.label, outcome="allow"))
+        return Decision(allowed=True, outcomes=outcomes, denial=None)
+
+
+def _compile_purpose(name: str, purpose: Purpose, settings: Settings, problems: list[str]) -> PurposePolicy:
+    key = purpose_key(name)
+    scope = Scope(purpose=name, settings=settings, details=DetailsSchema({}), problems=problems, where=key)
+    scope.details = DetailsSchema.compile(purpose.authorization_details, scope)
+    delegation = DelegationPolicy.compile(purpose.delegation, scope)
+    rules: list[Rule] = []
+    for index, config in enumerate(purpose.rules):
+        scope.where = f"{key}.rules[{index}] ({type(config).__struct_config__.tag})"
+        compiled = _COMPILERS[type(config)](config, scope)
+        if compiled is not None:
+            rules.append(compiled)
+    return PurposePolicy(
+        name,
+        audiences=purpose.audiences,
+        ttl=purpose.ttl,
+        single_use=purpose.single_use,
+        rules=rules,
+        details=scope.details,
+        delegation=delegation,
+    )
+
+
+def compile_policies(settings: Settings) -> dict[str, PurposePolicy]:
+    """Every configured purpose, compiled. Raises PolicyError listing every problem found."""
+    problems: list[str] = []
+    for index, client in enumerate(settings.clients):
+        for purpose in client.purposes:
+            if purpose not in settings.purposes:
+                problems.append(
+                    f"clients[{index}] ({client.client_id}): purposes lists {purpose!r}, "
+                    "which is not a configured purpose"
+                )
+    policies = {
+        name: _compile_purpose(name, purpose, settings, problems)
+        for name, purpose in settings.purposes.items()
+    }
+    if problems:
+        raise PolicyError(problems)
+    return policies
