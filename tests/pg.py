@@ -160,8 +160,20 @@ def _throwaway_cluster() -> Iterator[str | None]:
         timeout=120,
     )
     subprocess.run(
-        [*prefix, pg_ctl, "-D", str(data), "-w", "-t", "60", "-l", str(root / "log"), "start", "-o",
-         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"],
+        [
+            *prefix,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(root / "log"),
+            "start",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+        ],
         check=True,
         capture_output=True,
         timeout=90,
@@ -169,7 +181,9 @@ def _throwaway_cluster() -> Iterator[str | None]:
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -87,7 +87,9 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         for m in migrations():
             if m.version in done:
                 if done[m.version] != m.checksum:
-                    raise MigrationError(f"migration {m.name} was changed after it was applied; refusing to go on")
+                    raise MigrationError(
+                        f"migration {m.name} was changed after it was applied; refusing to go on"
+                    )
                 continue
             await conn.execute(m.sql)
             await conn.execute(

@@ -65,7 +65,7 @@ FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::te
             $15::text[])
      WITH ORDINALITY AS u(t, r, d, c, i, s, p, a, e, dn, rs, j, x, ac, ru, n)
 ORDER BY n
-"""
+"""  # noqa: S608 - a constant column list; every value is a $n parameter
 
 # The failures that mean "the database is unavailable", as opposed to a bug in the caller.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -125,7 +125,7 @@ class PostgresStore:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), self._deadline)
-            except (TimeoutError, *_UNAVAILABLE):
+            except _UNAVAILABLE:
                 # Graceful close did not finish (database gone): drop the sockets rather than hang.
                 pool.terminate()
 
@@ -144,7 +144,8 @@ class PostgresStore:
         behind = migrations.pending(states)
         if behind:
             raise StoreUnavailable(
-                f"postgresql: schema is behind ({len(behind)} pending migration(s)); run `exchange db migrate`"
+                f"postgresql: schema is behind ({len(behind)} pending migration(s));"
+                " run `exchange db migrate`"
             )
 
     @asynccontextmanager
@@ -178,7 +179,8 @@ class PostgresStore:
         try:
             async with self._connection() as conn:
                 await conn.execute(
-                    "INSERT INTO signing_keys (kid, alg, state, created_at, retired_at, public_jwk, private_jwk)"
+                    "INSERT INTO signing_keys"
+                    " (kid, alg, state, created_at, retired_at, public_jwk, private_jwk)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     key.kid,
                     key.alg,
@@ -189,7 +191,9 @@ class PostgresStore:
                     key.private_jwk,
                 )
         except asyncpg.UniqueViolationError as exc:
-            raise ValueError(f"signing key {key.kid!r} conflicts with a stored key ({exc.constraint_name})") from exc
+            raise ValueError(
+                f"signing key {key.kid!r} conflicts with a stored key ({exc.constraint_name})"
+            ) from exc
 
     async def list_keys(self) -> list[StoredKey]:
         async with self._connection() as conn:
@@ -219,11 +223,14 @@ class PostgresStore:
             if await conn.fetchval("SELECT 1 FROM signing_keys WHERE kid = $1 FOR UPDATE", kid) is None:
                 raise KeyError(kid)
             await conn.execute(
-                "UPDATE signing_keys SET state = 'retiring', retired_at = $1 WHERE state = 'active' AND kid <> $2",
+                "UPDATE signing_keys SET state = 'retiring', retired_at = $1"
+                " WHERE state = 'active' AND kid <> $2",
                 now,
                 kid,
             )
-            await conn.execute("UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = $1", kid)
+            await conn.execute(
+                "UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = $1", kid
+            )
 
     async def retire_keys(self, before: float) -> list[str]:
         async with self._connection() as conn:
@@ -292,9 +299,23 @@ class PostgresStore:
             return
         columns: list[list[Any]] = [[] for _ in range(15)]
         for r in records:
-            row = (r.time, r.request_id, r.decision, _text(r.client_id), _text(r.issuer), _text(r.sub),
-                   _text(r.purpose), _text(r.audience), _text(r.error), _text(r.denial), _text(r.reason),
-                   _text(r.jti), r.exp, _text(r.actor), _text(_rules_encoder.encode(r.rules).decode()))
+            row = (
+                r.time,
+                r.request_id,
+                r.decision,
+                _text(r.client_id),
+                _text(r.issuer),
+                _text(r.sub),
+                _text(r.purpose),
+                _text(r.audience),
+                _text(r.error),
+                _text(r.denial),
+                _text(r.reason),
+                _text(r.jti),
+                r.exp,
+                _text(r.actor),
+                _text(_rules_encoder.encode(r.rules).decode()),
+            )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
         # One statement is one implicit transaction: the batch commits whole or not at all.
@@ -304,17 +325,28 @@ class PostgresStore:
     async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_records"
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_records"  # noqa: S608 - constant columns
                 " WHERE $1::float8 IS NULL OR time < $1 ORDER BY time DESC, id DESC LIMIT $2",
                 before,
                 limit,
             )
         return [
             AuditRecord(
-                time=r["time"], request_id=r["request_id"], decision=r["decision"], client_id=r["client_id"],
-                issuer=r["issuer"], sub=r["sub"], purpose=r["purpose"], audience=r["audience"],
-                error=r["error"], denial=r["denial"], reason=r["reason"], jti=r["jti"], exp=r["exp"],
-                actor=r["actor"], rules=_rules_decoder.decode(r["rules"]),
+                time=r["time"],
+                request_id=r["request_id"],
+                decision=r["decision"],
+                client_id=r["client_id"],
+                issuer=r["issuer"],
+                sub=r["sub"],
+                purpose=r["purpose"],
+                audience=r["audience"],
+                error=r["error"],
+                denial=r["denial"],
+                reason=r["reason"],
+                jti=r["jti"],
+                exp=r["exp"],
+                actor=r["actor"],
+                rules=_rules_decoder.decode(r["rules"]),
             )
             for r in rows
         ]
@@ -336,7 +368,8 @@ class PostgresStore:
         async with self._connection() as conn:
             count = await conn.fetchval(
                 "INSERT INTO rate_counters (key, window_start, count, expires_at) VALUES ($1, $2, 1, $3)"
-                " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1 RETURNING count",
+                " ON CONFLICT (key, window_start)"
+                " DO UPDATE SET count = rate_counters.count + 1 RETURNING count",
                 key,
                 window_start,
                 expires_at,
@@ -367,4 +400,3 @@ def _describe(exc: BaseException) -> str:
     """One line naming the failure, without the DSN (which may carry a password)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-

@@ -47,7 +47,12 @@ class TestKeys:
         assert [k.kid for k in keys] == ["new", "old"]
         assert keys[0].private_jwk == b"\x00\xff\xfenew"
         assert keys[0].public_jwk == '{"kty":"EC","kid":"new"}'
-        assert (keys[0].alg, keys[0].state, keys[0].created_at, keys[0].retired_at) == ("ES256", "retired", T0 + 10, None)
+        assert (keys[0].alg, keys[0].state, keys[0].created_at, keys[0].retired_at) == (
+            "ES256",
+            "retired",
+            T0 + 10,
+            None,
+        )
 
     async def test_list_keys_is_empty_on_a_fresh_store(self, store: Store) -> None:
         assert await store.list_keys() == []
@@ -90,7 +95,9 @@ class TestKeys:
         states = [k.state for k in await store.list_keys()]
         assert states.count("active") == 1
 
-    async def test_retire_keys_retires_only_retiring_keys_that_stopped_before_the_cutoff(self, store: Store) -> None:
+    async def test_retire_keys_retires_only_retiring_keys_that_stopped_before_the_cutoff(
+        self, store: Store
+    ) -> None:
         await store.insert_key(make_key("k1", created_at=T0))
         await store.insert_key(make_key("k2", created_at=T0 + 1))
         await store.insert_key(make_key("k3", created_at=T0 + 2))
@@ -119,9 +126,14 @@ class TestAudit:
             jti="jti-1",
             exp=1_800_000_060,
             actor="svc",
-            rules=[RuleOutcome(rule="claim", outcome="allow"), RuleOutcome(rule="claim", outcome="deny", code="mfa")],
+            rules=[
+                RuleOutcome(rule="claim", outcome="allow"),
+                RuleOutcome(rule="claim", outcome="deny", code="mfa"),
+            ],
         )
-        denied = make_record(2, time=T0 + 1, decision="denied", error="invalid_request", denial="mfa_required")
+        denied = make_record(
+            2, time=T0 + 1, decision="denied", error="invalid_request", denial="mfa_required"
+        )
 
         await store.append_audit([full, denied])
 
@@ -161,7 +173,10 @@ class TestAudit:
 
     async def test_concurrent_batches_all_land(self, store: Store) -> None:
         await asyncio.gather(
-            *(store.append_audit([make_record(b * 10 + i, time=T0 + b) for i in range(10)]) for b in range(10))
+            *(
+                store.append_audit([make_record(b * 10 + i, time=T0 + b) for i in range(10)])
+                for b in range(10)
+            )
         )
         assert len(await store.list_audit(limit=1000)) == 100
 

@@ -1,0 +1,385 @@
+"""PostgreSQL-only behaviour: migrations, failure mapping and bounded time, key-change propagation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+from exchange.store import migrate as migrations
+from exchange.store.base import StoreUnavailable
+from exchange.store.cli import db_group
+from exchange.store.postgres import PostgresStore
+from schemas.config import StoreConfig
+from schemas.records import AuditRecord, StoredKey
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_800_000_000.0
+
+
+def key(kid: str, created_at: float = T0) -> StoredKey:
+    return StoredKey(
+        kid=kid, alg="ES256", state="retired", created_at=created_at, public_jwk="{}", private_jwk=b"sealed"
+    )
+
+
+def db_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(StoreConfig(url=pg_url, connect_timeout=2.0, command_timeout=2.0))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port that completes TCP handshakes and then never says a word: a hung server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TestMigrations:
+    async def test_a_fresh_database_gets_every_migration_once(self, pg_url: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            assert await migrations.migrate(conn) == ["0001_init.sql"]
+            assert await migrations.migrate(conn) == []
+            states = await migrations.status(conn)
+            tables = {
+                r["tablename"]
+                for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            }
+        finally:
+            await conn.close()
+        assert [(s.version, s.applied, s.checksum_ok) for s in states] == [(1, True, True)]
+        assert {
+            "schema_migrations",
+            "signing_keys",
+            "audit_records",
+            "replay_records",
+            "rate_counters",
+        } <= tables
+
+    async def test_concurrent_migrators_all_succeed_and_apply_once(self, pg_url: str) -> None:
+        conns = [await asyncpg.connect(pg_url) for _ in range(6)]
+        try:
+            results = await asyncio.gather(*(migrations.migrate(c) for c in conns))
+            rows = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        finally:
+            for c in conns:
+                await c.close()
+        assert sorted(results) == [[], [], [], [], [], ["0001_init.sql"]]
+        assert rows == 1
+
+    async def test_stores_opening_together_on_an_empty_database_all_open(self, pg_url: str) -> None:
+        stores = [PostgresStore(StoreConfig(url=pg_url, pool_min_size=1, pool_max_size=2)) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))
+        try:
+            await asyncio.gather(*(s.ping() for s in stores))
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+    async def test_status_of_an_empty_database_is_all_pending(self, pg_url: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            states = await migrations.status(conn)
+        finally:
+            await conn.close()
+        assert [(s.name, s.applied) for s in states] == [("0001_init.sql", False)]
+
+    async def test_an_edited_applied_migration_is_refused(self, pg_url: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await migrations.migrate(conn)
+            await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+            with pytest.raises(migrations.MigrationError, match=r"0001_init\.sql was changed"):
+                await migrations.migrate(conn)
+            assert [s.checksum_ok for s in await migrations.status(conn)] == [False]
+        finally:
+            await conn.close()
+
+    async def test_without_migrate_on_start_an_unmigrated_database_is_unavailable(self, pg_url: str) -> None:
+        store = PostgresStore(StoreConfig(url=pg_url, migrate_on_start=False))
+        with pytest.raises(StoreUnavailable, match="1 pending migration"):
+            await store.open()
+
+
+class TestDbCommands:
+    def write_config(self, tmp_path: object, url: str) -> str:
+        path = f"{tmp_path}/exchange.toml"
+        with open(path, "w") as f:
+            f.write(f'issuer = "http://127.0.0.1:8080"\n[store]\nurl = "{url}"\nconnect_timeout = 2.0\n')
+        return path
+
+    def test_migrate_then_status(self, pg_url: str, tmp_path: object) -> None:
+        config = self.write_config(tmp_path, pg_url)
+        runner = CliRunner()
+
+        before = runner.invoke(db_group, ["status", "--config", config])
+        first = runner.invoke(db_group, ["migrate", "--config", config])
+        second = runner.invoke(db_group, ["migrate", "--config", config])
+        after = runner.invoke(db_group, ["status", "--json", "--config", config])
+
+        assert (before.exit_code, first.exit_code, second.exit_code, after.exit_code) == (0, 0, 0, 0)
+        assert "1 pending" in before.output
+        assert "applied 0001_init.sql" in first.output
+        assert "nothing to apply" in second.output
+        assert '"name":"0001_init.sql","applied":true' in after.output
+
+    def test_migrate_against_a_dead_server_exits_1_with_one_sentence(self, tmp_path: object) -> None:
+        config = self.write_config(tmp_path, f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
+        result = CliRunner().invoke(db_group, ["migrate", "--config", config])
+        assert result.exit_code == 1
+        assert result.output.startswith("error: the database is unavailable:")
+        assert "Traceback" not in result.output
+
+    def test_sqlite_migrate_opens_the_embedded_store(self, tmp_path: object) -> None:
+        config = self.write_config(tmp_path, f"sqlite:///{tmp_path}/x.db")
+        result = CliRunner().invoke(db_group, ["migrate", "--config", config])
+        assert result.exit_code == 0, result.output
+        assert "sqlite: 1 migration(s) applied" in result.output
+
+
+class TestUnavailable:
+    async def test_a_closed_port_fails_fast_with_store_unavailable(self) -> None:
+        store = PostgresStore(
+            StoreConfig(url=f"postgresql://postgres@127.0.0.1:{closed_port()}/x", connect_timeout=1.0)
+        )
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot connect"):
+            await store.open()
+        assert time.monotonic() - started < 3
+
+    async def test_a_server_that_never_answers_times_out_within_the_connect_timeout(self) -> None:
+        with silent_listener() as port:
+            store = PostgresStore(
+                StoreConfig(
+                    url=f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=0.5, command_timeout=0.5
+                )
+            )
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.open()
+            assert time.monotonic() - started < 2.5
+
+    async def test_calls_on_a_closed_store_raise_store_unavailable(self, pg_url: str) -> None:
+        store = PostgresStore(StoreConfig(url=pg_url))
+        with pytest.raises(StoreUnavailable, match="not open"):
+            await store.ping()
+
+    async def test_database_down_then_back_fails_bounded_then_recovers(
+        self, pg_store: PostgresStore, pg_url: str, pg_server_dsn: str
+    ) -> None:
+        name = db_name(pg_url)
+        admin = await asyncpg.connect(pg_server_dsn)
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await pg_store.ping()
+            with pytest.raises(StoreUnavailable):
+                await pg_store.append_audit([AuditRecord(time=T0, request_id="r", decision="denied")])
+            assert time.monotonic() - started < 5
+
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await pg_store.ping()  # the pool reconnects by itself
+            await pg_store.append_audit([AuditRecord(time=T0, request_id="r2", decision="denied")])
+            assert [r.request_id for r in await pg_store.list_audit()] == ["r2"]
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+
+    async def test_a_statement_stuck_behind_a_lock_is_cut_off_by_the_command_timeout(
+        self, pg_url: str
+    ) -> None:
+        store = PostgresStore(StoreConfig(url=pg_url, connect_timeout=1.0, command_timeout=0.5))
+        await store.open()
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.append_audit([AuditRecord(time=T0, request_id="slow", decision="granted")])
+            assert time.monotonic() - started < 1.6
+            await tx.rollback()
+            await store.ping()  # the cancelled connection did not poison the pool
+        finally:
+            await blocker.close()
+            await store.close()
+
+
+class TestIntegrity:
+    async def test_a_duplicate_kid_is_a_value_error_not_an_outage(self, pg_store: PostgresStore) -> None:
+        await pg_store.insert_key(key("k"))
+        with pytest.raises(ValueError, match="'k' conflicts"):
+            await pg_store.insert_key(key("k"))
+
+    async def test_the_database_refuses_to_edit_audit_records(
+        self, pg_store: PostgresStore, pg_url: str
+    ) -> None:
+        await pg_store.append_audit([AuditRecord(time=T0, request_id="r", decision="granted", jti="j")])
+        conn = await asyncpg.connect(pg_url)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("UPDATE audit_records SET decision = 'denied'")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("DELETE FROM audit_records")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("TRUNCATE audit_records")
+        finally:
+            await conn.close()
+        assert len(await pg_store.list_audit()) == 1
+
+    async def test_hostile_text_is_stored_as_data(self, pg_store: PostgresStore) -> None:
+        sub = "alice'); DROP TABLE audit_records; --\x00"
+        await pg_store.append_audit([AuditRecord(time=T0, request_id="r", decision="denied", sub=sub)])
+        [record] = await pg_store.list_audit()
+        # NUL cannot live in PostgreSQL text: it is replaced, so the denial is still audited.
+        assert record.sub == "alice'); DROP TABLE audit_records; --\ufffd"
+
+
+class TestKeyWatch:
+    async def test_keys_version_moves_on_every_committed_key_change(self, pg_store: PostgresStore) -> None:
+        v0 = await pg_store.keys_version()
+        await pg_store.insert_key(key("a"))
+        v1 = await pg_store.keys_version()
+        await pg_store.activate_key("a", T0)
+        v2 = await pg_store.keys_version()
+        assert v0 < v1 < v2
+        await pg_store.list_keys()
+        assert await pg_store.keys_version() == v2  # reads do not count
+
+    async def test_another_replica_sees_a_rotation_by_notification_well_before_its_poll(
+        self, pg_store: PostgresStore, pg_url: str
+    ) -> None:
+        changed = asyncio.Event()
+
+        async def on_change() -> None:
+            changed.set()
+
+        watcher = PostgresStore(StoreConfig(url=pg_url))
+        await watcher.open()
+        # A long poll interval: only NOTIFY can explain a quick wake-up.
+        task = asyncio.create_task(
+            watcher.watch_keys(on_change, known_version=await watcher.keys_version(), poll_interval=30)
+        )
+        try:
+            await asyncio.sleep(0.3)  # let it subscribe
+            started = time.monotonic()
+            await pg_store.insert_key(key("new"))
+            await asyncio.wait_for(changed.wait(), 5)
+            assert time.monotonic() - started < 2
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await watcher.close()
+
+    async def test_a_change_missed_while_not_listening_is_reported_on_start(
+        self, pg_store: PostgresStore
+    ) -> None:
+        known = await pg_store.keys_version()
+        await pg_store.insert_key(key("while-away"))
+        calls = 0
+
+        async def on_change() -> None:
+            nonlocal calls
+            calls += 1
+
+        task = asyncio.create_task(pg_store.watch_keys(on_change, known_version=known, poll_interval=30))
+        try:
+            for _ in range(50):
+                if calls:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert calls == 1
+
+    async def test_the_watcher_reconnects_after_losing_its_connection(
+        self, pg_store: PostgresStore, pg_url: str, pg_server_dsn: str
+    ) -> None:
+        seen: list[int] = []
+
+        async def on_change() -> None:
+            seen.append(await pg_store.keys_version())
+
+        task = asyncio.create_task(
+            pg_store.watch_keys(on_change, known_version=await pg_store.keys_version(), poll_interval=0.2)
+        )
+        admin = await asyncpg.connect(pg_server_dsn)
+        try:
+            await asyncio.sleep(0.3)
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND application_name = 'purpose-exchange-keywatch'",
+                db_name(pg_url),
+            )
+            assert killed == 1
+            await pg_store.insert_key(key("after-reconnect"))
+            for _ in range(50):
+                if seen:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await admin.close()
+        assert seen, "no change reported after the watcher's connection was killed"
+
+    async def test_a_failing_callback_does_not_stop_the_watcher(self, pg_store: PostgresStore) -> None:
+        calls = 0
+
+        async def on_change() -> None:
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("refresh broke")
+
+        task = asyncio.create_task(
+            pg_store.watch_keys(on_change, known_version=await pg_store.keys_version(), poll_interval=0.1)
+        )
+        try:
+            await asyncio.sleep(0.2)
+            await pg_store.insert_key(key("one"))
+            await asyncio.sleep(0.4)
+            await pg_store.insert_key(key("two"))
+            for _ in range(50):
+                if calls >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert calls == 2
