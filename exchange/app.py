@@ -35,7 +35,8 @@ from exchange.service import TokenExchange
 from exchange.store import make_store
 from exchange.store.base import Store
 from exchange.tokens import Minter
-from exchange.trust import KeySource, StaticKeys, SubjectTrust
+from exchange.trust import KeySource, SubjectTrust, key_source
+from exchange.verify.jwks import StaticJWKS
 from rules import compile_policies
 from schemas.config import Settings, TrustedIssuer
 from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, TokenRequest
@@ -59,32 +60,6 @@ class Runtime:
     exchange: TokenExchange
     auditor: Auditor
     metadata: bytes
-
-
-def key_source(issuer: TrustedIssuer) -> KeySource:
-    if issuer.jwks_file is not None:
-        return StaticKeys.from_file(issuer.jwks_file)
-    from exchange.verify.jwks import JWKSCache
-
-    assert issuer.jwks_uri is not None
-    return _LookupAdapter(JWKSCache(issuer.jwks_uri))
-
-
-class _LookupAdapter:
-    """Turns the verifier's unknown-key error into the LookupError the trust module expects."""
-
-    def __init__(self, cache: Any) -> None:
-        self._cache = cache
-
-    async def get_key(self, kid: str) -> Any:
-        from exchange.verify import VerificationError
-
-        try:
-            return await self._cache.get_key(kid)
-        except VerificationError as exc:
-            if exc.reason == "unknown_key":
-                raise LookupError(kid) from None
-            raise
 
 
 def metadata(settings: Settings) -> ServerMetadata:
@@ -117,14 +92,12 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         sources: list[tuple[TrustedIssuer, KeySource]] = [(t, key_source(t)) for t in settings.trusted_issuers]
         if settings.dev_issuer is not None:
             key = devidp.load_or_create_key(settings.dev_issuer.key_file)
-            sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticKeys(devidp.public_jwks(key))))
+            sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticJWKS(devidp.public_jwks(key))))
             log.warning("dev_issuer_trusted", issuer=settings.dev_issuer.issuer,
                         warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted")
         trust = SubjectTrust(sources, max_token_bytes=settings.limits.max_token_bytes)
         clients = ClientAuthenticator(settings.clients, token_endpoint=f"{settings.issuer}/token",
                                       issuer=settings.issuer, store=store,
-                                      key_sources={c.client_id: key_source(_client_keys(c)) for c in settings.clients
-                                                   if c.auth_method == "private_key_jwt" and c.jwks_uri},
                                       max_token_bytes=settings.limits.max_token_bytes)
         auditor = Auditor(store)
         exchange = TokenExchange(trust=trust, clients=clients, policies=policies, minter=Minter(keyring, settings.issuer),
@@ -134,10 +107,6 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         raise
     return Runtime(store=store, keyring=keyring, exchange=exchange, auditor=auditor,
                    metadata=_encode(metadata(settings)))
-
-
-def _client_keys(client: Any) -> TrustedIssuer:
-    return TrustedIssuer(issuer=client.client_id, audiences=["-"], jwks_uri=client.jwks_uri)
 
 
 def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:

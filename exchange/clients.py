@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from exchange.errors import InvalidClient, InvalidRequest, SubjectTokenInvalid
 from exchange.store.base import Store
-from exchange.trust import KeySource, StaticKeys, SubjectTrust
+from exchange.trust import SubjectTrust, key_source
 from schemas.config import Client, TrustedIssuer
 from schemas.wire import CLIENT_ASSERTION_TYPE_JWT, TOKEN_TYPE_JWT, TokenRequest
 
@@ -111,7 +111,6 @@ class ClientAuthenticator:
         token_endpoint: str,
         issuer: str,
         store: Store,
-        key_sources: dict[str, KeySource] | None = None,
         max_token_bytes: int = 8192,
     ) -> None:
         self._clients = {c.client_id: c for c in clients}
@@ -119,19 +118,17 @@ class ClientAuthenticator:
         self._verified: dict[str, bytes] = {}
         self._store = store
         self._audiences = [token_endpoint, issuer]
-        # Each private_key_jwt client is its own "issuer" of assertions (iss = sub = client_id).
-        sources = key_sources or {}
-        self._assertions = SubjectTrust(
-            [
-                (TrustedIssuer(issuer=c.client_id, audiences=[token_endpoint, issuer], leeway=30,
-                               algorithms=["RS256", "PS256", "ES256", "Ed25519", "EdDSA"], require_at_jwt_typ=False,
-                               jwks_file=c.jwks_file, jwks_uri=c.jwks_uri),
-                 sources.get(c.client_id) or StaticKeys.from_file(c.jwks_file or ""))
-                for c in clients
-                if c.auth_method == "private_key_jwt"
-            ],
-            max_token_bytes=max_token_bytes,
-        )
+        # Each private_key_jwt client is its own "issuer" of assertions (iss = sub = client_id), so
+        # assertions get exactly the checks subject tokens get.
+        assertion_issuers = [
+            TrustedIssuer(issuer=c.client_id, audiences=[token_endpoint, issuer], leeway=30,
+                          algorithms=["RS256", "PS256", "ES256", "Ed25519", "EdDSA"], require_at_jwt_typ=False,
+                          jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
+            for c in clients
+            if c.auth_method == "private_key_jwt"
+        ]
+        self._assertions = SubjectTrust([(t, key_source(t)) for t in assertion_issuers],
+                                        max_token_bytes=max_token_bytes)
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
 from exchange.errors import SubjectTokenInvalid
+from exchange.verify.errors import VerificationError
+from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
 from schemas.config import TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
@@ -29,30 +29,6 @@ from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
 _AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _claims_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-class KeySource(Protocol):
-    """Where an issuer's public keys come from: a JWKS file, or a JWKS URI behind a cache."""
-
-    async def get_key(self, kid: str) -> Any: ...
-
-
-class StaticKeys:
-    """A fixed JWKS (a file, or the dev issuer's key), indexed by kid once."""
-
-    def __init__(self, jwks: Mapping[str, Any]) -> None:
-        keyset = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
-        self._by_kid = {k.kid: k for k in keyset.keys if k.kid}
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> StaticKeys:
-        return cls(msgspec.json.decode(Path(path).read_bytes()))
-
-    async def get_key(self, kid: str) -> Any:
-        key = self._by_kid.get(kid)
-        if key is None:
-            raise LookupError(kid)
-        return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +93,8 @@ class SubjectTrust:
             raise fail("missing_kid")
         try:
             key = await issuer.keys.get_key(kid)
-        except LookupError:
-            raise fail("unknown_kid") from None
-        except Exception:  # a JWKS fetch problem: fail closed, the audit record says why
-            raise fail("jwks_unavailable") from None
+        except VerificationError as exc:  # unknown kid, or the JWKS could not be had: fail closed
+            raise fail("unknown_kid" if exc.reason == "unknown_key" else f"jwks_{exc.reason}") from None
         key_alg = getattr(key, "alg", None)
         if key_alg is not None and key_alg != alg:
             raise fail("algorithm_key_mismatch")
@@ -171,3 +145,11 @@ class SubjectTrust:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def key_source(issuer: TrustedIssuer) -> KeySource:
+    """The issuer's keys: a JWKS file read once, or a JWKS URI behind the shared cache."""
+    if issuer.jwks_file is not None:
+        return StaticJWKS.from_file(issuer.jwks_file)
+    assert issuer.jwks_uri is not None, "config check guarantees one of jwks_file / jwks_uri"
+    return JWKSCache(issuer.jwks_uri)

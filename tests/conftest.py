@@ -107,7 +107,7 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
-def exchange_form(subject_token: str, **params: Any) -> dict[str, Any]:
+def exchange_form(subject_token: str, /, **params: Any) -> dict[str, Any]:
     form: dict[str, Any] = {
         "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
         "subject_token": subject_token,

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import sqlite3
+from typing import Any
+
 import httpx
 
 
@@ -45,6 +48,15 @@ class Server:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log.read_text()[-4000:]}")
+
+    def audit(self, request_id: str) -> dict[str, Any]:
+        """The stored audit record of one request (SQLite servers: read the file the server writes)."""
+        db = self.config.parent / "exchange.db"
+        with sqlite3.connect(db) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM audit_records WHERE request_id = ?", (request_id,)).fetchone()
+        assert row is not None, f"no audit record for {request_id}"
+        return dict(row)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
@@ -12,7 +14,6 @@ import jwt as pyjwt
 import msgspec
 import pytest
 from joserfc import jws
-from joserfc.jwk import OctKey
 
 from tests.conftest import CLIENT_SECRET, basic, exchange_form
 from tests.idp import FakeIdP, load_key
@@ -44,7 +45,7 @@ def b64(data: bytes) -> str:
 class TestGrant:
     def test_exchange_issues_a_purpose_token_that_verifies_offline(self, server: Server, idp: FakeIdP) -> None:
         subject = idp.token()
-        resp = post(server, exchange_form(subject))
+        resp = post(server, exchange_form(subject), {"X-Request-ID": "grant-1"})
         assert resp.status_code == 200, resp.text
         assert resp.headers["cache-control"] == "no-store"
         body = resp.json()
@@ -70,6 +71,10 @@ class TestGrant:
         assert isinstance(claims["auth_time"], int)
         assert claims["exp"] - claims["iat"] == 60
         assert "roles" not in claims and "nonce" not in claims
+        record = server.audit("grant-1")
+        assert (record["decision"], record["jti"], record["exp"]) == ("granted", claims["jti"], claims["exp"])
+        assert (record["client_id"], record["issuer"], record["sub"], record["purpose"], record["audience"]) == (
+            "bank-web", idp.issuer, "alice", "payments.approve", "https://payments.internal")
 
     def test_generic_oauth_client_library_gets_a_token(self, server: Server, idp_ec: FakeIdP) -> None:
         from authlib.integrations.httpx_client import OAuth2Client
@@ -130,89 +135,107 @@ class TestGrant:
 class TestSubjectTokenRejected:
     """Every failure is the same opaque answer; the audit record has the precise reason."""
 
-    def reject(self, server: Server, token: str, **params: Any) -> None:
-        assert_error(post(server, exchange_form(token, **params)), 400, "invalid_request", "subject_token is invalid")
+    def reject(self, server: Server, token: str, reason: str, **params: Any) -> None:
+        rid = f"t-{time.monotonic_ns()}"
+        resp = post(server, exchange_form(token, **params), {"X-Request-ID": rid})
+        assert_error(resp, 400, "invalid_request", "subject_token is invalid")
+        record = server.audit(rid)
+        assert record["decision"] == "denied"
+        assert record["reason"] == f"subject_token:{reason}"
+        assert token not in json.dumps(record)
 
     def test_expired(self, server: Server, idp: FakeIdP) -> None:
         now = int(time.time())
-        self.reject(server, idp.token(iat=now - 600, exp=now - 31))
+        self.reject(server, idp.token(iat=now - 600, exp=now - 31), "expired")
 
     def test_expired_within_leeway_is_still_accepted_but_never_outlives_it(self, server: Server, idp: FakeIdP) -> None:
         now = int(time.time())
         # exp 10 s ago is inside the 30 s leeway, but a token can't be minted to expire in the past.
-        self.reject(server, idp.token(iat=now - 600, exp=now - 10))
+        self.reject(server, idp.token(iat=now - 600, exp=now - 10), "expires_now")
 
     def test_not_yet_valid(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(nbf=int(time.time()) + 120))
+        self.reject(server, idp.token(nbf=int(time.time()) + 120), "not_yet_valid")
 
     def test_issued_in_the_future(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(iat=int(time.time()) + 120))
+        self.reject(server, idp.token(iat=int(time.time()) + 120), "issued_in_future")
 
     def test_untrusted_issuer(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(iss="https://evil.example.com"))
+        self.reject(server, idp.token(iss="https://evil.example.com"), "untrusted_issuer")
 
     def test_issuer_claim_of_another_trusted_issuer_with_this_key(self, server: Server, idp: FakeIdP,
                                                                   idp_ec: FakeIdP) -> None:
-        self.reject(server, idp.token(iss=idp_ec.issuer))
+        self.reject(server, idp.token(iss=idp_ec.issuer), "algorithm_not_allowed")
 
     def test_wrong_audience(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(aud="someone-else"))
+        self.reject(server, idp.token(aud="someone-else"), "wrong_audience")
 
     def test_missing_exp_or_sub(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(exp=None))
-        self.reject(server, idp.token(sub=None))
+        self.reject(server, idp.token(exp=None), "missing_exp")
+        self.reject(server, idp.token(sub=None), "missing_sub")
 
     def test_unknown_kid(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(header={"kid": "not-a-known-kid"}))
+        self.reject(server, idp.token(header={"kid": "not-a-known-kid"}), "unknown_kid")
 
     def test_signed_by_an_unknown_key_with_the_right_kid(self, server: Server, idp_ec: FakeIdP) -> None:
-        self.reject(server, idp_ec.token(key=load_key("attacker_ec")))
+        self.reject(server, idp_ec.token(key=load_key("attacker_ec")), "bad_signature")
 
     def test_alg_none(self, server: Server, idp: FakeIdP) -> None:
         header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
         payload = b64(json.dumps(idp.claims()).encode())
-        self.reject(server, f"{header}.{payload}.")
+        self.reject(server, f"{header}.{payload}.", "algorithm_not_allowed")
 
     def test_hs256_signed_with_the_issuers_public_key(self, server: Server, idp: FakeIdP) -> None:
+        # joserfc rightly refuses to make this token, so it is made by hand, as an attacker would.
         public_pem = idp.key.as_pem(private=False)
-        forged = jws.serialize_compact({"alg": "HS256", "kid": idp.kid}, msgspec.json.encode(idp.claims()),
-                                       OctKey.import_key(public_pem), algorithms=["HS256"])
-        self.reject(server, forged)
+        signing_input = (b64(json.dumps({"alg": "HS256", "kid": idp.kid, "typ": "JWT"}).encode()) + "."
+                         + b64(json.dumps(idp.claims()).encode()))
+        mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+        self.reject(server, f"{signing_input}.{b64(mac)}", "algorithm_not_allowed")
 
     def test_algorithm_not_allowed_for_issuer(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(alg="PS256"))
+        self.reject(server, idp.token(alg="PS256"), "algorithm_not_allowed")
 
     def test_embedded_jwk_header(self, server: Server, idp_ec: FakeIdP) -> None:
         attacker = load_key("attacker_ec")
-        self.reject(server, idp_ec.token(key=attacker, header={"jwk": attacker.as_dict(private=False)}))
+        self.reject(server, idp_ec.token(key=attacker, header={"jwk": attacker.as_dict(private=False)}),
+                    "forbidden_header")
 
     @pytest.mark.parametrize("member", ["jku", "x5u"])
     def test_key_location_headers(self, server: Server, idp_ec: FakeIdP, member: str) -> None:
-        self.reject(server, idp_ec.token(header={member: "https://evil.example.com/keys"}))
+        self.reject(server, idp_ec.token(header={member: "https://evil.example.com/keys"}), "forbidden_header")
 
     def test_unknown_crit(self, server: Server, idp_ec: FakeIdP) -> None:
-        self.reject(server, idp_ec.token(header={"crit": ["exp-ext"], "exp-ext": 1}))
+        # Properly signed by the real issuer key; joserfc won't sign unknown crit, so sign the raw input.
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        header = {"alg": "ES256", "kid": idp_ec.kid, "crit": ["exp-ext"], "exp-ext": 1}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(idp_ec.claims()).encode())}"
+        der = idp_ec.key.private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        self.reject(server, f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}", "forbidden_header")
 
     def test_tampered_payload(self, server: Server, idp: FakeIdP) -> None:
         header, _, signature = idp.token().split(".")
         payload = b64(json.dumps(idp.claims(sub="mallory")).encode())
-        self.reject(server, f"{header}.{payload}.{signature}")
+        self.reject(server, f"{header}.{payload}.{signature}", "bad_signature")
 
     def test_oversized_token(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(padding="x" * 9000))
+        self.reject(server, idp.token(padding="x" * 9000), "oversized")
 
     def test_json_serialised_jws(self, server: Server, idp: FakeIdP) -> None:
         header, payload, signature = idp.token().split(".")
-        self.reject(server, json.dumps({"protected": header, "payload": payload, "signature": signature}))
+        self.reject(server, json.dumps({"protected": header, "payload": payload, "signature": signature}), "malformed")
 
     def test_garbage(self, server: Server) -> None:
-        self.reject(server, "not.a.token")
+        self.reject(server, "not.a.token", "malformed")
 
     def test_access_token_presented_as_id_token(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(typ="at+jwt"))
+        self.reject(server, idp.token(typ="at+jwt"), "access_token_declared_as_id_token")
 
     def test_id_token_presented_as_access_token(self, server: Server, idp: FakeIdP) -> None:
-        self.reject(server, idp.token(typ="JWT"), subject_token_type=ACCESS_TOKEN)
+        self.reject(server, idp.token(typ="JWT"), "not_an_access_token", subject_token_type=ACCESS_TOKEN)
 
 
 class TestRequestRejected:
@@ -285,8 +308,11 @@ class TestRequestRejected:
         assert_error(post(server, form, basic("backoffice", CLIENT_SECRET)), 400, "invalid_request")
 
     def test_rule_denial_names_its_code(self, server: Server, idp: FakeIdP) -> None:
-        body = assert_error(post(server, exchange_form(idp.token(amr=["pwd"]))), 400, "invalid_request")
-        assert body["denial"]
+        resp = post(server, exchange_form(idp.token(amr=["pwd"])), {"X-Request-ID": "deny-1"})
+        body = assert_error(resp, 400, "invalid_request")
+        record = server.audit("deny-1")
+        assert body["denial"] and record["denial"] == body["denial"]
+        assert record["decision"] == "denied" and record["jti"] is None
 
     def test_oversized_body(self, server: Server, idp: FakeIdP) -> None:
         resp = post(server, exchange_form(idp.token(), filler="x" * 70000))
