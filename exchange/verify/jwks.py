@@ -200,9 +200,13 @@ class JWKSCache:
             key = self._keys.get(kid)
             if key is not None:
                 return key
-        # Stale, never fetched, or an unknown kid: refresh unless one was attempted within the
-        # cooldown. A fetch already in flight is always joined: that costs the issuer nothing.
-        if self._inflight is not None or now - self._last_attempt >= self._cooldown:
+            # Fresh set, unknown kid: maybe a rotation, maybe a made-up kid. Once per cooldown.
+            due = now - self._last_attempt >= self._cooldown
+        else:
+            # Expired or never fetched: refresh now, unless the last attempt failed within the cooldown.
+            due = self.last_error is None or now - self._last_attempt >= self._cooldown
+        # A fetch already in flight is always joined: that costs the issuer nothing.
+        if self._inflight is not None or due:
             await self.refresh()
         key = self.get_cached_key(kid)
         if key is None:
