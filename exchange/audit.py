@@ -43,9 +43,9 @@ class Auditor:
     async def record(self, record: AuditRecord) -> None:
         """Log the decision and return once its record is committed; raises StoreUnavailable if not."""
         event = "token_issued" if record.decision == "granted" else "exchange_denied"
-        fields: dict[str, Any] = msgspec.structs.asdict(record)
-        fields["rules"] = [msgspec.structs.asdict(o) for o in record.rules]
-        log.info(event, **{k: v for k, v in fields.items() if v is not None and k != "time"})
+        fields: dict[str, Any] = msgspec.to_builtins(record)  # omit_defaults: no empty fields
+        del fields["time"]  # the log line has its own timestamp
+        log.info(event, **fields)
         if self._task is None or self._closing:
             raise StoreUnavailable("audit writer is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
