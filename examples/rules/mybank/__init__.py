@@ -1,0 +1,1 @@
+"""Example python rules for a bank's purpose policies (see docs/RULES.md)."""
