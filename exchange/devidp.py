@@ -10,7 +10,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from joserfc import jwt
@@ -18,7 +18,7 @@ from joserfc.jwk import ECKey
 
 from schemas.config import DevIssuer, TrustedIssuer
 
-ALG = "ES256"
+ALG: Final = "ES256"
 
 
 def load_or_create_key(path: str | Path) -> ECKey:

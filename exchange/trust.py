@@ -12,16 +12,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
+from joserfc.jws import verify_compact  # type: ignore[attr-defined]  # exported, though not in __all__
 
 from exchange.errors import SubjectTokenInvalid
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
+
+__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source"]
 from schemas.config import TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
@@ -101,7 +104,7 @@ class SubjectTrust:
         try:
             model = issuer.registry.get_alg(alg)
             model.check_key(key)
-            valid = jws.verify_compact(obj, model, key)
+            valid = verify_compact(obj, model, key)
         except (JoseError, ValueError, TypeError):
             valid = False
         if not valid:
@@ -143,7 +146,7 @@ class SubjectTrust:
             raise fail("not_an_access_token")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

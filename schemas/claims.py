@@ -9,7 +9,7 @@ from schemas.base import Base
 PURPOSE_TOKEN_TYP = "at+jwt"
 
 
-class PurposeClaims(Base, omit_defaults=True):
+class PurposeClaims(Base, frozen=True, omit_defaults=True):
     iss: str
     sub: str
     aud: str

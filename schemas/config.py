@@ -22,7 +22,7 @@ PoolSize = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=60)]
 
 
-class StoreConfig(Base):
+class StoreConfig(Base, frozen=True):
     url: NonEmptyStr = "sqlite:///exchange.db"
     pool_min_size: PoolSize = 1
     pool_max_size: PoolSize = 10
@@ -31,14 +31,14 @@ class StoreConfig(Base):
     migrate_on_start: bool = True
 
 
-class SigningConfig(Base):
+class SigningConfig(Base, frozen=True):
     algorithm: SigningAlgorithm = "ES256"
     kek_file: str | None = None
     # How long clients may cache the JWKS (Cache-Control max-age on /.well-known/jwks.json).
     jwks_max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
 
 
-class TrustedIssuer(Base):
+class TrustedIssuer(Base, frozen=True):
     issuer: NonEmptyStr
     audiences: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
     jwks_file: str | None = None
@@ -52,7 +52,7 @@ class TrustedIssuer(Base):
     require_at_jwt_typ: bool = True
 
 
-class Client(Base):
+class Client(Base, frozen=True):
     client_id: Identifier
     auth_method: AuthMethod = "none"
     secret_hash: str | None = None
@@ -63,7 +63,7 @@ class Client(Base):
     purposes: list[NonEmptyStr] = msgspec.field(default_factory=list)
 
 
-class Purpose(Base):
+class Purpose(Base, frozen=True):
     audience: NonEmptyStr | list[NonEmptyStr]
     ttl: TokenTTL = 60
     rules: list[RuleConfig] = msgspec.field(default_factory=list)
@@ -76,7 +76,7 @@ class Purpose(Base):
         return [self.audience] if isinstance(self.audience, str) else list(self.audience)
 
 
-class DevIssuer(Base):
+class DevIssuer(Base, frozen=True):
     """A local identity provider for the README walkthrough: never enable it in production."""
 
     issuer: NonEmptyStr = "http://127.0.0.1:8080/dev-idp"
@@ -84,13 +84,13 @@ class DevIssuer(Base):
     audience: NonEmptyStr = "purpose-exchange"
 
 
-class Limits(Base):
+class Limits(Base, frozen=True):
     # Largest subject/actor token accepted; anything longer is refused before any parsing.
     max_token_bytes: Annotated[int, msgspec.Meta(ge=512, le=65536)] = 8192
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1048576)] = 65536
 
 
-class Settings(Base):
+class Settings(Base, frozen=True):
     issuer: NonEmptyStr
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     signing: SigningConfig = msgspec.field(default_factory=SigningConfig)

@@ -12,7 +12,7 @@ KeyState = Literal["active", "retiring", "retired"]
 Decision = Literal["granted", "denied"]
 
 
-class StoredKey(Base):
+class StoredKey(Base, frozen=True):
     """A signing key. `private_jwk` is AES-GCM ciphertext under the KEK, never plaintext.
 
     active: signs and is published; retiring: published (tokens it signed may still be alive), no
@@ -31,13 +31,13 @@ class StoredKey(Base):
         return f"StoredKey(kid={self.kid!r}, alg={self.alg!r}, state={self.state!r})"
 
 
-class RuleOutcome(Base, omit_defaults=True):
+class RuleOutcome(Base, frozen=True, omit_defaults=True):
     rule: str
     outcome: Literal["allow", "deny", "error"]
     code: str | None = None
 
 
-class AuditRecord(Base, omit_defaults=True):
+class AuditRecord(Base, frozen=True, omit_defaults=True):
     """One decision. Never the token itself: the issued token is named by its jti."""
 
     time: float

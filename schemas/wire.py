@@ -15,7 +15,7 @@ ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
 CLIENT_ASSERTION_TYPE_JWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-class TokenRequest(Base):
+class TokenRequest(Base, frozen=True):
     """RFC 8693 §2.1 parameters, after form decoding (each at most once, RFC 6749 §3.2)."""
 
     grant_type: str | None = None
@@ -37,7 +37,7 @@ class TokenRequest(Base):
         return f"TokenRequest(grant_type={self.grant_type!r}, scope={self.scope!r}, client_id={self.client_id!r})"
 
 
-class TokenResponse(Base):
+class TokenResponse(Base, frozen=True):
     access_token: str
     issued_token_type: str
     token_type: str
@@ -48,7 +48,7 @@ class TokenResponse(Base):
         return f"TokenResponse(scope={self.scope!r}, expires_in={self.expires_in})"
 
 
-class ErrorResponse(Base, omit_defaults=True):
+class ErrorResponse(Base, frozen=True, omit_defaults=True):
     """RFC 6749 §5.2, plus `denial` (stable rule code) and RFC 9470 step-up hints."""
 
     error: str
@@ -58,7 +58,7 @@ class ErrorResponse(Base, omit_defaults=True):
     max_age: int | None = None
 
 
-class ServerMetadata(Base, omit_defaults=True):
+class ServerMetadata(Base, frozen=True, omit_defaults=True):
     """RFC 8414 authorization server metadata."""
 
     issuer: str
