@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -223,3 +224,37 @@ async def test_two_replicas_issue_tokens_that_verify_via_either_jwks_and_follow_
                 await asyncio.sleep(0.25)
             for publisher in (a, b):
                 await asyncio.to_thread(verify, issued, f"{publisher.url}/.well-known/jwks.json")
+
+
+async def test_a_replica_killed_mid_load_answered_no_token_without_a_committed_record(
+    replicas: Replicas, idp: FakeIdP, pg_url: str
+) -> None:
+    [server] = replicas.start(1)
+    issued: list[str] = []
+    killed = asyncio.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        try:
+            resp = await client.post("/token", data=exchange_form(idp.token()))
+        except httpx.TransportError:
+            return  # the process died under this request: no answer, so no token either
+        if resp.status_code == 200:
+            issued.append(jti_of(resp.json()["access_token"]))
+            if len(issued) == 40 and not killed.is_set():
+                killed.set()
+                os.killpg(server.proc.pid, signal.SIGKILL)
+
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=10, limits=httpx.Limits(max_connections=32)
+    ) as client:
+        await asyncio.gather(*(one(client) for _ in range(300)))
+
+    assert killed.is_set() and len(issued) >= 40
+    db = await asyncpg.connect(pg_url)
+    try:
+        stored = {
+            r["jti"] for r in await db.fetch("SELECT jti FROM audit_records WHERE decision = 'granted'")
+        }
+    finally:
+        await db.close()
+    assert set(issued) <= stored
