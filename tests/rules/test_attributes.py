@@ -113,8 +113,8 @@ class TestClaim:
             ('rule = "claim", claim = "roles", in = []', '"in" needs at least one value'),
             (
                 'rule = "claim", claim = "roles", matches = "(unclosed"',
-                "matches '(unclosed' is not a valid regular expression (missing ), unterminated subpattern at "
-                "position 0)",
+                "matches '(unclosed' is not a valid regular expression "
+                "(missing ), unterminated subpattern at position 0)",
             ),
         ],
     )
