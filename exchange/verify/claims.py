@@ -42,7 +42,7 @@ class VerifiedClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 if not isinstance(detail.get("type"), str):
                     raise msgspec.ValidationError("authorization_details entry without a string type")
 
-    def require_detail(self, type: str, **expected: Any) -> dict[str, Any]:  # noqa: A002 - RFC 9396 name
+    def require_detail(self, type: str, **expected: Any) -> dict[str, Any]:
         """Return the first authorization_details object of `type` whose fields equal `expected`.
 
         Raises `VerificationError("wrong_purpose")` when none matches: the token is valid but does not

@@ -162,7 +162,9 @@ class JWKSCache:
         if not 0 <= min_ttl <= max_ttl:
             raise ValueError("JWKSCache needs 0 <= min_ttl <= max_ttl")
         if timeout <= 0 or cooldown < 0 or max_stale < 0 or max_bytes <= 0 or max_keys <= 0:
-            raise ValueError("JWKSCache timeout, max_bytes and max_keys must be positive; cooldown, max_stale >= 0")
+            raise ValueError(
+                "JWKSCache timeout, max_bytes and max_keys must be positive; cooldown, max_stale >= 0"
+            )
         self.uri = uri
         self._timeout = timeout
         self._min_ttl = min_ttl
@@ -238,7 +240,9 @@ class JWKSCache:
         except (httpx.HTTPError, JWKSError, TimeoutError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             stale_for = self._clock() - self._fresh_until
-            log.warning("jwks_fetch_failed uri=%s error=%s stale_for=%.0f", self.uri, self.last_error, stale_for)
+            log.warning(
+                "jwks_fetch_failed uri=%s error=%s stale_for=%.0f", self.uri, self.last_error, stale_for
+            )
             if self._clock() >= self._usable_until:
                 self._keys = {}
             return

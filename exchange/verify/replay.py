@@ -87,7 +87,8 @@ class PostgresReplayGuard:
         command_timeout: float = 5.0,
         create_table: bool = True,
     ) -> None:
-        # Identifiers cannot be $n parameters, so they are restricted to a safe alphabet instead.
+        # Identifiers cannot be $n parameters, so they are restricted to a safe alphabet instead (which
+        # is why the f-string SQL below is safe: values always travel as $n parameters).
         for name in (table, schema):
             if not _IDENTIFIER.match(name):
                 raise ValueError(f"invalid SQL identifier {name!r}: use [a-z_][a-z0-9_]*")
@@ -105,7 +106,7 @@ class PostgresReplayGuard:
         # A live row blocks reuse; an expired row is overwritten, so the table needs no purge to stay
         # correct (purge() only reclaims space).
         self._consume_sql = (
-            f"INSERT INTO {self._qualified} AS r (issuer, jti, expires_at) VALUES ($1, $2, $3) "
+            f"INSERT INTO {self._qualified} AS r (issuer, jti, expires_at) VALUES ($1, $2, $3) "  # noqa: S608
             "ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at "
             "WHERE r.expires_at <= $4 RETURNING 1"
         )
@@ -125,7 +126,7 @@ class PostgresReplayGuard:
         async with self._open_lock:
             if self._pool is not None:
                 return
-            import asyncpg  # noqa: PLC0415 - kept out of `import exchange.verify` on purpose
+            import asyncpg
 
             pool = await asyncpg.create_pool(
                 self._dsn,
@@ -141,7 +142,8 @@ class PostgresReplayGuard:
                         f"CREATE TABLE IF NOT EXISTS {self._qualified} ("
                         " issuer text NOT NULL, jti text NOT NULL,"
                         " expires_at double precision NOT NULL, PRIMARY KEY (issuer, jti));"
-                        f'CREATE INDEX IF NOT EXISTS "{self._table}_expires_at" ON {self._qualified} (expires_at)'
+                        f'CREATE INDEX IF NOT EXISTS "{self._table}_expires_at"'
+                        f" ON {self._qualified} (expires_at)"
                     )
             self._pool = pool
 
@@ -162,5 +164,6 @@ class PostgresReplayGuard:
         if self._pool is None:
             await self.open()
         assert self._pool is not None
-        status: str = await self._pool.execute(f"DELETE FROM {self._qualified} WHERE expires_at <= $1", now)
+        sql = f"DELETE FROM {self._qualified} WHERE expires_at <= $1"  # noqa: S608 - identifiers validated
+        status: str = await self._pool.execute(sql, now)
         return int(status.rsplit(" ", 1)[-1])

@@ -21,7 +21,9 @@ import msgspec
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
-from joserfc.jws import CompactSignature, JWSAlgModel, JWSRegistry
+
+# Public names of joserfc.jws that its __all__ omits.
+from joserfc.jws import CompactSignature, JWSAlgModel, JWSRegistry, verify_compact  # type: ignore[attr-defined]
 
 from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
 from exchange.verify.errors import VerificationError
@@ -119,7 +121,9 @@ class PurposeTokenVerifier:
     def algorithms(self) -> tuple[str, ...]:
         return tuple(self._algorithms)
 
-    def verify(self, token: str | bytes, *, purpose: str | None = None, now: float | None = None) -> VerifiedClaims:
+    def verify(
+        self, token: str | bytes, *, purpose: str | None = None, now: float | None = None
+    ) -> VerifiedClaims:
         """Verify synchronously, with keys already cached (StaticJWKS, or a JWKSCache after a fetch).
 
         A JWKSCache is never fetched from here: call `await verifier.refresh_keys()` first, or use
@@ -172,7 +176,9 @@ class PurposeTokenVerifier:
         if len(value) > self._max_token_bytes:
             raise VerificationError("malformed", "token exceeds the size cap")
         if value[:1] == b"{":
-            raise VerificationError("malformed", "JSON-serialised JWS; only compact serialisation is accepted")
+            raise VerificationError(
+                "malformed", "JSON-serialised JWS; only compact serialisation is accepted"
+            )
         try:
             obj = jws.extract_compact(value, registry=self._registry)
         except JoseError as exc:
@@ -201,7 +207,7 @@ class PurposeTokenVerifier:
             # The key's type, curve and own `alg` must fit the header's algorithm (an RSA key is never
             # used for "ES256" just because the kid matched).
             alg.check_key(key)
-            good = jws.verify_compact(obj, alg, key)
+            good = verify_compact(obj, alg, key)
         except (JoseError, ValueError, TypeError):
             good = False
         if not good:

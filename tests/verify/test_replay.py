@@ -42,7 +42,9 @@ class TestInMemory:
     async def test_concurrent_verifies_of_one_token_yield_exactly_one_success(self, ec_key: Key) -> None:
         verifier = PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key))
         token = mint(ec_key, base_claims(single_use=True))
-        results = await asyncio.gather(*(verifier.averify(token, now=NOW) for _ in range(20)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(verifier.averify(token, now=NOW) for _ in range(20)), return_exceptions=True
+        )
         assert sum(not isinstance(result, BaseException) for result in results) == 1
         assert {result.reason for result in results if isinstance(result, VerificationError)} == {"replayed"}
 
@@ -94,7 +96,9 @@ class TestPostgres:
                 issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key), replay_guard=guard
             )
             token = mint(ec_key, base_claims(single_use=True))
-            results = await asyncio.gather(*(verifier.averify(token, now=NOW) for _ in range(8)), return_exceptions=True)
+            results = await asyncio.gather(
+                *(verifier.averify(token, now=NOW) for _ in range(8)), return_exceptions=True
+            )
         assert sum(not isinstance(result, BaseException) for result in results) == 1
         assert {result.reason for result in results if isinstance(result, VerificationError)} == {"replayed"}
 

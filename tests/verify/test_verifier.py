@@ -88,7 +88,9 @@ class TestSignatureAndHeader:
         assert verifier_for(ec_key, rsa_key).verify(token, now=NOW).sub == "alice"
         assert reason_of(verifier_for(rsa_key), token) == "unknown_key"
 
-    def test_known_kid_with_another_keys_signature_is_bad_signature(self, ec_key: Key, other_ec_key: Key) -> None:
+    def test_known_kid_with_another_keys_signature_is_bad_signature(
+        self, ec_key: Key, other_ec_key: Key
+    ) -> None:
         # The header names ec_key's kid but other_ec_key signed: the kid match must not be enough.
         token = mint(other_ec_key, kid=ec_key.kid)
         assert reason_of(verifier_for(ec_key), token) == "bad_signature"
@@ -138,7 +140,9 @@ class TestSignatureAndHeader:
         assert reason_of(verifier_for(ec_key), token) == "wrong_type"
 
     def test_application_prefixed_typ_is_accepted(self, ec_key: Key) -> None:
-        token = _sign_raw(ec_key, {"alg": "ES256", "typ": "application/AT+JWT", "kid": ec_key.kid}, base_claims())
+        token = _sign_raw(
+            ec_key, {"alg": "ES256", "typ": "application/AT+JWT", "kid": ec_key.kid}, base_claims()
+        )
         assert verifier_for(ec_key).verify(token, now=NOW).sub == "alice"
 
     @pytest.mark.parametrize(
@@ -157,7 +161,12 @@ class TestSignatureAndHeader:
         assert reason_of(verifier_for(ec_key), _sign_raw(ec_key, header, base_claims())) == "malformed"
 
     def test_embedded_jwk_header_is_malformed(self, ec_key: Key, other_ec_key: Key) -> None:
-        header = {"alg": "ES256", "typ": "at+jwt", "kid": ec_key.kid, "jwk": other_ec_key.as_dict(private=False)}
+        header = {
+            "alg": "ES256",
+            "typ": "at+jwt",
+            "kid": ec_key.kid,
+            "jwk": other_ec_key.as_dict(private=False),
+        }
         assert reason_of(verifier_for(ec_key), _sign_raw(other_ec_key, header, base_claims())) == "malformed"
 
     def test_missing_kid_is_malformed(self, ec_key: Key) -> None:
@@ -316,13 +325,17 @@ class TestSingleUse:
 
 class TestConfiguration:
     @pytest.mark.parametrize("algorithms", [["HS256"], ["none"], ["ES256", "HS512"], []])
-    def test_symmetric_none_or_empty_allow_lists_are_refused(self, ec_key: Key, algorithms: list[str]) -> None:
+    def test_symmetric_none_or_empty_allow_lists_are_refused(
+        self, ec_key: Key, algorithms: list[str]
+    ) -> None:
         with pytest.raises(ValueError):
             verifier_for(ec_key, algorithms=algorithms)
 
     def test_jwks_uri_and_jwks_together_are_refused(self, ec_key: Key) -> None:
         with pytest.raises(ValueError):
-            PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key), jwks_uri="https://x")
+            PurposeTokenVerifier(
+                issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key), jwks_uri="https://x"
+            )
 
     def test_default_jwks_uri_is_the_issuers_well_known(self) -> None:
         verifier = PurposeTokenVerifier(issuer=ISSUER + "/", audience=AUDIENCE)

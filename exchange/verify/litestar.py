@@ -1,0 +1,122 @@
+"""Litestar integration (opt-in: `exchange.verify` itself never imports litestar).
+
+    app = Litestar(
+        route_handlers=[approve],
+        plugins=[PurposeTokenPlugin(PurposeTokenVerifier(issuer=..., audience="payments"))],
+    )
+
+    @post("/payments/{payment_id:str}/approve", guards=[require_purpose("payments.approve")])
+    async def approve(payment_id: FromPath[str], purpose_claims: PurposeClaimsDependency) -> dict[str, str]:
+        purpose_claims.require_detail(type="payment", payment_id=payment_id)
+        ...
+
+The guard verifies the bearer token, answers RFC 6750 on failure (401 invalid_token; 403
+insufficient_scope for a valid token of another purpose), and leaves the claims on
+`request.state.purpose_claims`; the plugin also provides them as the `purpose_claims` dependency.
+A `VerificationError` raised inside a handler (e.g. by `require_detail`) gets the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, NoReturn, TypeAlias
+
+from litestar import Request, Response
+from litestar.config.app import AppConfig
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import (
+    ImproperlyConfiguredException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.plugins import InitPluginProtocol
+from litestar.types import Guard
+
+from exchange.verify.bearer import bearer_token, challenge, token_hash
+from exchange.verify.claims import VerifiedClaims
+from exchange.verify.errors import VerificationError
+from exchange.verify.verifier import PurposeTokenVerifier
+
+__all__ = ["PurposeClaimsDependency", "PurposeTokenPlugin", "VerifiedClaims", "require_purpose"]
+
+#: Annotate a handler parameter named `purpose_claims` with this to receive the verified claims.
+PurposeClaimsDependency: TypeAlias = NamedDependency[VerifiedClaims]
+
+STATE_VERIFIER: Final = "purpose_verifier"
+STATE_CLAIMS: Final = "purpose_claims"
+
+log = logging.getLogger("exchange.verify")
+
+
+class PurposeTokenPlugin(InitPluginProtocol):
+    """Registers the verifier on the app, the `purpose_claims` dependency and the 401/403 handler."""
+
+    def __init__(self, verifier: PurposeTokenVerifier) -> None:
+        self.verifier = verifier
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.state[STATE_VERIFIER] = self.verifier
+        app_config.dependencies.setdefault(STATE_CLAIMS, Provide(_purpose_claims, sync_to_thread=False))
+        app_config.exception_handlers.setdefault(VerificationError, _verification_error_handler)
+        return app_config
+
+
+def require_purpose(purpose: str | None = None, *, verifier: PurposeTokenVerifier | None = None) -> Guard:
+    """A guard requiring a valid purpose token, of `purpose` when given (any purpose otherwise).
+
+    The verifier is the plugin's unless one is passed here. Several guards on one request verify the
+    token once: a single-use token must not be "replayed" by the second guard.
+    """
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        claims = connection.state.get(STATE_CLAIMS)
+        if isinstance(claims, VerifiedClaims):
+            if purpose is not None and claims.purpose != purpose:
+                _refuse(VerificationError("wrong_purpose", f"token is for {claims.purpose!r}"), purpose)
+            return
+        active = verifier or connection.app.state.get(STATE_VERIFIER)
+        if not isinstance(active, PurposeTokenVerifier):
+            raise ImproperlyConfiguredException("require_purpose needs PurposeTokenPlugin or verifier=")
+        token = bearer_token(connection.headers.get("authorization"))
+        if token is None:
+            _refuse(None, purpose)
+        try:
+            claims = await active.averify(token, purpose=purpose)
+        except VerificationError as exc:
+            log.info(
+                "purpose_token_refused reason=%s detail=%s path=%s token_sha256=%s",
+                exc.reason, exc.detail, connection.url.path, token_hash(token),
+            )  # fmt: skip
+            _refuse(exc, purpose)
+        connection.state[STATE_CLAIMS] = claims
+
+    return guard
+
+
+def _refuse(error: VerificationError | None, purpose: str | None) -> NoReturn:
+    status, header = challenge(error, purpose=purpose)
+    if status == 403:
+        raise PermissionDeniedException(detail="insufficient_scope", headers={"WWW-Authenticate": header})
+    raise NotAuthorizedException(detail="invalid_token", headers={"WWW-Authenticate": header})
+
+
+def _purpose_claims(request: Request[Any, Any, Any]) -> VerifiedClaims:
+    claims = request.state.get(STATE_CLAIMS)
+    if not isinstance(claims, VerifiedClaims):
+        # A handler asked for claims on a route without require_purpose: a wiring bug, not a 401.
+        raise ImproperlyConfiguredException("purpose_claims used on a route without require_purpose")
+    return claims
+
+
+def _verification_error_handler(request: Request[Any, Any, Any], exc: VerificationError) -> Response[Any]:
+    # Raised from a handler, e.g. claims.require_detail(...) for an operation the token does not cover.
+    log.info("purpose_token_refused reason=%s detail=%s path=%s", exc.reason, exc.detail, request.url.path)
+    status, header = challenge(exc)
+    error = "insufficient_scope" if status == 403 else "invalid_token"
+    return Response(
+        {"status_code": status, "detail": error},
+        status_code=status,
+        headers={"WWW-Authenticate": header, "Cache-Control": "no-store"},
+    )
