@@ -155,4 +155,4 @@ def key_source(issuer: TrustedIssuer) -> KeySource:
     if issuer.jwks_file is not None:
         return StaticJWKS.from_file(issuer.jwks_file)
     assert issuer.jwks_uri is not None, "config check guarantees one of jwks_file / jwks_uri"
-    return JWKSCache(issuer.jwks_uri)
+    return JWKSCache(issuer.jwks_uri, cooldown=issuer.jwks_cooldown)

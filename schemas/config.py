@@ -47,6 +47,9 @@ class TrustedIssuer(Base, frozen=True):
         default_factory=lambda: ["RS256", "ES256"]
     )
     leeway: Leeway = 30
+    # jwks_uri only: an unknown kid refetches the JWKS at most once per this many seconds, so a
+    # stream of made-up kids cannot turn the exchange into a request amplifier against the issuer.
+    jwks_cooldown: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
     # RFC 9068: an access token declares itself with typ "at+jwt". Some providers omit it; set false
     # only for such an issuer, and its access tokens are then told from ID tokens by declaration alone.
     require_at_jwt_typ: bool = True
