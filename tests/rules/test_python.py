@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,58 +113,8 @@ class TestCompile:
             rules_policy('rule = "python", function = "tests/rules/sample_rules.py"')
 
 
-class SQLiteStoreWithRuleQueries(SQLiteStore):
-    """The real SQLite store plus `rule_query` as proposed for the Store protocol (see docs/RULES.md):
-    `$n` parameters, a read-only connection, a row cap. The core adds it to SQLiteStore/PostgresStore."""
-
-    def __init__(self, config: StoreConfig, path: Path) -> None:
-        super().__init__(config)
-        self._path_ro = path
-
-    async def rule_query(
-        self, sql: str, params: Sequence[object], *, max_rows: int = 100
-    ) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            conn = sqlite3.connect(f"file:{self._path_ro}?mode=ro", uri=True)
-            try:
-                conn.execute("PRAGMA query_only = ON")
-                conn.row_factory = sqlite3.Row
-                cursor = conn.execute(sql, {str(i): value for i, value in enumerate(params, start=1)})
-                return [dict(row) for row in cursor.fetchmany(max_rows)]
-            finally:
-                conn.close()
-
-        return await asyncio.wait_for(asyncio.to_thread(run), 2.0)
-
-
 class TestDatabaseRule:
     """docs/RULES.md's worked example: the paying account must belong to the user and not be frozen."""
-
-    @pytest.fixture
-    async def bank_store(
-        self, tmp_path: Path, examples_on_path: Callable[[], None]
-    ) -> AsyncIterator[SQLiteStore]:
-        examples_on_path()
-        path = tmp_path / "exchange.db"
-        store = SQLiteStoreWithRuleQueries(StoreConfig(url=f"sqlite:///{path}"), path)
-        await store.open()
-        with sqlite3.connect(path) as conn:
-            conn.execute(
-                "CREATE TABLE accounts (number TEXT PRIMARY KEY, owner TEXT NOT NULL, frozen BOOLEAN)"
-            )
-            conn.executemany(
-                "INSERT INTO accounts VALUES (?, ?, ?)",
-                [
-                    ("FR7630006000011234567890189", "alice", False),
-                    ("FR7630006000019999999999999", "alice", True),
-                    ("DE89370400440532013000", "bob", False),
-                ],
-            )
-        conn.close()
-        try:
-            yield store
-        finally:
-            await store.close()
 
     @pytest.mark.parametrize(
         ("account", "code"),
