@@ -126,7 +126,7 @@ class TestChains:
 
     def test_depth_is_capped_at_four_by_default(self) -> None:
         def chain(n: int) -> dict[str, Any] | None:
-            act = None
+            act: dict[str, Any] | None = None
             for i in range(n):
                 act = {"sub": f"svc-{i}", **({"act": act} if act else {})}
             return act

@@ -150,7 +150,7 @@ class TestEvaluation:
         with pytest.raises(TypeError):
             ctx.subject["sub"] = "mallory"  # type: ignore[index]
         with pytest.raises(TypeError):
-            ctx.subject["org"]["roles"] = ["admin"]  # type: ignore[index]
+            ctx.subject["org"]["roles"] = ["admin"]
         with pytest.raises(TypeError):
             ctx.details[0]["amount"] = 10**9  # type: ignore[index]
         with pytest.raises(AttributeError):
@@ -161,7 +161,7 @@ class TestEvaluation:
         assert repr(ctx) == (f"RuleContext(purpose='p', client_id='bank-web', issuer='{IDP}', sub='alice')")
 
     def test_the_context_snapshot_does_not_follow_the_callers_dicts(self) -> None:
-        claims = {"sub": "alice", "roles": ["viewer"]}
+        claims: dict[str, Any] = {"sub": "alice", "roles": ["viewer"]}
         ctx = RuleContext(subject=claims, issuer=IDP, client_id="c", purpose="p", audience="a")
         claims["roles"].append("admin")
         assert ctx.subject["roles"] == ("viewer",)
