@@ -8,6 +8,7 @@ token type. Every failure is a `SubjectTokenInvalid` whose client-facing text is
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
 # Header members that would let a token choose its own verification key, or change how it is parsed.
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _claims_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -70,14 +72,15 @@ class SubjectTrust:
 
         if len(token) > self._max:
             raise fail("oversized")
-        # Compact serialisation only: exactly three dot-separated base64url segments.
-        if token.count(".") != 2:
+        # Compact serialisation only: three base64url segments, nothing else. Python's base64 decoder
+        # skips stray characters, so without this check one token could have many spellings.
+        if _COMPACT.fullmatch(token) is None:
             raise fail("malformed")
         try:
             obj = jws.extract_compact(token.encode("ascii"))
             header = obj.headers()
             claims = _claims_decoder.decode(obj.payload)
-        except (JoseError, UnicodeError, ValueError, TypeError, msgspec.DecodeError):
+        except (JoseError, ValueError, TypeError, RecursionError, msgspec.DecodeError):
             raise fail("malformed") from None
 
         alg = header.get("alg")

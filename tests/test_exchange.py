@@ -182,7 +182,7 @@ class TestSubjectTokenRejected:
     def test_alg_none(self, server: Server, idp: FakeIdP) -> None:
         header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
         payload = b64(json.dumps(idp.claims()).encode())
-        self.reject(server, f"{header}.{payload}.", "algorithm_not_allowed")
+        self.reject(server, f"{header}.{payload}.", "malformed")  # no signature at all
 
     def test_hs256_signed_with_the_issuers_public_key(self, server: Server, idp: FakeIdP) -> None:
         # joserfc rightly refuses to make this token, so it is made by hand, as an attacker would.
@@ -227,6 +227,20 @@ class TestSubjectTokenRejected:
     def test_json_serialised_jws(self, server: Server, idp: FakeIdP) -> None:
         header, payload, signature = idp.token().split(".")
         self.reject(server, json.dumps({"protected": header, "payload": payload, "signature": signature}), "malformed")
+
+    def test_alg_none_with_a_signature_segment(self, server: Server, idp: FakeIdP) -> None:
+        header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
+        payload = b64(json.dumps(idp.claims()).encode())
+        self.reject(server, f"{header}.{payload}.AAAA", "algorithm_not_allowed")
+
+    def test_stray_characters_make_another_spelling(self, server: Server, idp: FakeIdP) -> None:
+        header, payload, signature = idp.token().split(".")
+        self.reject(server, f"{header}.{payload}.{signature[:10]}!{signature[10:]}", "malformed")
+
+    def test_deeply_nested_payload(self, server: Server, idp: FakeIdP) -> None:
+        header = b64(json.dumps({"alg": "RS256", "kid": idp.kid}).encode())
+        payload = b64(b'{"a":' + b"[" * 2500 + b"]" * 2500 + b"}")
+        self.reject(server, f"{header}.{payload}.AAAA", "malformed")
 
     def test_garbage(self, server: Server) -> None:
         self.reject(server, "not.a.token", "malformed")
