@@ -1,0 +1,378 @@
+"""The ambassador: a reverse proxy deployed beside one service, checking purpose tokens for it.
+
+    exchange ambassador --listen 0.0.0.0:8443 --upstream http://127.0.0.1:8000 \\
+        --issuer https://exchange.example --audience payments --routes routes.toml
+
+Per request: match the route table (method + path prefix -> purpose, any token, or open); verify the
+bearer token offline with `exchange.verify`; drop every client-sent `X-Purpose-*` header (so a caller can
+never forge identity, even on open routes); add `X-Purpose-Sub`, `X-Purpose-Scope` and
+`X-Purpose-Claims` (the verified claims as ASCII JSON); stream the request to the upstream and the
+response back. Refusals are RFC 6750 answers from the ambassador itself; the upstream never sees them.
+Upstream failures are 502 (unreachable) or 504 (timed out), with bounded connect/read/write/pool timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import click
+import httpx
+import msgspec
+
+from exchange.verify.asgi import Receive, Scope, Send, check_request, send_refusal
+from exchange.verify.claims import VerifiedClaims
+from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
+from exchange.verify.routes import RouteTable, has_dot_segments
+from exchange.verify.verifier import PurposeTokenVerifier
+
+log = logging.getLogger("exchange.ambassador")
+
+CONFIG_ENV: Final = "PURPOSE_AMBASSADOR_CONFIG"
+IDENTITY_PREFIX: Final = b"x-purpose-"
+# RFC 9110 §7.6.1 hop-by-hop fields, plus Host (the upstream's own) and the proxy-only ones.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
+        b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
+    }
+)  # fmt: skip
+
+
+class AmbassadorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything `app_from_env` needs: the CLI serialises it for the server's worker processes."""
+
+    upstream: str
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    routes_file: str | None = None
+    # Used when there is no routes file: every request needs a token of this purpose (None: any).
+    purpose: str | None = None
+    connect_timeout: float = 2.0
+    timeout: float = 30.0
+    max_connections: int = 100
+    health_path: str = "/.ambassador/health"
+
+
+class Ambassador:
+    """The proxy as an ASGI app. One httpx client per event loop, opened at lifespan startup."""
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        verifier: PurposeTokenVerifier,
+        routes: RouteTable,
+        connect_timeout: float = 2.0,
+        timeout: float = 30.0,
+        max_connections: int = 100,
+        health_path: str = "/.ambassador/health",
+    ) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"upstream must be an http(s) base URL without query: {upstream!r}")
+        self.upstream = upstream.rstrip("/")
+        self._upstream_base_path = parts.path.rstrip("/")
+        self.verifier = verifier
+        self.routes = routes
+        self.health_path = health_path
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._upstream_url = httpx.URL(self.upstream)
+        self._client: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        """Close the upstream connection pool (lifespan shutdown does this when the server runs one)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # trust_env off: the upstream is a neighbour; a proxy from the environment must not intercept it.
+        return httpx.AsyncClient(
+            base_url=self.upstream,
+            timeout=self._timeout,
+            limits=self._limits,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # not proxied
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._client = self._new_client()
+                await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per request
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if path == self.health_path and method in ("GET", "HEAD"):
+            await _send_json(send, 200, {"status": "ok"})
+            return
+        if has_dot_segments(path):
+            # The upstream might resolve "/open/../admin" to "/admin" after we matched "/open".
+            await send_refusal(send, 400, None, "invalid_request")
+            return
+        claims, refusal = await check_request(self.verifier, self.routes, scope)
+        if refusal is not None:
+            await send_refusal(send, *refusal)
+            log.info("ambassador_request method=%s path=%s status=%d", method, path, refusal[0])
+            return
+        status = await self._forward(scope, receive, send, claims)
+        log.info(
+            "ambassador_request method=%s path=%s status=%d sub=%s jti=%s ms=%.1f",
+            method, path, status, claims.sub if claims else "-", claims.jti if claims else "-",
+            (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None
+    ) -> int:
+        if self._client is None:
+            self._client = self._new_client()  # a server that skipped lifespan
+        headers, has_body = _upstream_headers(scope, claims)
+        raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
+        target = self._upstream_base_path.encode("ascii") + raw_path
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        request = self._client.build_request(
+            scope["method"],
+            self._upstream_url.copy_with(raw_path=target),
+            headers=headers,
+            content=_request_body(receive) if has_body else None,
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            log.warning("ambassador_upstream_timeout error=%s", type(exc).__name__)
+            await _send_json(send, 504, {"error": "upstream_timeout"})
+            return 504
+        except httpx.HTTPError as exc:
+            log.warning("ambassador_upstream_error error=%s", type(exc).__name__)
+            await _send_json(send, 502, {"error": "upstream_unavailable"})
+            return 502
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": _response_headers(response.headers.raw),
+                }
+            )
+            if scope["method"] != "HEAD":
+                # Raw bytes: the body is relayed as encoded by the upstream (gzip stays gzip).
+                async for chunk in response.aiter_raw():
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.HTTPError as exc:
+            # Too late for a 502: the status line is gone. Ending here makes the server drop the
+            # connection, so the client sees a truncated response rather than a complete-looking one.
+            log.warning("ambassador_upstream_broke_mid_response error=%s", type(exc).__name__)
+        finally:
+            await response.aclose()
+        return response.status_code
+
+
+def _upstream_headers(scope: Scope, claims: VerifiedClaims | None) -> tuple[list[tuple[bytes, bytes]], bool]:
+    headers: list[tuple[bytes, bytes]] = []
+    has_body = False
+    forwarded_for = b""
+    connection_tokens: set[bytes] = set()
+    for name, value in scope.get("headers", ()):
+        lowered = name.lower()
+        if lowered == b"connection":
+            connection_tokens.update(token.strip().lower() for token in value.split(b","))
+    for name, value in scope.get("headers", ()):
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
+            has_body = True
+        if lowered.startswith(IDENTITY_PREFIX) or lowered in _HOP_BY_HOP or lowered in connection_tokens:
+            continue
+        if lowered == b"x-forwarded-for":
+            forwarded_for = value + b", "
+            continue
+        headers.append((name, value))
+    client = scope.get("client")
+    if client:
+        headers.append((b"x-forwarded-for", forwarded_for + str(client[0]).encode("ascii")))
+    headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("ascii")))
+    if claims is not None:
+        headers.append((b"x-purpose-sub", _header_safe(claims.sub)))
+        headers.append((b"x-purpose-scope", _header_safe(claims.purpose)))
+        # ensure_ascii: a header value must not carry raw UTF-8 or control characters.
+        encoded = json.dumps(claims.to_dict(), ensure_ascii=True, separators=(",", ":"))
+        headers.append((b"x-purpose-claims", encoded.encode("ascii")))
+    return headers, has_body
+
+
+def _header_safe(value: str) -> bytes:
+    # Printable ASCII passes as is; anything else is percent-encoded so no byte can split a header.
+    if value.isascii() and value.isprintable():
+        return value.encode("ascii")
+    return quote(value, safe="").encode("ascii")
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    connection_tokens = {
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return [
+        (name, value)
+        for name, value in raw
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in connection_tokens
+    ]
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = msgspec.json.encode(payload)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_ambassador(config: AmbassadorConfig) -> Ambassador:
+    """The app for `config`: key source, verifier and route table built once, here."""
+    keys: KeySource = (
+        StaticJWKS.from_file(config.jwks_file)
+        if config.jwks_file
+        else JWKSCache(config.jwks_uri or config.issuer.rstrip("/") + "/.well-known/jwks.json")
+    )
+    verifier = PurposeTokenVerifier(issuer=config.issuer, audience=config.audience, jwks=keys)
+    routes = (
+        RouteTable.from_file(config.routes_file) if config.routes_file else RouteTable.single(config.purpose)
+    )
+    return Ambassador(
+        upstream=config.upstream,
+        verifier=verifier,
+        routes=routes,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+        max_connections=config.max_connections,
+        health_path=config.health_path,
+    )
+
+
+def app_from_env() -> Ambassador:
+    """Factory for server worker processes: the config travels in $PURPOSE_AMBASSADOR_CONFIG."""
+    return build_ambassador(msgspec.json.decode(os.environ[CONFIG_ENV], type=AmbassadorConfig))
+
+
+def run(
+    config: AmbassadorConfig, *, listen: str = "127.0.0.1:8081", server: str = "granian", workers: int = 1
+) -> None:
+    """Serve the ambassador on `listen` ("host:port") with granian (default) or uvicorn."""
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise ValueError(f"--listen must be host:port, not {listen!r}")
+    host = host.strip("[]")
+    build_ambassador(config)  # fail fast in the parent on a bad routes file, key file or URL
+    # Worker processes rebuild the app from the environment: no pickling, same path for both servers.
+    os.environ[CONFIG_ENV] = msgspec.json.encode(config).decode()
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            "exchange.ambassador:app_from_env", factory=True, host=host, port=int(port_text), workers=workers,
+            log_level="warning", access_log=False, lifespan="on",
+        )  # fmt: skip
+        return
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "exchange.ambassador:app_from_env", factory=True, interface=Interfaces.ASGI, address=host,
+        port=int(port_text), workers=workers, log_access=False,
+    ).serve()  # fmt: skip
+
+
+@click.command("ambassador")
+@click.option("--listen", default="127.0.0.1:8081", show_default=True, help="host:port to serve on.")
+@click.option(
+    "--upstream", required=True, help="Base URL of the protected service, e.g. http://127.0.0.1:8000."
+)
+@click.option("--issuer", required=True, help="The exchange's issuer URL.")
+@click.option("--audience", required=True, help="The protected service's audience.")
+@click.option("--jwks-uri", default=None, help="JWKS URL (default: {issuer}/.well-known/jwks.json).")
+@click.option(
+    "--jwks-file", type=click.Path(dir_okay=False, exists=True), default=None, help="JWKS JSON file."
+)
+@click.option("--routes", "routes_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="TOML route table (method + path prefix -> purpose or open).")  # fmt: skip
+@click.option("--purpose", default=None, help="Without --routes: the purpose every request needs.")
+@click.option("--connect-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01, 60))
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.01, 600),
+              help="Upstream read/write timeout, seconds.")  # fmt: skip
+@click.option("--server", type=click.Choice(["granian", "uvicorn"]), default="granian", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def ambassador_command(
+    listen: str,
+    upstream: str,
+    issuer: str,
+    audience: str,
+    jwks_uri: str | None,
+    jwks_file: str | None,
+    routes_file: str | None,
+    purpose: str | None,
+    connect_timeout: float,
+    timeout: float,
+    server: str,
+    workers: int,
+) -> None:
+    """Run a verifying reverse proxy in front of one service."""
+    if jwks_uri and jwks_file:
+        raise click.UsageError("use --jwks-uri or --jwks-file, not both")
+    if routes_file and purpose:
+        raise click.UsageError("use --routes or --purpose, not both")
+    config = AmbassadorConfig(
+        upstream=upstream, issuer=issuer, audience=audience, jwks_uri=jwks_uri, jwks_file=jwks_file,
+        routes_file=routes_file, purpose=purpose, connect_timeout=connect_timeout, timeout=timeout,
+    )  # fmt: skip
+    try:
+        run(config, listen=listen, server=server, workers=workers)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    ambassador_command()
