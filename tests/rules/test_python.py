@@ -138,10 +138,11 @@ class TestDatabaseRule:
         assert decision.denial is not None
         assert decision.denial.code == "rule_error"
 
-    async def test_a_store_without_rule_queries_fails_closed(
+    async def test_a_store_that_cannot_answer_fails_closed(
         self, tmp_path: Path, examples_on_path: Callable[[], None]
     ) -> None:
         examples_on_path()
+        # Never opened (and, until the core adds it, without rule_query): either way nothing can be read.
         store = SQLiteStore(StoreConfig(url=f"sqlite:///{tmp_path / 'plain.db'}"))
         policy = rules_policy('rule = "python", function = "mybank.rules:account_not_frozen"')
         details = [{"type": "payment", "amount": 10, "account": "FR7630006000011234567890189"}]
