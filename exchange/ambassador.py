@@ -59,6 +59,8 @@ class AmbassadorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     timeout: float = 30.0
     max_connections: int = 100
     health_path: str = "/.ambassador/health"
+    # Plain http to a non-loopback JWKS host: a private network only (see JWKSCache).
+    allow_insecure_http: bool = False
 
 
 class Ambassador:
@@ -275,7 +277,10 @@ def build_ambassador(config: AmbassadorConfig) -> Ambassador:
     keys: KeySource = (
         StaticJWKS.from_file(config.jwks_file)
         if config.jwks_file
-        else JWKSCache(config.jwks_uri or config.issuer.rstrip("/") + "/.well-known/jwks.json")
+        else JWKSCache(
+            config.jwks_uri or config.issuer.rstrip("/") + "/.well-known/jwks.json",
+            allow_insecure_http=config.allow_insecure_http,
+        )
     )
     verifier = PurposeTokenVerifier(issuer=config.issuer, audience=config.audience, jwks=keys)
     routes = (
@@ -342,6 +347,7 @@ def run(
 @click.option("--connect-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01, 60))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.01, 600),
               help="Upstream read/write timeout, seconds.")  # fmt: skip
+@click.option("--insecure-jwks-http", is_flag=True, help="Allow plain http to a non-loopback JWKS host.")
 @click.option("--server", type=click.Choice(["granian", "uvicorn"]), default="granian", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 def ambassador_command(
@@ -355,6 +361,7 @@ def ambassador_command(
     purpose: str | None,
     connect_timeout: float,
     timeout: float,
+    insecure_jwks_http: bool,
     server: str,
     workers: int,
 ) -> None:
@@ -366,6 +373,7 @@ def ambassador_command(
     config = AmbassadorConfig(
         upstream=upstream, issuer=issuer, audience=audience, jwks_uri=jwks_uri, jwks_file=jwks_file,
         routes_file=routes_file, purpose=purpose, connect_timeout=connect_timeout, timeout=timeout,
+        allow_insecure_http=insecure_jwks_http,
     )  # fmt: skip
     try:
         run(config, listen=listen, server=server, workers=workers)

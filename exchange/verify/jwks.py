@@ -140,7 +140,9 @@ class JWKSCache:
 
     `clock` is monotonic seconds and injectable, so freshness, cooldown and staleness are testable
     without sleeping. Pass `client` to share an httpx.AsyncClient; otherwise each (rare) fetch opens
-    and closes its own, which keeps the cache free of event-loop ties.
+    and closes its own, which keeps the cache free of event-loop ties. `allow_insecure_http` admits
+    plain http to any host: only for a private network you control (a compose file), never otherwise,
+    since whoever can alter the response can mint tokens this cache will accept.
     """
 
     def __init__(
@@ -157,8 +159,9 @@ class JWKSCache:
         max_keys: int = DEFAULT_MAX_KEYS,
         clock: Callable[[], float] = time.monotonic,
         client: httpx.AsyncClient | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
-        require_secure_uri(uri)
+        require_secure_uri(uri, allow_insecure_http=allow_insecure_http)
         if not 0 <= min_ttl <= max_ttl:
             raise ValueError("JWKSCache needs 0 <= min_ttl <= max_ttl")
         if timeout <= 0 or cooldown < 0 or max_stale < 0 or max_bytes <= 0 or max_keys <= 0:
@@ -293,12 +296,12 @@ class JWKSCache:
         return min(max(max_age, self._min_ttl), self._max_ttl)
 
 
-def require_secure_uri(uri: str) -> None:
+def require_secure_uri(uri: str, *, allow_insecure_http: bool = False) -> None:
     """https only, except http to a loopback host (a sidecar or a test server). ValueError otherwise."""
     parts = urlsplit(uri)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and (allow_insecure_http or _is_loopback(parts.hostname)):
         return
     raise ValueError(f"JWKS URI must be https (http only to a loopback host): {uri!r}")
 

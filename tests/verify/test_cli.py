@@ -104,3 +104,30 @@ def test_both_key_sources_is_a_usage_error(jwks_file: str, ec_key: Key) -> None:
         "https://x",
     )
     assert code == 2
+
+
+class TestAmbassadorCommand:
+    def test_routes_and_purpose_together_is_a_usage_error(self, jwks_file: str, tmp_path: Path) -> None:
+        from exchange.ambassador import ambassador_command
+
+        routes = tmp_path / "routes.toml"
+        routes.write_text('[[route]]\nprefix = "/"\nopen = true\n')
+        args = ["--upstream", "http://127.0.0.1:1", "--issuer", ISSUER, "--audience", AUDIENCE,
+                "--jwks-file", jwks_file, "--routes", str(routes), "--purpose", PURPOSE]  # fmt: skip
+        assert CliRunner().invoke(ambassador_command, args).exit_code == 2
+
+    @pytest.mark.parametrize(
+        ("extra", "message"),
+        [
+            (["--listen", "nonsense"], "host:port"),
+            (["--upstream", "ftp://x"], "upstream"),
+            (["--jwks-uri", "http://jwks.test/"], "https"),
+        ],
+    )
+    def test_bad_settings_fail_before_serving(self, extra: list[str], message: str) -> None:
+        from exchange.ambassador import ambassador_command
+
+        args = ["--upstream", "http://127.0.0.1:1", "--issuer", ISSUER, "--audience", AUDIENCE, *extra]
+        result = CliRunner().invoke(ambassador_command, args)
+        assert result.exit_code == 1
+        assert message in result.stderr

@@ -245,6 +245,14 @@ class TestURIPolicy:
         with pytest.raises(ValueError):
             JWKSCache(uri)
 
+    def test_insecure_http_is_an_explicit_opt_in(self) -> None:
+        assert (
+            JWKSCache("http://exchange:8080/jwks", allow_insecure_http=True).uri
+            == "http://exchange:8080/jwks"
+        )
+        with pytest.raises(ValueError):
+            JWKSCache("ftp://exchange/jwks", allow_insecure_http=True)
+
 
 class TestKeyFiltering:
     def test_symmetric_private_and_encryption_keys_are_dropped(self, ec_key: Key, rsa_key: Key) -> None:
