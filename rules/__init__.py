@@ -19,7 +19,7 @@ from rules.denials import (
     DenialError,
     PolicyError,
 )
-from rules.engine import Decision, PurposePolicy, compile_policies
+from rules.engine import Decision, PurposePolicy, RuleReport, compile_policies
 
 __all__ = [
     "INSUFFICIENT_USER_AUTHENTICATION",
@@ -36,6 +36,7 @@ __all__ = [
     "PurposePolicy",
     "RuleContext",
     "RuleDatabase",
+    "RuleReport",
     "actor_chain",
     "compile_policies",
 ]

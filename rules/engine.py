@@ -8,8 +8,8 @@ unexpected (a rule raising, a store timing out) denies with `rule_error` (fail c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import structlog
 
@@ -67,6 +67,16 @@ class Decision:
     denial: Denial | None
 
 
+@dataclass(frozen=True, slots=True)
+class RuleReport:
+    """One line of `exchange rules explain`: what a rule demands and what it answered."""
+
+    label: str
+    requirement: str
+    outcome: Literal["allow", "deny", "error", "not evaluated"]
+    code: str | None = None
+
+
 def _denial(deny: Deny) -> Denial:
     step_up = deny.step_up or deny.acr_values is not None or deny.max_age is not None
     if step_up:
@@ -112,6 +122,18 @@ class PurposePolicy:
     def describe(self) -> list[tuple[str, str]]:
         """(label, requirement) per rule, in evaluation order: for `exchange rules explain`."""
         return [(rule.label, rule.describe()) for rule in self.rules]
+
+    async def explain(self, ctx: RuleContext) -> tuple[Decision, list[RuleReport]]:
+        """Evaluate without side effects (dry run) and report every rule, evaluated or not."""
+        decision = await self.evaluate(replace(ctx, dry_run=True))
+        reports = []
+        for index, rule in enumerate(self.rules):
+            if index < len(decision.outcomes):
+                outcome = decision.outcomes[index]
+                reports.append(RuleReport(rule.label, rule.describe(), outcome.outcome, outcome.code))
+            else:
+                reports.append(RuleReport(rule.label, rule.describe(), "not evaluated"))
+        return decision, reports
 
     def validate_details(self, raw: str | None) -> list[dict[str, Any]]:
         """The request's authorization_details, validated; [] when absent. Raises DenialError."""

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from exchange.store import Store
-from rules import Denial, PolicyError, RuleContext, compile_policies
+from rules import Denial, PolicyError, RuleContext, RuleReport, compile_policies
 from tests.rules.conftest import FRIDAY_1430_PARIS, IDP, context, rules_policy, settings
 
 # The policy of issue 3, verbatim.
@@ -221,3 +221,27 @@ class TestIssuePolicy:
             ("python[mybank.rules:account_not_frozen]", "allow", None),
             ("rate_limit[sub]", "allow", None),
         ]
+
+
+class TestExplain:
+    async def test_explain_reports_every_rule_and_does_not_count(self, store: Store) -> None:
+        policy = rules_policy(
+            'rule = "rate_limit", max = 1, per = 60',
+            'rule = "claim", claim = "roles", contains = "payer"',
+            'rule = "mfa"',
+        )
+        ctx = context({"roles": ["payer"], "amr": ["pwd"]}, now=1_800_000_000.0, store=store)
+        decision, reports = await policy.explain(ctx)
+        assert decision.denial is not None
+        assert decision.denial.code == "mfa_required"
+        assert reports == [
+            RuleReport("claim[roles]", 'claim "roles" must contain "payer"', "allow"),
+            RuleReport(
+                "mfa", "amr must include one of face, fpt, hwk, mfa, otp, swk", "deny", code="mfa_required"
+            ),
+            RuleReport("rate_limit[sub]", "at most 1 tokens per subject per 60 seconds", "not evaluated"),
+        ]
+        # A passing dry run leaves the allowance untouched.
+        passing = context({"roles": ["payer"], "amr": ["otp"]}, now=1_800_000_000.0, store=store)
+        assert (await policy.explain(passing))[0].allowed
+        assert (await policy.evaluate(passing)).allowed
