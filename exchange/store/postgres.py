@@ -74,6 +74,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable, DNS (socket.gaierror is an OSError)
     TimeoutError,  # connect, acquire or statement took longer than configured
     asyncpg.InterfaceError,  # connection closed underneath us, pool closing
+    # A connection the server terminated while it sat idle in the pool (admin shutdown, failover) can
+    # surface as a protocol-state error on its next use rather than as a clean disconnect.
+    asyncpg.InternalClientError,
     asyncpg.PostgresError,  # includes admin shutdown, too many connections, query canceled, missing table
 )
 
