@@ -57,6 +57,12 @@ class InvalidTarget(OAuthError):
     error = "invalid_target"
 
 
+class InvalidAuthorizationDetails(OAuthError):
+    """RFC 9396 §5: authorization_details unknown, malformed or not allowed for this purpose."""
+
+    error = "invalid_authorization_details"
+
+
 class InsufficientUserAuthentication(OAuthError):
     """RFC 9470 step-up: the client should re-authenticate the user with `acr_values` / `max_age`.
 
@@ -80,8 +86,11 @@ class ServerError(OAuthError):
 _BY_CODE: dict[str, type[OAuthError]] = {
     cls.error: cls
     for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
-                InvalidScope, InvalidTarget, InsufficientUserAuthentication, TemporarilyUnavailable, ServerError)
+                InvalidScope, InvalidTarget, InvalidAuthorizationDetails, InsufficientUserAuthentication, TemporarilyUnavailable, ServerError)
 }
+
+
+ERROR_CODES = frozenset(_BY_CODE)
 
 
 def error_class(code: str) -> type[OAuthError]:

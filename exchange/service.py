@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from exchange.audit import Auditor
@@ -26,12 +25,13 @@ from exchange.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
+    ERROR_CODES,
     error_class,
 )
 from exchange.store.base import Store, StoreUnavailable
 from exchange.tokens import Minter
 from exchange.trust import SubjectTrust
-from rules import DenialError, PurposePolicy, RuleContext
+from rules import Denial, DenialError, PurposePolicy, RuleContext, actor_chain
 from schemas.records import AuditRecord, RuleOutcome
 from schemas.wire import (
     GRANT_TOKEN_EXCHANGE,
@@ -161,7 +161,7 @@ class TokenExchange:
             raise InvalidRequest("actor_token_type given without actor_token")
 
         try:
-            act = policy.check_delegation(subject.claims, actor_claims, actor_issuer)
+            act = policy.check_delegation(subject.claims, actor_claims, actor_issuer, client_id=client.client_id)
             details = policy.validate_details(request.authorization_details)
         except DenialError as exc:
             raise _denial_error(exc.denial) from None
@@ -169,8 +169,7 @@ class TokenExchange:
         decision = await policy.evaluate(
             RuleContext(
                 subject=subject.claims, issuer=subject.issuer, client_id=client.client_id, purpose=purpose,
-                audience=audience, details=tuple(MappingProxyType(d) for d in details),
-                actor_chain=_actor_chain(act), now=now, store=self._store,
+                audience=audience, details=details, actor_chain=actor_chain(act), now=now, store=self._store,
             )
         )
         draft.rules = tuple(decision.outcomes)
@@ -209,15 +208,8 @@ class TokenExchange:
         return target
 
 
-def _denial_error(denial: Any) -> OAuthError:
-    cls = error_class(denial.error)
+def _denial_error(denial: Denial) -> OAuthError:
+    # An unknown error code from a python rule is still a denial, never a crash.
+    cls = error_class(denial.error) if denial.error in ERROR_CODES else InvalidRequest
     return cls(denial.description, denial=denial.code, reason=f"denied:{denial.code}", acr_values=denial.acr_values,
                max_age=denial.max_age)
-
-
-def _actor_chain(act: dict[str, Any] | None) -> tuple[MappingProxyType[str, Any], ...]:
-    chain = []
-    while act:
-        chain.append(MappingProxyType({k: v for k, v in act.items() if k != "act"}))
-        act = act.get("act")
-    return tuple(chain)

@@ -117,11 +117,10 @@ class RuleDatabase:
 
     async def fetch(self, sql: str, *params: object) -> list[Mapping[str, Any]]:
         """All rows (at most the store's row cap), each a read-only mapping of column to value."""
-        query = getattr(self._store, "rule_query", None)
-        if query is None:
+        if self._store is None:
             # Fails the rule closed (rule_error) rather than guessing at a backend.
-            raise RuntimeError("the configured store does not offer read-only rule queries")
-        rows = await query(sql, params)
+            raise RuntimeError("no store: rule queries are unavailable")
+        rows = await self._store.rule_query(sql, params)
         return [MappingProxyType(dict(row)) for row in rows]
 
     async def fetchrow(self, sql: str, *params: object) -> Mapping[str, Any] | None:

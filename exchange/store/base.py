@@ -6,8 +6,8 @@ cannot be reached or times out, so the app can answer 503 instead of hanging or 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from schemas.records import AuditRecord, StoredKey
 
@@ -53,3 +53,7 @@ class Store(Protocol):
 
     async def purge_expired(self, now: float) -> int:
         """Drop replay records and counters past their expiry; returns how many rows went."""
+
+    # Python rules (docs/RULES.md)
+    async def rule_query(self, sql: str, params: Sequence[object], *, max_rows: int = 100) -> list[Mapping[str, Any]]:
+        """One read-only query for python rules: `$1..$n` parameters, a timeout, at most `max_rows` rows."""

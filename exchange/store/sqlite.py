@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -54,6 +54,7 @@ class SQLiteStore:
         self._migrate = config.migrate_on_start
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._readonly: sqlite3.Connection | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -74,6 +75,14 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A second connection that cannot write, for python rules' queries."""
+        conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=self._timeout,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        conn.row_factory = sqlite3.Row
         return conn
 
     @staticmethod
@@ -104,6 +113,8 @@ class SQLiteStore:
             self._conn = await loop.run_in_executor(self._executor, self._connect)
             if self._migrate:
                 await self.migrate()
+            if self._path != ":memory:":
+                self._readonly = await loop.run_in_executor(self._executor, self._connect_readonly)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: cannot open {self._path}: {exc}") from exc
 
@@ -111,12 +122,13 @@ class SQLiteStore:
         return await self._run(self._apply_migrations)
 
     async def close(self) -> None:
-        if self._executor is not None and self._conn is not None:
-            conn = self._conn
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        if self._executor is not None:
+            for conn in (self._readonly, self._conn):
+                if conn is not None:
+                    await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        self._executor, self._conn = None, None
+        self._executor, self._conn, self._readonly = None, None, None
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -236,6 +248,21 @@ class SQLiteStore:
         def go(c: sqlite3.Connection) -> int:
             n = c.execute("DELETE FROM replay_records WHERE expires_at < ?", (now,)).rowcount
             return n + c.execute("DELETE FROM rate_counters WHERE expires_at < ?", (now,)).rowcount
+
+        return await self._run(go)
+
+
+    # -- python rules ---------------------------------------------------------------------------------
+
+    async def rule_query(self, sql: str, params: Sequence[object], *, max_rows: int = 100) -> list[Mapping[str, Any]]:
+        readonly = self._readonly
+        if readonly is None:
+            raise StoreUnavailable("rule queries need a file-backed SQLite store")
+        # `$1` is a valid named parameter in SQLite, so rules use one style for both backends.
+        named = {str(i): value for i, value in enumerate(params, start=1)}
+
+        def go(_: sqlite3.Connection) -> list[Mapping[str, Any]]:
+            return [dict(row) for row in readonly.execute(sql, named).fetchmany(max_rows)]
 
         return await self._run(go)
 

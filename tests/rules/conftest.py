@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,36 +101,12 @@ def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     return add
 
 
-class SQLiteStoreWithRuleQueries(SQLiteStore):
-    """The real SQLite store plus `rule_query` as proposed for the Store protocol (see docs/RULES.md):
-    `$n` parameters, a read-only connection, a row cap. The core adds it to SQLiteStore/PostgresStore."""
-
-    def __init__(self, config: StoreConfig, path: Path) -> None:
-        super().__init__(config)
-        self._path_ro = path
-
-    async def rule_query(
-        self, sql: str, params: Sequence[object], *, max_rows: int = 100
-    ) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            conn = sqlite3.connect(f"file:{self._path_ro}?mode=ro", uri=True)
-            try:
-                conn.execute("PRAGMA query_only = ON")
-                conn.row_factory = sqlite3.Row
-                cursor = conn.execute(sql, {str(i): value for i, value in enumerate(params, start=1)})
-                return [dict(row) for row in cursor.fetchmany(max_rows)]
-            finally:
-                conn.close()
-
-        return await asyncio.wait_for(asyncio.to_thread(run), 2.0)
-
-
 @pytest.fixture
 async def bank_store(tmp_path: Path, examples_on_path: Callable[[], None]) -> AsyncIterator[SQLiteStore]:
     """MyBank's accounts in the exchange's database, for docs/RULES.md's worked example."""
     examples_on_path()
     path = tmp_path / "exchange.db"
-    store = SQLiteStoreWithRuleQueries(StoreConfig(url=f"sqlite:///{path}"), path)
+    store = SQLiteStore(StoreConfig(url=f"sqlite:///{path}"))
     await store.open()
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE accounts (number TEXT PRIMARY KEY, owner TEXT NOT NULL, frozen BOOLEAN)")
