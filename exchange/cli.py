@@ -237,3 +237,62 @@ def audit_list(config_file: str | None, limit: int, as_json: bool) -> None:
         detail = r.jti if r.decision == "granted" else (r.denial or r.reason or r.error or "")
         click.echo(f"{when:<20} {r.decision:<8} {r.client_id or '-':<14.14} {r.purpose or '-':<22.22} "
                    f"{r.sub or '-':<14.14} {detail}")
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """Inspect purpose policies."""
+
+
+@rules_group.command("explain")
+@config_option
+@click.argument("purpose")
+@click.option("--claims", "claims_file", type=click.File("rb"), required=True,
+              help="JSON file of subject claims to try (- for stdin). Not a token: nothing is verified.")
+@click.option("--details", "details_file", type=click.File("rb"), default=None,
+              help="JSON file of authorization_details to try.")
+@click.option("--client", "client_id", default="-", show_default=True, help="client_id to evaluate as.")
+def rules_explain(config_file: str | None, purpose: str, claims_file: Any, details_file: Any, client_id: str) -> None:
+    """Dry-run a purpose's rules against given claims: what each rule demands and answers.
+
+    Nothing is counted (rate limits) and nothing is issued; python rules do run, read-only.
+    """
+    from rules import DenialError, PolicyError, RuleContext, compile_policies
+
+    settings = settings_or_exit(config_file)
+    try:
+        policy = compile_policies(settings).get(purpose)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    if policy is None:
+        click.echo(f"error: unknown purpose {purpose!r}; known: {', '.join(sorted(settings.purposes))}", err=True)
+        sys.exit(1)
+    try:
+        claims = msgspec.json.decode(claims_file.read())
+        details = policy.validate_details(details_file.read().decode() if details_file else None)
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+    except DenialError as exc:
+        click.echo(f"authorization_details refused: {exc.denial.code}: {exc.denial.description}")
+        sys.exit(1)
+
+    async def go() -> Any:
+        from exchange.store import open_store
+
+        store = await open_store(settings.store)
+        try:
+            ctx = RuleContext(subject=claims, issuer=str(claims.get("iss", "-")), client_id=client_id, purpose=purpose,
+                              audience=policy.audiences[0], details=details, store=store)
+            return await policy.explain(ctx)
+        finally:
+            await store.close()
+
+    decision, reports = run(go)
+    width = max((len(r.label) for r in reports), default=4)
+    for r in reports:
+        code = f" ({r.code})" if r.code else ""
+        click.echo(f"{r.label:<{width}}  {r.outcome:<13} {r.requirement}{code}")
+    click.echo("decision: " + ("allow" if decision.allowed else f"deny: {decision.denial.code}"))
+    sys.exit(0 if decision.allowed else 1)

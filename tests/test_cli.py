@@ -144,3 +144,26 @@ rules = [{{ rule = "mfa" }}]
         assert "dev_issuer_trusted" in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_rules_explain_dry_runs_a_policy(tmp_path: Path) -> None:
+    config = tmp_path / "exchange.toml"
+    config.write_text('''
+issuer = "http://127.0.0.1:8080"
+[store]
+url = "sqlite:///exchange.db"
+[purposes."payments.approve"]
+audience = "https://payments.internal"
+rules = [{ rule = "mfa" }, { rule = "rate_limit", max = 1, per = 60 }]
+''')
+    claims = tmp_path / "claims.json"
+    claims.write_text('{"sub": "alice", "amr": ["pwd", "otp"]}')
+    for _ in range(2):  # a dry run counts nothing: the second run is allowed too
+        result = run("rules", "explain", "payments.approve", "--claims", str(claims), "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "decision: allow" in result.stdout
+    claims.write_text('{"sub": "alice", "amr": ["pwd"]}')
+    result = run("rules", "explain", "payments.approve", "--claims", str(claims), "--config", str(config))
+    assert result.returncode == 1
+    assert "(mfa_required)" in result.stdout and "not evaluated" in result.stdout
+    assert "decision: deny: mfa_required" in result.stdout
