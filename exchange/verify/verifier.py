@@ -5,25 +5,26 @@ members, algorithm allow-list, `typ`, `kid`), key lookup by kid, signature, then
 audience, time window, lifetime, purpose), then the replay guard for single-use tokens. Nothing in the
 payload is looked at before the signature is good.
 
-Everything that can be built once is built in `__init__`: the algorithm models for the allow-list, the
-size-capped JWS registry, and (module scope) the claims decoder. Per call, a cached-key verify is one
-split and two base64 decodes, one small JSON header parse, the signature check, one msgspec decode and
-a handful of comparisons.
+Everything that can be built once is built once: the algorithm models for the allow-list (joserfc's
+JWSAlgModel objects, which do the signature check), the decoders (module scope), and a small memo of
+header segments already checked. Per call, a cached-key verify is one split, two strict base64url
+decodes, one dict lookup for the header, the signature check, one msgspec decode and a handful of
+comparisons.
 """
 
 from __future__ import annotations
 
+import binascii
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import msgspec
-from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
 # Public names of joserfc.jws that its __all__ omits.
-from joserfc.jws import CompactSignature, JWSAlgModel, JWSRegistry, verify_compact  # type: ignore[attr-defined]
+from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
 from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
 from exchange.verify.errors import VerificationError
@@ -45,16 +46,22 @@ _FORBIDDEN_HEADER: Final = ("crit", "jwk", "jku", "x5u", "x5c", "b64")
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 DEFAULT_LEEWAY: Final = 10
 DEFAULT_MAX_LIFETIME: Final = 900
+_MAX_HEADER_BYTES: Final = 1024
+# Distinct headers remembered: one per (alg, kid) in practice, so a handful; the bound only stops a
+# stream of junk headers from growing the memo.
+_HEADER_MEMO_SIZE: Final = 64
+_HEADER_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
+# base64url -> standard alphabet; "+", "/" and "=" become "!", which strict decoding refuses, so only
+# the base64url alphabet without padding (RFC 7515 §2) gets through. One translate, one C call.
+_FROM_BASE64URL: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
+_PADDING: Final = (b"", b"", b"==", b"=")
 
 
-class _SizedRegistry(JWSRegistry):
-    """A JWS registry whose size limits follow the verifier's token cap."""
-
-    def __init__(self, algorithms: Collection[str], max_token_bytes: int) -> None:
-        super().__init__(algorithms=list(algorithms))
-        self.max_header_length = 1024
-        self.max_payload_length = max_token_bytes
-        self.max_signature_length = 1024
+def _b64url(segment: bytes) -> bytes:
+    # len % 4 == 1 is never valid base64; strict mode rejects it (binascii.Error, a ValueError).
+    return binascii.a2b_base64(
+        segment.translate(_FROM_BASE64URL) + _PADDING[len(segment) % 4], strict_mode=True
+    )
 
 
 class PurposeTokenVerifier:
@@ -107,7 +114,9 @@ class PurposeTokenVerifier:
         # Looked up once from the class-level table rather than via get_alg(): get_alg re-checks the
         # allow-list and warns about EdDSA on every call.
         self._algorithms: dict[str, JWSAlgModel] = {name: JWSRegistry.algorithms[name] for name in algorithms}
-        self._registry = _SizedRegistry(self._algorithms, max_token_bytes)
+        # Header segment -> (algorithm, kid), for headers that passed every header check. Tokens from
+        # one issuer key share one header byte for byte, so the steady state skips the header parse.
+        self._headers: dict[bytes, tuple[JWSAlgModel, str]] = {}
         self._leeway = leeway
         self._max_lifetime = max_lifetime
         self._max_token_bytes = max_token_bytes
@@ -131,11 +140,11 @@ class PurposeTokenVerifier:
         """
         if self._sync_guard is None:
             raise TypeError("verify() needs a synchronous replay guard; use averify() with this guard")
-        obj, alg, kid = self._parse(token)
+        signing_input, payload, signature, alg, kid = self._parse(token)
         key = self.keys.get_cached_key(kid)
         if key is None:
             raise VerificationError("unknown_key", f"kid {kid!r} is not among the cached keys")
-        claims, at = self._check(obj, alg, key, purpose, now)
+        claims, at = self._check(signing_input, payload, signature, alg, key, purpose, now)
         if claims.single_use and not self._sync_guard.consume_sync(
             claims.issuer, claims.jti, claims.exp + self._leeway, now=at
         ):
@@ -146,9 +155,9 @@ class PurposeTokenVerifier:
         self, token: str | bytes, *, purpose: str | None = None, now: float | None = None
     ) -> VerifiedClaims:
         """Verify, fetching keys when needed (unknown kid, stale set). Raises VerificationError."""
-        obj, alg, kid = self._parse(token)
+        signing_input, payload, signature, alg, kid = self._parse(token)
         key = await self.keys.get_key(kid)
-        claims, at = self._check(obj, alg, key, purpose, now)
+        claims, at = self._check(signing_input, payload, signature, alg, key, purpose, now)
         if claims.single_use and not await self.replay_guard.consume(
             claims.issuer, claims.jti, claims.exp + self._leeway, now=at
         ):
@@ -160,7 +169,8 @@ class PurposeTokenVerifier:
         if isinstance(self.keys, JWKSCache):
             await self.keys.refresh()
 
-    def _parse(self, token: str | bytes) -> tuple[CompactSignature, JWSAlgModel, str]:
+    def _parse(self, token: str | bytes) -> tuple[bytes, bytes, bytes, JWSAlgModel, str]:
+        """Split and decode a compact JWS: (signing input, payload, signature, algorithm, kid)."""
         # The size cap comes before anything else touches the token.
         if isinstance(token, str):
             if len(token) > self._max_token_bytes:
@@ -179,41 +189,67 @@ class PurposeTokenVerifier:
             raise VerificationError(
                 "malformed", "JSON-serialised JWS; only compact serialisation is accepted"
             )
+        parts = value.split(b".")
+        if len(parts) != 3:
+            raise VerificationError("malformed", "a compact JWS has three segments")
+        header_segment, payload_segment, signature_segment = parts
+        checked = self._headers.get(header_segment)
+        if checked is None:
+            checked = self._check_header(header_segment)
+            if len(self._headers) >= _HEADER_MEMO_SIZE:
+                self._headers.clear()
+            self._headers[header_segment] = checked
         try:
-            obj = jws.extract_compact(value, registry=self._registry)
-        except JoseError as exc:
-            raise VerificationError("malformed", f"not a compact JWS: {exc.error}") from None
-        header = obj.protected
-        if not isinstance(header, dict):
-            raise VerificationError("malformed", "JWS header is not a JSON object")
+            payload = _b64url(payload_segment)
+            signature = _b64url(signature_segment)
+        except (ValueError, binascii.Error):
+            raise VerificationError("malformed", "payload or signature is not base64url") from None
+        signing_input = value[: len(header_segment) + 1 + len(payload_segment)]
+        return signing_input, payload, signature, checked[0], checked[1]
+
+    def _check_header(self, segment: bytes) -> tuple[JWSAlgModel, str]:
+        if len(segment) > _MAX_HEADER_BYTES:
+            raise VerificationError("malformed", "JWS header exceeds the size cap")
+        try:
+            header = _HEADER_DECODER.decode(_b64url(segment))
+        except (ValueError, binascii.Error):
+            raise VerificationError("malformed", "JWS header is not base64url JSON object") from None
         for member in _FORBIDDEN_HEADER:
             if member in header:
                 raise VerificationError("malformed", f"forbidden JWS header member {member!r}")
-        alg = self._algorithms.get(header["alg"]) if isinstance(header["alg"], str) else None
+        name = header.get("alg")
+        alg = self._algorithms.get(name) if isinstance(name, str) else None
         if alg is None:
-            raise VerificationError("bad_signature", f"algorithm {header['alg']!r} is not allowed")
+            raise VerificationError("bad_signature", f"algorithm {name!r} is not allowed")
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP:
             raise VerificationError("wrong_type", f"typ {typ!r} is not at+jwt")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise VerificationError("malformed", "JWS header has no kid")
-        return obj, alg, kid
+        return alg, kid
 
     def _check(
-        self, obj: CompactSignature, alg: JWSAlgModel, key: Key, purpose: str | None, now: float | None
+        self,
+        signing_input: bytes,
+        payload: bytes,
+        signature: bytes,
+        alg: JWSAlgModel,
+        key: Key,
+        purpose: str | None,
+        now: float | None,
     ) -> tuple[VerifiedClaims, float]:
         try:
             # The key's type, curve and own `alg` must fit the header's algorithm (an RSA key is never
             # used for "ES256" just because the kid matched).
             alg.check_key(key)
-            good = verify_compact(obj, alg, key)
+            good = alg.verify(signing_input, signature, key)
         except (JoseError, ValueError, TypeError):
             good = False
         if not good:
             raise VerificationError("bad_signature", f"signature does not verify with kid {key.kid!r}")
         try:
-            claims = CLAIMS_DECODER.decode(obj.payload)
+            claims = CLAIMS_DECODER.decode(payload)
         except msgspec.DecodeError as exc:
             raise VerificationError("malformed", f"claims: {exc}") from None
         if claims.issuer != self.issuer:

@@ -184,6 +184,25 @@ class TestSignatureAndHeader:
     def test_garbage_is_malformed(self, ec_key: Key, token: str) -> None:
         assert reason_of(verifier_for(ec_key), token) == "malformed"
 
+    def test_non_base64url_characters_are_malformed(self, ec_key: Key) -> None:
+        header, payload, signature = mint(ec_key).split(".")
+        assert reason_of(verifier_for(ec_key), f"{header}.{payload}+.{signature}") == "malformed"
+        assert reason_of(verifier_for(ec_key), f"{header}.{payload}.{signature}==") == "malformed"
+
+    def test_remembered_header_still_needs_a_good_signature(self, ec_key: Key) -> None:
+        verifier = verifier_for(ec_key)
+        good = mint(ec_key)
+        assert verifier.verify(good, now=NOW).sub == "alice"
+        header, _, signature = good.split(".")
+        forged = b64(json.dumps(base_claims(sub="mallory")).encode())
+        assert reason_of(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
+
+    def test_header_memo_stays_bounded(self, ec_key: Key) -> None:
+        verifier = verifier_for(ec_key)
+        for n in range(200):
+            verifier.verify(mint(ec_key, cty=f"x{n}"), now=NOW)
+        assert len(verifier._headers) <= 64
+
     def test_header_that_is_not_an_object_is_malformed(self, ec_key: Key) -> None:
         token = f"{b64(b'[1, 2]')}.{b64(b'{}')}.{b64(b'sig')}"
         assert reason_of(verifier_for(ec_key), token) == "malformed"

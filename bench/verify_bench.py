@@ -1,0 +1,166 @@
+"""How much a cached-key purpose-token verify costs beyond the signature check itself.
+
+Same run, same tokens, same keys, for ES256 and RS256:
+  raw        pyca/cryptography verify of the signing input (DER signature prepared outside the loop):
+             the floor, no parsing, no claims
+  verifier   exchange.verify.PurposeTokenVerifier.verify (static JWKS, every check, claims decoded)
+  pyjwt      jwt.decode with key, algorithms, audience and issuer (signature + exp/iat/aud/iss)
+  joserfc    jwt.decode + JWTClaimsRegistry.validate (the plain joserfc way)
+
+    .venv/bin/python bench/verify_bench.py [--number 2000] [--repeat 7] [--markdown]
+
+Per-operation time is the best of `repeat` runs of `number` calls (least disturbed by the machine);
+the candidates' runs are interleaved so a busy moment does not favour one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import cryptography
+import joserfc
+import jwt as pyjwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from joserfc import jws
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey, Key, RSAKey
+
+from exchange.verify import PurposeTokenVerifier
+
+ISSUER = "https://exchange.bench"
+AUDIENCE = "https://payments.internal"
+
+
+def make_token(key: Key, alg: str, now: int) -> str:
+    claims = {
+        "iss": ISSUER,
+        "sub": "alice",
+        "aud": AUDIENCE,
+        "exp": now + 300,
+        "iat": now,
+        "jti": "4f1c2b6e9a7d4c3b8e5f0a1b2c3d4e5f",
+        "client_id": "bank-web",
+        "scope": "payments.approve",
+        "acr": "urn:mfa",
+        "amr": ["pwd", "mfa"],
+        "auth_time": now - 30,
+        "authorization_details": [{"type": "payment", "amount": "250.00", "currency": "EUR"}],
+    }
+    header = {"alg": alg, "typ": "at+jwt", "kid": key.kid}
+    return jws.serialize_compact(header, json.dumps(claims), key, algorithms=[alg])
+
+
+def candidates(key: Key, alg: str, token: str) -> dict[str, Callable[[], Any]]:
+    public = key.as_dict(private=False)
+    native_public = RSAKey.import_key(public) if alg.startswith("RS") else ECKey.import_key(public)
+    crypto_key: Any = native_public.public_key
+    signing_input, _, signature = token.rpartition(".")
+    raw_signature = joserfc.util.urlsafe_b64decode(signature.encode())
+    message = signing_input.encode()
+
+    if alg == "ES256":
+        der = encode_dss_signature(
+            int.from_bytes(raw_signature[:32], "big"), int.from_bytes(raw_signature[32:], "big")
+        )
+        algorithm = ec.ECDSA(hashes.SHA256())
+
+        def raw() -> None:
+            crypto_key.verify(der, message, algorithm)
+    else:
+        pkcs1 = padding.PKCS1v15()
+        sha256 = hashes.SHA256()
+
+        def raw() -> None:
+            crypto_key.verify(raw_signature, message, pkcs1, sha256)
+
+    verifier = PurposeTokenVerifier(
+        issuer=ISSUER, audience=AUDIENCE, jwks={"keys": [public]}, algorithms=[alg]
+    )
+
+    def ours() -> None:
+        verifier.verify(token)
+
+    def pyjwt_decode() -> None:
+        pyjwt.decode(token, crypto_key, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER)
+
+    registry = jose_jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": ISSUER}, aud={"essential": True, "value": AUDIENCE}
+    )
+
+    def joserfc_decode() -> None:
+        decoded = jose_jwt.decode(token, native_public, algorithms=[alg])
+        registry.validate(decoded.claims)
+
+    return {"raw": raw, "verifier": ours, "pyjwt": pyjwt_decode, "joserfc": joserfc_decode}
+
+
+def measure(fns: dict[str, Callable[[], Any]], number: int, repeat: int) -> dict[str, float]:
+    """Best per-call time of each candidate; runs are interleaved so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()  # warm up, and fail loudly before timing if a candidate rejects the token
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timeit.timeit(fn, number=number) / number)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=2000, help="calls per timed run (bounded)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs; the best is reported")
+    parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
+    options = parser.parse_args()
+    number = min(options.number, 100_000)
+    repeat = min(options.repeat, 50)
+
+    now = int(time.time())
+    keys = {
+        "ES256": ECKey.generate_key("P-256", auto_kid=True),
+        "RS256": RSAKey.generate_key(2048, auto_kid=True),
+    }
+    rows: list[tuple[str, dict[str, float]]] = []
+    for alg, key in keys.items():
+        token = make_token(key, alg, now)
+        timings = measure(candidates(key, alg, token), number, repeat)
+        rows.append((alg, timings))
+
+    command = f".venv/bin/python bench/verify_bench.py --number {number} --repeat {repeat}"
+    versions = (
+        f"Python {platform.python_version()}, cryptography {cryptography.__version__}, "
+        f"joserfc {joserfc.__version__}, PyJWT {pyjwt.__version__}, {platform.machine()}"
+    )
+    if options.markdown:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"## Purpose-token verification, cached key ({stamp})\n")
+        print(f"`{command}`\n")
+        print(f"{versions}; best of {repeat} runs of {number} calls; ratio = time / raw signature verify\n")
+        print("| alg | raw verify | exchange.verify | PyJWT decode | joserfc decode+validate |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for alg, t in rows:
+            cells = [f"{t['raw'] * 1e6:.1f} µs"] + [
+                f"{t[name] * 1e6:.1f} µs ({t[name] / t['raw']:.2f}x)"
+                for name in ("verifier", "pyjwt", "joserfc")
+            ]
+            print(f"| {alg} | " + " | ".join(cells) + " |")
+        return
+    print(command)
+    print(versions)
+    for alg, t in rows:
+        print(f"\n{alg}")
+        for name, seconds in t.items():
+            extra = (seconds - t["raw"]) * 1e6
+            print(f"  {name:<9} {seconds * 1e6:8.1f} µs/op  {seconds / t['raw']:5.2f}x raw  (+{extra:.1f} µs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
