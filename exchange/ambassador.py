@@ -13,6 +13,7 @@ Upstream failures are 502 (unreachable) or 504 (timed out), with bounded connect
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ class Ambassador:
         )
         self._upstream_url = httpx.URL(self.upstream)
         self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     async def aclose(self) -> None:
         """Close the upstream connection pool (lifespan shutdown does this when the server runs one)."""
@@ -121,6 +123,7 @@ class Ambassador:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._client = self._new_client()
+                self._client_loop = asyncio.get_running_loop()
                 await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per request
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -154,8 +157,12 @@ class Ambassador:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None
     ) -> int:
-        if self._client is None:
-            self._client = self._new_client()  # a server that skipped lifespan
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # A server that skipped lifespan, or an app reused in a new event loop: an httpx client's
+            # pooled connections belong to the loop that opened them.
+            self._client = self._new_client()
+            self._client_loop = loop
         headers, has_body = _upstream_headers(scope, claims)
         raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
         target = self._upstream_base_path.encode("ascii") + raw_path
