@@ -13,8 +13,15 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A plain connection (CLI) or one borrowed from the store's pool: both run migrations alike.
+    AnyConnection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 # Any fixed 64-bit number: it only has to be the same for every process migrating this database.
 MIGRATION_LOCK_ID = 0x7075_7270_6F73_6531  # "purpose1"
@@ -74,7 +81,7 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: AnyConnection) -> list[str]:
     """Apply every pending migration in one transaction; return the names applied (maybe none)."""
     async with conn.transaction():
         # First statement of the transaction: everything after it, including creating the ledger,
@@ -102,7 +109,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         return applied
 
 
-async def status(conn: asyncpg.Connection) -> list[MigrationState]:
+async def status(conn: AnyConnection) -> list[MigrationState]:
     """Every known migration with whether (and when) it was applied; also applied ones we do not know."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     rows = (

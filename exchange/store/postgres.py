@@ -30,9 +30,9 @@ when the database goes away.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -43,7 +43,14 @@ from exchange.store.base import StoreUnavailable
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
+if TYPE_CHECKING:
+    from exchange.store.migrate import AnyConnection as PooledConnection
+
 KEYS_CHANNEL = "exchange_keys"
+# SQLSTATE classes that mean the server cannot serve us now (connection exception, insufficient
+# resources, operator intervention such as shutdown or cancel, system error), as opposed to a query
+# the server understood and refused.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
 _ACTIVATE_LOCK_ID = 0x7075_7270_6F73_6B31  # "purposk1": any constant shared by all replicas
 
 _log = structlog.get_logger("exchange.store.postgres")
@@ -154,7 +161,7 @@ class PostgresStore:
             )
 
     @asynccontextmanager
-    async def _connection(self, *, deadline: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, *, deadline: float | None = None) -> AsyncIterator[PooledConnection]:
         """A pooled connection for one store call, with every unavailability mapped to StoreUnavailable."""
         pool = self._pool
         if pool is None:
@@ -356,6 +363,35 @@ class PostgresStore:
             for r in rows
         ]
 
+    # -- python rules --------------------------------------------------------------------------------
+
+    async def rule_query(
+        self, sql: str, params: Sequence[object], *, max_rows: int = 100
+    ) -> list[Mapping[str, Any]]:
+        """One read-only query for python rules (docs/RULES.md): `$n` parameters, timeout, row cap.
+
+        The query runs in a READ ONLY transaction (any write, NOTIFY, nextval or row lock fails) with a
+        server-side statement_timeout as well as the client-side one, and only `max_rows` rows are ever
+        fetched from a cursor. An outage is StoreUnavailable; a query the server refuses (syntax, unknown
+        table, attempted write) is the rule's own bug and a ValueError naming the SQLSTATE.
+        """
+        timeout_ms = max(1, int(self._config.command_timeout * 1000))
+        try:
+            async with self._connection() as conn, conn.transaction(readonly=True):
+                # SET cannot take $n parameters; the value is our own integer, never input.
+                await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                cursor = await conn.cursor(sql, *params)
+                rows = await cursor.fetch(max_rows)
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(cause, asyncpg.PostgresError)
+                and (cause.sqlstate or "")[:2] not in _OUTAGE_SQLSTATE_CLASSES
+            ):
+                raise ValueError(f"rule query refused by postgresql (SQLSTATE {cause.sqlstate})") from cause
+            raise
+        return _rule_rows(rows)
+
     # -- single use, rate limits ---------------------------------------------------------------------
 
     async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
@@ -394,6 +430,10 @@ class PostgresStore:
                 now,
             )
         return int(replays) + int(counters)
+
+
+def _rule_rows(rows: list[asyncpg.Record]) -> list[Mapping[str, Any]]:
+    return [dict(row.items()) for row in rows]
 
 
 def _text(value: str | None) -> str | None:

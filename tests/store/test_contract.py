@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from exchange.store import Store
+from exchange.store import Store, StoreUnavailable
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
 T0 = 1_800_000_000.0
@@ -236,3 +236,34 @@ class TestPurge:
 
         assert len(await store.list_audit()) == 1
         assert len(await store.list_keys()) == 1
+
+
+class TestRuleQuery:
+    async def test_reads_rows_with_dollar_parameters(self, store: Store) -> None:
+        await store.insert_key(make_key("a", created_at=T0))
+        await store.insert_key(make_key("b", created_at=T0 + 1))
+
+        rows = await store.rule_query("SELECT kid, alg FROM signing_keys WHERE kid <> $1 ORDER BY kid", ["b"])
+
+        assert [dict(r) for r in rows] == [{"kid": "a", "alg": "ES256"}]
+
+    async def test_returns_at_most_max_rows(self, store: Store) -> None:
+        for i in range(5):
+            await store.insert_key(make_key(f"k{i}", created_at=T0 + i))
+        rows = await store.rule_query("SELECT kid FROM signing_keys ORDER BY kid", [], max_rows=2)
+        assert [r["kid"] for r in rows] == ["k0", "k1"]
+
+    async def test_a_hostile_parameter_is_only_data(self, store: Store) -> None:
+        await store.insert_key(make_key("a"))
+        rows = await store.rule_query(
+            "SELECT count(*) AS n FROM signing_keys WHERE kid = $1", ["x' OR '1'='1"]
+        )
+        assert rows[0]["n"] == 0
+
+    async def test_a_rule_query_cannot_write(self, store: Store) -> None:
+        await store.insert_key(make_key("a"))
+        # The error type differs by backend (a refused write is not an outage on PostgreSQL); the
+        # contract is that the write is refused and nothing changes.
+        with pytest.raises((ValueError, StoreUnavailable)):
+            await store.rule_query("DELETE FROM signing_keys WHERE kid = $1", ["a"])
+        assert [k.kid for k in await store.list_keys()] == ["a"]

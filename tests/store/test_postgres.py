@@ -383,3 +383,26 @@ class TestKeyWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         assert calls == 2
+
+
+class TestRuleQuery:
+    async def test_a_write_is_refused_as_the_rules_own_error(self, pg_store: PostgresStore) -> None:
+        with pytest.raises(ValueError, match=r"SQLSTATE 25006"):  # read_only_sql_transaction
+            await pg_store.rule_query("INSERT INTO replay_records VALUES ($1, $2, $3)", ["i", "j", T0])
+        assert await pg_store.consume_jti("i", "j", T0) is True  # nothing was written
+
+    async def test_a_bad_query_is_a_value_error_not_an_outage(self, pg_store: PostgresStore) -> None:
+        with pytest.raises(ValueError, match=r"SQLSTATE 42P01"):  # undefined_table
+            await pg_store.rule_query("SELECT * FROM no_such_table", [])
+
+    async def test_a_slow_query_is_cut_off_and_reported_unavailable(self, pg_url: str) -> None:
+        store = PostgresStore(StoreConfig(url=pg_url, command_timeout=0.5))
+        await store.open()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.rule_query("SELECT pg_sleep(10)", [])
+            assert time.monotonic() - started < 1.5
+            await store.ping()
+        finally:
+            await store.close()
