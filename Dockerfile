@@ -1,4 +1,5 @@
-# The exchange service image: the same image runs the replicas and the one-shot `exchange db migrate`.
+# The exchange service image: the same image runs the replicas, the one-shot `exchange db migrate`
+# and the example downstream service.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,6 +12,8 @@ COPY pyproject.toml README.md ./
 COPY exchange ./exchange
 COPY rules ./rules
 COPY schemas ./schemas
+# The example downstream service (compose's `payments`) runs from the same image.
+COPY examples ./examples
 RUN pip install . \
  && useradd --system --uid 10001 --no-create-home exchange
 
