@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # Any fixed 64-bit number: it only has to be the same for every process migrating this database.
 MIGRATION_LOCK_ID = 0x7075_7270_6F73_6531  # "purpose1"
+# Seconds any one migration statement may take, waiting for another migrator's lock included.
+MIGRATION_TIMEOUT = 300.0
 
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -81,14 +83,18 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: AnyConnection) -> list[str]:
-    """Apply every pending migration in one transaction; return the names applied (maybe none)."""
+async def migrate(conn: AnyConnection, *, statement_timeout: float = MIGRATION_TIMEOUT) -> list[str]:
+    """Apply every pending migration in one transaction; return the names applied (maybe none).
+
+    `statement_timeout` bounds each statement, waiting for the lock included: it replaces the connection's
+    request-sized command timeout, since a replica may wait here while another one migrates.
+    """
     async with conn.transaction():
         # First statement of the transaction: everything after it, including creating the ledger,
         # happens with the lock held, so concurrent migrators cannot interleave.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        await conn.execute(_CREATE_LEDGER)
-        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID, timeout=statement_timeout)
+        await conn.execute(_CREATE_LEDGER, timeout=statement_timeout)
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations", timeout=statement_timeout)
         done = {row["version"]: row["checksum"] for row in rows}
         applied: list[str] = []
         for m in migrations():
@@ -98,12 +104,13 @@ async def migrate(conn: AnyConnection) -> list[str]:
                         f"migration {m.name} was changed after it was applied; refusing to go on"
                     )
                 continue
-            await conn.execute(m.sql)
+            await conn.execute(m.sql, timeout=statement_timeout)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                 m.version,
                 m.name,
                 m.checksum,
+                timeout=statement_timeout,
             )
             applied.append(m.name)
         return applied

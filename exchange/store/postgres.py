@@ -143,8 +143,10 @@ class PostgresStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations (one transaction, advisory lock); the names applied."""
-        # Migrations may legitimately run longer than a request's statement timeout.
-        async with self._connection(deadline=max(self._deadline, 120.0)) as conn:
+        # Migrations (or waiting for another replica's) may run far longer than a request may.
+        async with self._connection(
+            deadline=self._config.connect_timeout + migrations.MIGRATION_TIMEOUT
+        ) as conn:
             return await migrations.migrate(conn)
 
     async def migration_status(self) -> list[migrations.MigrationState]:

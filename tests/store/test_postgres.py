@@ -101,6 +101,24 @@ class TestMigrations:
         finally:
             await asyncio.gather(*(s.close() for s in stores))
 
+    async def test_a_replica_waits_out_a_long_migration_elsewhere_despite_short_timeouts(
+        self, pg_url: str
+    ) -> None:
+        other = await asyncpg.connect(pg_url)
+        store = PostgresStore(StoreConfig(url=pg_url, connect_timeout=0.5, command_timeout=0.5))
+        try:
+            async with other.transaction():
+                # Another migrator holds the lock for longer than this replica's command timeout.
+                await other.execute("SELECT pg_advisory_xact_lock($1)", migrations.MIGRATION_LOCK_ID)
+                opening = asyncio.create_task(store.open())
+                await asyncio.sleep(1.2)
+                assert not opening.done()
+            await opening  # lock released: it migrates and opens instead of timing out
+            await store.ping()
+        finally:
+            await store.close()
+            await other.close()
+
     async def test_status_of_an_empty_database_is_all_pending(self, pg_url: str) -> None:
         conn = await asyncpg.connect(pg_url)
         try:
