@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -25,14 +24,16 @@ from urllib.parse import quote, urlsplit
 import click
 import httpx
 import msgspec
+import structlog
 
-from exchange.verify.asgi import Receive, Scope, Send, check_request, send_refusal
+from exchange.logging import configure_logging
+from exchange.verify.asgi import Receive, Refusal, Scope, Send, check_request, send_refusal
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
 from exchange.verify.routes import RouteTable, has_dot_segments
 from exchange.verify.verifier import PurposeTokenVerifier
 
-log = logging.getLogger("exchange.ambassador")
+log = structlog.get_logger("exchange.ambassador")
 
 CONFIG_ENV: Final = "PURPOSE_AMBASSADOR_CONFIG"
 IDENTITY_PREFIX: Final = b"x-purpose-"
@@ -138,21 +139,30 @@ class Ambassador:
         if path == self.health_path and method in ("GET", "HEAD"):
             await _send_json(send, 200, {"status": "ok"})
             return
+        claims: VerifiedClaims | None = None
+        refusal: Refusal | None
         if has_dot_segments(path):
             # The upstream might resolve "/open/../admin" to "/admin" after we matched "/open".
-            await send_refusal(send, 400, None, "invalid_request")
-            return
-        claims, refusal = await check_request(self.verifier, self.routes, scope)
+            refusal = Refusal(400, None, "invalid_request", "dot_segments")
+        else:
+            claims, refusal = await check_request(self.verifier, self.routes, scope)
         if refusal is not None:
-            await send_refusal(send, *refusal)
-            log.info("ambassador_request method=%s path=%s status=%d", method, path, refusal[0])
-            return
-        status = await self._forward(scope, receive, send, claims)
+            await send_refusal(send, refusal)
+            status = refusal.status
+        else:
+            status = await self._forward(scope, receive, send, claims)
+        # The one canonical line per request: identity by sub and jti, never the token.
         log.info(
-            "ambassador_request method=%s path=%s status=%d sub=%s jti=%s ms=%.1f",
-            method, path, status, claims.sub if claims else "-", claims.jti if claims else "-",
-            (time.perf_counter() - started) * 1000,
-        )  # fmt: skip
+            "ambassador_request",
+            method=method,
+            path=path,
+            status=status,
+            reason=refusal.reason if refusal else None,
+            sub=claims.sub if claims else None,
+            jti=claims.jti if claims else None,
+            purpose=claims.purpose if claims else None,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None
@@ -177,11 +187,11 @@ class Ambassador:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            log.warning("ambassador_upstream_timeout error=%s", type(exc).__name__)
+            log.warning("ambassador_upstream_timeout", error=type(exc).__name__, upstream=self.upstream)
             await _send_json(send, 504, {"error": "upstream_timeout"})
             return 504
         except httpx.HTTPError as exc:
-            log.warning("ambassador_upstream_error error=%s", type(exc).__name__)
+            log.warning("ambassador_upstream_error", error=type(exc).__name__, upstream=self.upstream)
             await _send_json(send, 502, {"error": "upstream_unavailable"})
             return 502
         try:
@@ -201,7 +211,7 @@ class Ambassador:
         except httpx.HTTPError as exc:
             # Too late for a 502: the status line is gone. Ending here makes the server drop the
             # connection, so the client sees a truncated response rather than a complete-looking one.
-            log.warning("ambassador_upstream_broke_mid_response error=%s", type(exc).__name__)
+            log.warning("ambassador_upstream_broke_mid_response", error=type(exc).__name__)
         finally:
             await response.aclose()
         return response.status_code
@@ -306,6 +316,7 @@ def build_ambassador(config: AmbassadorConfig) -> Ambassador:
 
 def app_from_env() -> Ambassador:
     """Factory for server worker processes: the config travels in $PURPOSE_AMBASSADOR_CONFIG."""
+    configure_logging()
     return build_ambassador(msgspec.json.decode(os.environ[CONFIG_ENV], type=AmbassadorConfig))
 
 

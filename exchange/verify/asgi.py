@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -42,17 +42,27 @@ def claims_from_scope(scope: Scope) -> VerifiedClaims | None:
     return claims if isinstance(claims, VerifiedClaims) else None
 
 
-async def send_refusal(send: Send, status: int, www_authenticate: str | None, error: str) -> None:
+class Refusal(NamedTuple):
+    """Why a request is answered by us instead of the app: HTTP status, challenge, error, reason."""
+
+    status: int
+    www_authenticate: str | None
+    error: str
+    # The VerificationError reason code (or "no_token" / "no_route"), for the service's log only.
+    reason: str
+
+
+async def send_refusal(send: Send, refusal: Refusal) -> None:
     """An RFC 6750-style JSON refusal; shared with the ambassador."""
-    body = msgspec.json.encode({"error": error})
+    body = msgspec.json.encode({"error": refusal.error})
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    if www_authenticate is not None:
-        headers.append((b"www-authenticate", www_authenticate.encode("ascii")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if refusal.www_authenticate is not None:
+        headers.append((b"www-authenticate", refusal.www_authenticate.encode("ascii")))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -69,30 +79,27 @@ def authorization_header(scope: Scope) -> bytes | None:
 
 async def check_request(
     verifier: PurposeTokenVerifier, routes: RouteTable, scope: Scope
-) -> tuple[VerifiedClaims | None, tuple[int, str | None, str] | None]:
-    """Decide one request: (claims or None for open routes, None) or (None, refusal).
-
-    A refusal is (status, WWW-Authenticate or None, error code).
-    """
-    method = scope.get("method", "GET")
-    route = routes.match(method, scope["path"])
+) -> tuple[VerifiedClaims | None, Refusal | None]:
+    """Decide one request: (claims, None), (None, None) on an open route, or (None, refusal)."""
+    route = routes.match(scope.get("method", "GET"), scope["path"])
     if route is None:
-        return None, (404, None, "not_found")
+        return None, Refusal(404, None, "not_found", "no_route")
     if route.open:
         return None, None
     token = bearer_token(authorization_header(scope))
     if token is None:
         status, header = challenge(None)
-        return None, (status, header, "invalid_token")
+        return None, Refusal(status, header, "invalid_token", "no_token")
     try:
         claims = await verifier.averify(token, purpose=route.purpose)
     except VerificationError as exc:
-        log.info(
-            "purpose_token_refused reason=%s detail=%s method=%s path=%s token_sha256=%s",
-            exc.reason, exc.detail, method, scope["path"], token_hash(token),
-        )  # fmt: skip
         status, header = challenge(exc, purpose=route.purpose)
-        return None, (status, header, "insufficient_scope" if status == 403 else "invalid_token")
+        error = "insufficient_scope" if status == 403 else "invalid_token"
+        log.info(
+            "purpose_token_refused reason=%s detail=%s path=%s token_sha256=%s",
+            exc.reason, exc.detail, scope["path"], token_hash(token),
+        )  # fmt: skip
+        return None, Refusal(status, header, error, exc.reason)
     return claims, None
 
 
@@ -122,7 +129,7 @@ class PurposeMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
             else:
-                await send_refusal(send, *refusal)
+                await send_refusal(send, refusal)
             return
         if claims is not None:
             state = scope.setdefault("state", {})

@@ -266,3 +266,20 @@ def test_ambassador_process_streams_responses(upstream: str, tmp_path: Path, ec_
         assert arrivals[-1][1] - arrivals[0][1] > 0.4
     finally:
         stop(process)
+
+
+class TestLogging:
+    async def test_one_canonical_line_per_request_without_the_token(self, ambassador: Ambassador, ec_key: Key) -> None:
+        from structlog.testing import capture_logs
+
+        token = mint(ec_key, base_claims())
+        with capture_logs() as logs:
+            async with client_for(ambassador) as client:
+                await client.get("/accounts/1", headers={"Authorization": f"Bearer {token}"})
+                await client.post("/payments/1", headers={"Authorization": f"Bearer {token}x"})
+        lines = [entry for entry in logs if entry["event"] == "ambassador_request"]
+        assert [(line["status"], line["reason"], line["sub"]) for line in lines] == [
+            (200, None, "alice"),
+            (401, "bad_signature", None),
+        ]
+        assert token not in repr(logs)
