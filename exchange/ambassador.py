@@ -220,12 +220,14 @@ class Ambassador:
 def _upstream_headers(scope: Scope, claims: VerifiedClaims | None) -> tuple[list[tuple[bytes, bytes]], bool]:
     headers: list[tuple[bytes, bytes]] = []
     has_body = False
-    forwarded_for = b""
+    forwarded_for = original_host = b""
     connection_tokens: set[bytes] = set()
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"connection":
             connection_tokens.update(token.strip().lower() for token in value.split(b","))
+        elif lowered == b"host":
+            original_host = value
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered in (b"content-length", b"transfer-encoding"):
@@ -235,11 +237,15 @@ def _upstream_headers(scope: Scope, claims: VerifiedClaims | None) -> tuple[list
         if lowered == b"x-forwarded-for":
             forwarded_for = value + b", "
             continue
+        if lowered in (b"x-forwarded-proto", b"x-forwarded-host"):
+            continue  # ours replace the client's: only the hop we saw is known to be true
         headers.append((name, value))
     client = scope.get("client")
     if client:
         headers.append((b"x-forwarded-for", forwarded_for + str(client[0]).encode("ascii")))
     headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("ascii")))
+    if original_host:
+        headers.append((b"x-forwarded-host", original_host))
     if claims is not None:
         headers.append((b"x-purpose-sub", _header_safe(claims.sub)))
         headers.append((b"x-purpose-scope", _header_safe(claims.purpose)))

@@ -16,7 +16,9 @@ import msgspec
 from exchange.verify.errors import VerificationError
 
 
-class VerifiedClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class VerifiedClaims(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """What a verified purpose token says. Only ever built by the verifier, after every check passed."""
 
     issuer: str = msgspec.field(name="iss")
@@ -68,7 +70,7 @@ class VerifiedClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return chain
 
     def to_dict(self) -> dict[str, Any]:
-        """The claims under their wire names (what `X-Purpose-Claims` and the CLI print)."""
+        """The claims by wire name, absent ones left out (as X-Purpose-Claims and the CLI show them)."""
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 from joserfc.errors import JoseError
-from joserfc.jwk import JWKRegistry, Key
+from joserfc.jwk import JWKRegistry, Key, RSAKey
 
 from exchange.verify.errors import VerificationError
 
@@ -36,6 +36,8 @@ log = logging.getLogger("exchange.verify")
 
 DEFAULT_MAX_KEYS: Final = 32
 DEFAULT_MAX_BYTES: Final = 64 * 1024
+# RFC 7518 §3.3 requires 2048-bit RSA keys or larger; a shorter one in a JWKS is ignored, not trusted.
+MIN_RSA_BITS: Final = 2048
 
 
 class KeySource(Protocol):
@@ -66,7 +68,8 @@ def parse_jwks(document: bytes | Mapping[str, Any], *, max_keys: int = DEFAULT_M
     """Import the public signature keys of a JWKS, by kid. Raises JWKSError if none is usable.
 
     Keys we must never verify with are dropped, not trusted: symmetric (`oct`) keys, keys that carry
-    private material, and keys marked for encryption. Unknown key types are ignored (RFC 7517 §5).
+    private material, keys marked for encryption, and RSA keys under 2048 bits. Unknown key types
+    are ignored (RFC 7517 §5).
     """
     try:
         if isinstance(document, bytes | bytearray | memoryview):
@@ -88,6 +91,13 @@ def parse_jwks(document: bytes | Mapping[str, Any], *, max_keys: int = DEFAULT_M
             key = JWKRegistry.import_key(data)
         except (JoseError, ValueError, TypeError) as exc:
             log.warning("jwks_key_ignored kty=%s kid=%s error=%s", kty, data.get("kid"), exc)
+            continue
+        if isinstance(key, RSAKey) and key.public_key.key_size < MIN_RSA_BITS:
+            log.warning(
+                "jwks_key_ignored kty=RSA kid=%s error=key shorter than %d bits",
+                data.get("kid"),
+                MIN_RSA_BITS,
+            )
             continue
         key.ensure_kid()
         kid = key.kid

@@ -125,7 +125,10 @@ class TestIdentity:
         assert header_values(echo, "x-purpose-scope") == [PURPOSE]
         claims = json.loads(header_values(echo, "x-purpose-claims")[0])
         assert (claims["sub"], claims["aud"], claims["amr"]) == ("alice", AUDIENCE, ["pwd"])
+        assert "acr" not in claims  # absent claims are left out, not sent as null
         assert header_values(echo, "x-forwarded-for") == ["203.0.113.7"]
+        assert header_values(echo, "x-forwarded-host") == ["ambassador.test"]
+        assert header_values(echo, "host") == [ambassador.upstream.removeprefix("http://")]
         assert response.headers["x-upstream"] == "yes"
 
     async def test_client_sent_identity_headers_are_stripped(
@@ -189,6 +192,20 @@ class TestForwarding:
         assert echo["query"] == "x=1&y=%2F"
         assert echo["body"] == '{"amount": 10}'
         assert header_values(echo, "content-length") == ["14"]
+
+    async def test_client_forwarded_headers_are_extended_or_replaced(
+        self, ambassador: Ambassador, ec_key: Key
+    ) -> None:
+        sent = {
+            "X-Forwarded-For": "198.51.100.1",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.test",
+        }
+        async with client_for(ambassador) as client:
+            echo = (await client.get("/a", headers={**sent, **bearer(ec_key)})).json()
+        assert header_values(echo, "x-forwarded-for") == ["198.51.100.1, 203.0.113.7"]
+        assert header_values(echo, "x-forwarded-proto") == ["http"]
+        assert header_values(echo, "x-forwarded-host") == ["ambassador.test"]
 
     async def test_authorization_reaches_the_upstream(self, ambassador: Ambassador, ec_key: Key) -> None:
         headers = bearer(ec_key)
@@ -269,7 +286,9 @@ def test_ambassador_process_streams_responses(upstream: str, tmp_path: Path, ec_
 
 
 class TestLogging:
-    async def test_one_canonical_line_per_request_without_the_token(self, ambassador: Ambassador, ec_key: Key) -> None:
+    async def test_one_canonical_line_per_request_without_the_token(
+        self, ambassador: Ambassador, ec_key: Key
+    ) -> None:
         from structlog.testing import capture_logs
 
         token = mint(ec_key, base_claims())

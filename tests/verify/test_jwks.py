@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from joserfc.jwk import Key, OctKey
+from joserfc.jwk import Key, OctKey, RSAKey
 
 from exchange.verify import JWKSCache, PurposeTokenVerifier, StaticJWKS, VerificationError, parse_jwks
 from exchange.verify.jwks import JWKSError
@@ -266,6 +266,17 @@ class TestKeyFiltering:
             ]
         }
         assert set(parse_jwks(document)) == {ec_key.kid}
+
+    def test_short_rsa_keys_are_dropped(self, ec_key: Key) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from joserfc.errors import SecurityWarning
+
+        with pytest.warns(SecurityWarning):
+            short = RSAKey.import_key(rsa.generate_private_key(65537, 1024).public_key())
+        short.ensure_kid()
+        # joserfc warns on import and would still use the key; parse_jwks drops it.
+        with pytest.warns(SecurityWarning):
+            assert set(parse_jwks(public_jwks(short, ec_key))) == {ec_key.kid}
 
     def test_set_without_usable_keys_is_an_error(self) -> None:
         with pytest.raises(JWKSError):
