@@ -46,8 +46,6 @@ _encode = msgspec.json.Encoder().encode
 _FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {"audience", "resource"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# How often a replica re-reads keys from the store, so a rotation elsewhere reaches it within seconds.
-KEY_REFRESH_SECONDS = 5.0
 PURGE_SECONDS = 60.0
 
 
@@ -60,6 +58,7 @@ class Runtime:
     exchange: TokenExchange
     auditor: Auditor
     metadata: bytes
+    keys_version: int
 
 
 def metadata(settings: Settings) -> ServerMetadata:
@@ -88,6 +87,8 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
     await store.open()
     try:
         keyring = KeyRing(store, kek, settings.signing.algorithm)
+        # Read before loading the keys, so a rotation racing with start-up is still noticed.
+        keys_version = await store.keys_version()
         await keyring.ensure_active()
         sources: list[tuple[TrustedIssuer, KeySource]] = [(t, key_source(t)) for t in settings.trusted_issuers]
         if settings.dev_issuer is not None:
@@ -106,7 +107,7 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         await store.close()
         raise
     return Runtime(store=store, keyring=keyring, exchange=exchange, auditor=auditor,
-                   metadata=_encode(metadata(settings)))
+                   metadata=_encode(metadata(settings)), keys_version=keys_version)
 
 
 def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
@@ -149,16 +150,20 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         configure_logging()
         runtime = await build_runtime(settings, clock=clock)
         await runtime.auditor.start()
-        background = asyncio.create_task(_maintain(runtime), name="key-refresh")
+        background = [
+            asyncio.create_task(runtime.store.watch_keys(runtime.keyring.refresh, known_version=runtime.keys_version),
+                                name="key-watch"),
+            asyncio.create_task(_purge(runtime.store), name="purge"),
+        ]
         app.state.runtime = runtime
         log.info("service_started", issuer=settings.issuer, kid=runtime.keyring.active.kid,
                  store=settings.store.url.split(":", 1)[0], pid=os.getpid())
         try:
             yield
         finally:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await runtime.auditor.stop()
             await runtime.store.close()
 
@@ -224,18 +229,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     )
 
 
-async def _maintain(runtime: Runtime) -> None:
-    """Keep this replica's keys in step with the store, and sweep expired replay/rate rows."""
-    last_purge = 0.0
+async def _purge(store: Store) -> None:
+    """Sweep expired replay records and rate counters now and then."""
     while True:
-        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        await asyncio.sleep(PURGE_SECONDS)
         try:
-            await runtime.keyring.refresh()
-            if time.time() - last_purge > PURGE_SECONDS:
-                await runtime.store.purge_expired(time.time())
-                last_purge = time.time()
-        except Exception as exc:  # the store may be down for a while; keep serving with what we have
-            log.warning("maintenance_failed", error=exc.__class__.__name__)
+            await store.purge_expired(time.time())
+        except Exception as exc:  # the store may be down for a while; the next sweep catches up
+            log.warning("purge_failed", error=exc.__class__.__name__)
 
 
 def app_from_env() -> Litestar:

@@ -17,6 +17,7 @@ import msgspec
 
 from exchange.config import config_path, load_settings
 from exchange.errors import ConfigError
+from exchange.store.cli import db_group
 from schemas.config import Settings
 
 T = TypeVar("T")
@@ -74,6 +75,9 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
     Granian("exchange.app:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
             workers=workers, log_access=False).serve()
+
+
+main.add_command(db_group)
 
 
 @main.group()

@@ -6,7 +6,7 @@ cannot be reached or times out, so the app can answer 503 instead of hanging or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from schemas.records import AuditRecord, StoredKey
@@ -36,6 +36,18 @@ class Store(Protocol):
 
     async def retire_keys(self, before: float) -> list[str]:
         """Retiring keys that stopped signing before `before` become retired; returns their kids."""
+
+    async def keys_version(self) -> int:
+        """A number that changes whenever the signing keys change (any process, any replica)."""
+
+    async def watch_keys(
+        self, on_change: Callable[[], Awaitable[None]], *, known_version: int | None = None,
+        poll_interval: float = 2.0,
+    ) -> None:
+        """Await `on_change()` after each key change seen after `known_version`, until cancelled.
+
+        Survives store outages and callback errors; a rotation reaches every replica within seconds.
+        """
 
     # Audit
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import structlog
 
 from exchange.store.base import StoreUnavailable
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
 T = TypeVar("T")
+log = structlog.get_logger("exchange.store")
 
 _AUDIT_COLUMNS = (
     "time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason, "
@@ -65,6 +68,8 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self._executor, fn, conn), self._timeout)
+        except sqlite3.IntegrityError as exc:  # a constraint, not an outage (as in PostgreSQL)
+            raise ValueError(f"sqlite: {exc}") from exc
         except (sqlite3.OperationalError, sqlite3.DatabaseError, TimeoutError) as exc:
             raise StoreUnavailable(f"sqlite: {exc.__class__.__name__}") from exc
 
@@ -186,6 +191,29 @@ class SQLiteStore:
             return sorted(r[0] for r in rows)
 
         return await self._run(go)
+
+    async def keys_version(self) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            rows = c.execute("SELECT kid, state, retired_at FROM signing_keys ORDER BY kid").fetchall()
+            return zlib.crc32(repr(rows).encode())
+
+        return await self._run(go)
+
+    async def watch_keys(
+        self, on_change: Callable[[], Awaitable[None]], *, known_version: int | None = None,
+        poll_interval: float = 2.0,
+    ) -> None:
+        # One file, usually one process: polling the key table is cheap and sees the CLI's rotations.
+        last = known_version
+        while True:
+            try:
+                version = await self.keys_version()
+                if last is not None and version != last:
+                    await on_change()
+                last = version
+            except Exception as exc:  # keep watching through outages and callback errors
+                log.warning("key_watch_failed", error=exc.__class__.__name__)
+            await asyncio.sleep(poll_interval)
 
     # -- audit ----------------------------------------------------------------------------------------
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
-from exchange.store import Store, StoreUnavailable
+from exchange.store import Store, StoreUnavailable, open_store
+from schemas.config import StoreConfig
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
 T0 = 1_800_000_000.0
@@ -111,6 +113,41 @@ class TestKeys:
 
         states = {k.kid: k.state for k in await store.list_keys()}
         assert states == {"k1": "retired", "k2": "retired", "k3": "active"}
+
+
+class TestKeyWatch:
+    async def test_keys_version_changes_with_every_key_change(self, store: Store) -> None:
+        v0 = await store.keys_version()
+        await store.insert_key(make_key("a", state="retiring"))
+        v1 = await store.keys_version()
+        await store.activate_key("a", T0)
+        v2 = await store.keys_version()
+        assert len({v0, v1, v2}) == 3
+        assert await store.keys_version() == v2
+
+    async def test_watch_keys_reports_a_rotation_made_elsewhere(self, store: Store,
+                                                                store_config: Callable[..., StoreConfig]) -> None:
+        seen = asyncio.Event()
+
+        async def on_change() -> None:
+            seen.set()
+
+        watcher = asyncio.create_task(
+            store.watch_keys(on_change, known_version=await store.keys_version(), poll_interval=0.1))
+        other = await open_store(store_config())  # another process's view of the same database
+        try:
+            await other.insert_key(make_key("rotated", state="retiring"))
+            await other.activate_key("rotated", T0)
+            await asyncio.wait_for(seen.wait(), 5)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await other.close()
+
+    async def test_duplicate_kid_is_a_value_error(self, store: Store) -> None:
+        await store.insert_key(make_key("dup"))
+        with pytest.raises(ValueError):
+            await store.insert_key(make_key("dup"))
 
 
 class TestAudit:
