@@ -23,7 +23,7 @@ import msgspec
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
-# Public names of joserfc.jws that its __all__ omits.
+# JWSAlgModel is public in joserfc.jws, though missing from its __all__.
 from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
 from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
@@ -112,8 +112,13 @@ class PurposeTokenVerifier:
         else:
             self.keys = jwks
         # Looked up once from the class-level table rather than via get_alg(): get_alg re-checks the
-        # allow-list and warns about EdDSA on every call.
-        self._algorithms: dict[str, JWSAlgModel] = {name: JWSRegistry.algorithms[name] for name in algorithms}
+        # allow-list and warns about EdDSA on every call. A joserfc older than RFC 9864 support lacks
+        # "Ed25519": the default list then goes without it, an explicit request for it is an error.
+        known = JWSRegistry.algorithms
+        missing = [name for name in algorithms if name not in known]
+        if missing and algorithms is not DEFAULT_ALGORITHMS:
+            raise ValueError(f"this joserfc does not implement {missing}")
+        self._algorithms: dict[str, JWSAlgModel] = {name: known[name] for name in algorithms if name in known}
         # Header segment -> (algorithm, kid), for headers that passed every header check. Tokens from
         # one issuer key share one header byte for byte, so the steady state skips the header parse.
         self._headers: dict[bytes, tuple[JWSAlgModel, str]] = {}

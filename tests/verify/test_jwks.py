@@ -321,3 +321,19 @@ class TestVerifierWithCache:
         with pytest.raises(VerificationError) as caught:
             await verifier.averify(mint(rsa_key, alg="RS256"), now=NOW)
         assert caught.value.reason == "unknown_key"
+
+    async def test_key_removed_from_the_published_jwks_stops_verifying(
+        self, jwks_server: JWKSServer, clock: FakeClock, ec_key: Key, rsa_key: Key
+    ) -> None:
+        jwks_server.publish(ec_key, rsa_key, max_age=60)
+        keys = cache_for(jwks_server, clock)
+        verifier = PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=keys)
+        token = mint(ec_key)
+        assert (await verifier.averify(token, now=NOW)).sub == "alice"
+        jwks_server.publish(rsa_key, max_age=60)  # the exchange retired ec_key
+        assert (await verifier.averify(token, now=NOW)).sub == "alice"  # still cached: fresh for 60 s
+        clock.advance(60)
+        with pytest.raises(VerificationError) as caught:
+            await verifier.averify(token, now=NOW)
+        assert caught.value.reason == "unknown_key"
+        assert jwks_server.fetches == 2
