@@ -7,10 +7,12 @@ Three paths are measured with the same httpx client:
   open       client -> ambassador (open route: proxying only) -> upstream
   verified   client -> ambassador (ES256 purpose token verified, identity headers added) -> upstream
 
-    .venv/bin/python bench/ambassador_bench.py [--requests 2000] [--concurrency 32] [--server granian]
+    .venv/bin/python bench/ambassador_bench.py [--generator auto|wrk|httpx] [--seconds 5]
+        [--requests 2000] [--concurrency 32] [--server granian|uvicorn] [--markdown]
 
-Latency is measured one request at a time (p50/p99 of `--requests`); throughput with `--concurrency`
-requests in flight. Loops are bounded by `--requests`.
+Latency is measured one request at a time (p50/p99), throughput with `--concurrency` requests in
+flight. The load generator is wrk when installed (C, so it does not compete for the GIL of what it
+measures; runs bounded by `--seconds`), else an httpx client (bounded by `--requests`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -74,7 +78,7 @@ async def latency(client: httpx.AsyncClient, url: str, headers: dict[str, str], 
     samples = []
     for _ in range(n):
         started = time.perf_counter()
-        response = await client.post(url, headers=headers)
+        response = await client.get(url, headers=headers)
         samples.append(time.perf_counter() - started)
         if response.status_code != 200:
             raise SystemExit(f"{url}: HTTP {response.status_code} {response.text}")
@@ -90,7 +94,7 @@ async def throughput(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            response = await client.post(url, headers=headers)
+            response = await client.get(url, headers=headers)
             if response.status_code != 200:
                 raise SystemExit(f"{url}: HTTP {response.status_code}")
 
@@ -115,6 +119,38 @@ async def measure(paths: dict[str, tuple[str, dict[str, str]]], n: int, concurre
     return results
 
 
+_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(url: str, headers: dict[str, str], connections: int, seconds: int) -> dict[str, float]:
+    """One wrk run (C, outside the GIL of everything measured): requests/s and latency percentiles."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, timeout=seconds + 30, check=True
+    ).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"{url}: wrk saw non-2xx answers:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {f"p{p}": float(v) * _WRK_UNITS[unit] for p, v, unit in _WRK_LATENCY.findall(out)}
+    return {"rps": rps, **latency}
+
+
+def measure_wrk(
+    paths: dict[str, tuple[str, dict[str, str]]], concurrency: int, seconds: int
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for url, headers in paths.values():  # warm up connections, JWKS, caches
+        wrk(url, headers, 1, 1)
+    for name, (url, headers) in paths.items():
+        single = wrk(url, headers, 1, seconds)  # one request at a time: latency
+        loaded = wrk(url, headers, concurrency, seconds)  # `concurrency` in flight: throughput
+        results[name] = {"p50": single["p50"], "p99": single["p99"], "rps": loaded["rps"]}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (bounded)")
@@ -122,6 +158,14 @@ def main() -> None:
     parser.add_argument(
         "--server", choices=["granian", "uvicorn"], default="granian", help="ambassador's server"
     )
+    parser.add_argument(
+        "--generator",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="load generator (auto: wrk if found)",
+    )
+    parser.add_argument("--max-connections", type=int, default=32, help="ambassador's upstream pool size")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk: seconds per run (bounded)")
     parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -133,6 +177,10 @@ def main() -> None:
         )
         return
     n = min(options.requests, 20_000)
+    seconds = min(options.seconds, 60)
+    generator = options.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "httpx"
 
     key = ECKey.generate_key("P-256", auto_kid=True)
     now = int(time.time())
@@ -156,7 +204,8 @@ def main() -> None:
         ambassador = subprocess.Popen(
             [sys.executable, "-m", "exchange.ambassador", "--listen", f"127.0.0.1:{ambassador_port}",
              "--upstream", f"http://127.0.0.1:{upstream_port}", "--issuer", ISSUER, "--audience", AUDIENCE,
-             "--jwks-file", str(jwks_file), "--routes", str(routes_file), "--server", options.server],
+             "--jwks-file", str(jwks_file), "--routes", str(routes_file), "--server", options.server,
+             "--max-connections", str(options.max_connections)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -168,17 +217,29 @@ def main() -> None:
                 "open": (f"http://127.0.0.1:{ambassador_port}/open/payments/p-1001/approve", auth),
                 "verified": (f"http://127.0.0.1:{ambassador_port}/payments/p-1001/approve", auth),
             }
-            results = asyncio.run(measure(paths, n, options.concurrency))
+            if generator == "wrk":
+                results = measure_wrk(paths, options.concurrency, seconds)
+            else:
+                results = asyncio.run(measure(paths, n, options.concurrency))
         finally:
             for process in (ambassador, upstream):
                 process.terminate()
                 process.wait(timeout=10)
 
-    command = f".venv/bin/python bench/ambassador_bench.py --requests {n} --concurrency {options.concurrency}"
-    command += f" --server {options.server}"
+    budget = f"--seconds {seconds}" if generator == "wrk" else f"--requests {n}"
+    command = (
+        f".venv/bin/python bench/ambassador_bench.py --generator {generator} "
+        f"--concurrency {options.concurrency} --server {options.server} "
+        f"--max-connections {options.max_connections} {budget}"
+    )
     setting = (
         f"Python {platform.python_version()}, {os.cpu_count()} cores, loopback; upstream uvicorn "
-        f"(1 process), ambassador {options.server} (1 worker); httpx client, {n} requests per figure"
+        f"(1 process), ambassador {options.server} (1 worker, upstream pool {options.max_connections}); "
+        + (
+            f"wrk, {seconds} s per figure (latency with 1 connection, throughput with {options.concurrency})"
+            if generator == "wrk"
+            else f"httpx client, {n} requests per figure"
+        )
     )
     direct = results["direct"]
     if options.markdown:

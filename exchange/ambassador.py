@@ -59,7 +59,7 @@ class AmbassadorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     purpose: str | None = None
     connect_timeout: float = 2.0
     timeout: float = 30.0
-    max_connections: int = 100
+    max_connections: int = 32
     health_path: str = "/.ambassador/health"
     # Plain http to a non-loopback JWKS host: a private network only (see JWKSCache).
     allow_insecure_http: bool = False
@@ -76,7 +76,7 @@ class Ambassador:
         routes: RouteTable,
         connect_timeout: float = 2.0,
         timeout: float = 30.0,
-        max_connections: int = 100,
+        max_connections: int = 32,
         health_path: str = "/.ambassador/health",
     ) -> None:
         parts = urlsplit(upstream)
@@ -87,7 +87,9 @@ class Ambassador:
         self.verifier = verifier
         self.routes = routes
         self.health_path = health_path
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
+        # Waiting for a pooled connection is queueing, bounded like the rest of the exchange with the
+        # upstream; connecting gets its own, shorter bound so a dead upstream is noticed fast.
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=timeout)
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -371,6 +373,10 @@ def run(
 @click.option("--connect-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01, 60))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.01, 600),
               help="Upstream read/write timeout, seconds.")  # fmt: skip
+@click.option(
+    "--max-connections", default=32, show_default=True, type=click.IntRange(1, 1000),
+    help="Upstream connection pool size; more requests in flight queue for a connection.",
+)  # fmt: skip
 @click.option("--insecure-jwks-http", is_flag=True, help="Allow plain http to a non-loopback JWKS host.")
 @click.option("--server", type=click.Choice(["granian", "uvicorn"]), default="granian", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -385,6 +391,7 @@ def ambassador_command(
     purpose: str | None,
     connect_timeout: float,
     timeout: float,
+    max_connections: int,
     insecure_jwks_http: bool,
     server: str,
     workers: int,
@@ -397,7 +404,7 @@ def ambassador_command(
     config = AmbassadorConfig(
         upstream=upstream, issuer=issuer, audience=audience, jwks_uri=jwks_uri, jwks_file=jwks_file,
         routes_file=routes_file, purpose=purpose, connect_timeout=connect_timeout, timeout=timeout,
-        allow_insecure_http=insecure_jwks_http,
+        max_connections=max_connections, allow_insecure_http=insecure_jwks_http,
     )  # fmt: skip
     try:
         run(config, listen=listen, server=server, workers=workers)
