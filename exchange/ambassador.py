@@ -66,7 +66,7 @@ class AmbassadorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class Ambassador:
-    """The proxy as an ASGI app. One httpx client per event loop, opened at lifespan startup."""
+    """The proxy as an ASGI app. One upstream connection pool per event loop, opened at lifespan startup."""
 
     def __init__(
         self,
@@ -89,29 +89,31 @@ class Ambassador:
         self.health_path = health_path
         # Waiting for a pooled connection is queueing, bounded like the rest of the exchange with the
         # upstream; connecting gets its own, shorter bound so a dead upstream is noticed fast.
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=timeout)
+        self._timeout_extension = httpx.Timeout(timeout, connect=connect_timeout, pool=timeout).as_dict()
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._upstream_url = httpx.URL(self.upstream)
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._transport_loop: asyncio.AbstractEventLoop | None = None
 
     async def aclose(self) -> None:
         """Close the upstream connection pool (lifespan shutdown does this when the server runs one)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
 
-    def _new_client(self) -> httpx.AsyncClient:
-        # trust_env off: the upstream is a neighbour; a proxy from the environment must not intercept it.
-        return httpx.AsyncClient(
-            base_url=self.upstream,
-            timeout=self._timeout,
-            limits=self._limits,
-            follow_redirects=False,
-            trust_env=False,
-        )
+    def _upstream(self) -> httpx.AsyncHTTPTransport:
+        # The transport, not an httpx.AsyncClient: a client keeps a cookie jar, so one caller's
+        # Set-Cookie would be replayed upstream on every later caller's request; it would also follow
+        # redirects and read proxy settings from the environment. A proxy wants none of that.
+        # Pooled connections belong to the event loop that opened them: a server that skipped
+        # lifespan, or an app reused in a new loop, gets a fresh pool.
+        loop = asyncio.get_running_loop()
+        if self._transport is None or self._transport_loop is not loop:
+            self._transport = httpx.AsyncHTTPTransport(limits=self._limits, retries=0)
+            self._transport_loop = loop
+        return self._transport
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -125,8 +127,7 @@ class Ambassador:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._client = self._new_client()
-                self._client_loop = asyncio.get_running_loop()
+                self._upstream()
                 await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per request
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -169,25 +170,20 @@ class Ambassador:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None
     ) -> int:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # A server that skipped lifespan, or an app reused in a new event loop: an httpx client's
-            # pooled connections belong to the loop that opened them.
-            self._client = self._new_client()
-            self._client_loop = loop
         headers, has_body = _upstream_headers(scope, claims)
         raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
         target = self._upstream_base_path.encode("ascii") + raw_path
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        request = self._client.build_request(
+        request = httpx.Request(
             scope["method"],
             self._upstream_url.copy_with(raw_path=target),
             headers=headers,
             content=_request_body(receive) if has_body else None,
+            extensions={"timeout": self._timeout_extension},
         )
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._upstream().handle_async_request(request)
         except httpx.TimeoutException as exc:
             log.warning("ambassador_upstream_timeout", error=type(exc).__name__, upstream=self.upstream)
             await _send_json(send, 504, {"error": "upstream_timeout"})

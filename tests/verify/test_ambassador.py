@@ -207,6 +207,16 @@ class TestForwarding:
         assert header_values(echo, "x-forwarded-proto") == ["http"]
         assert header_values(echo, "x-forwarded-host") == ["ambassador.test"]
 
+    async def test_upstream_cookies_are_relayed_never_kept(self, ambassador: Ambassador, ec_key: Key) -> None:
+        # A proxy that kept Set-Cookie in a client-side jar would replay alice's session for the next
+        # caller. The cookie must reach the caller who got it, and no one else's request upstream.
+        async with client_for(ambassador) as alice:
+            response = await alice.get("/set-cookie", headers=bearer(ec_key))
+        assert response.headers["set-cookie"] == "session=alice-secret; Path=/"
+        async with client_for(ambassador) as bob:
+            echo = (await bob.get("/a", headers=bearer(ec_key, sub="bob"))).json()
+        assert header_values(echo, "cookie") == []
+
     async def test_authorization_reaches_the_upstream(self, ambassador: Ambassador, ec_key: Key) -> None:
         headers = bearer(ec_key)
         async with client_for(ambassador) as client:

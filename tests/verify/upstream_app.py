@@ -33,6 +33,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path.startswith("/slow"):
         await asyncio.sleep(3)
+    if path.startswith("/set-cookie"):
+        headers = [(b"content-type", b"text/plain"), (b"set-cookie", b"session=alice-secret; Path=/")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"cookie set"})
+        return
     if path.startswith("/gzip"):
         payload = gzip.compress(b"compressed body" * 10)
         headers = [(b"content-type", b"text/plain"), (b"content-encoding", b"gzip")]
