@@ -19,7 +19,8 @@ def test_importing_the_verifier_loads_neither_litestar_nor_asyncpg() -> None:
 def test_importing_the_verifier_loads_nothing_of_the_server() -> None:
     code = (
         "import exchange.verify, sys; "
-        "server = sorted(m for m in sys.modules if m.startswith('exchange.') and not m.startswith('exchange.verify')); "
+        "server = sorted(m for m in sys.modules "
+        "if m.startswith('exchange.') and not m.startswith('exchange.verify')); "
         "assert not server, server"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
