@@ -149,8 +149,9 @@ class JWKSCache:
     """A JWKS fetched from `uri` and cached by the rules in the module docstring.
 
     `clock` is monotonic seconds and injectable, so freshness, cooldown and staleness are testable
-    without sleeping. Pass `client` to share an httpx.AsyncClient; otherwise each (rare) fetch opens
-    and closes its own, which keeps the cache free of event-loop ties. `allow_insecure_http` admits
+    without sleeping. Pass `client` to share an httpx.AsyncClient (its redirect and proxy settings then
+    apply: keep follow_redirects off); otherwise each (rare) fetch opens and closes its own, which keeps
+    the cache free of event-loop ties. `allow_insecure_http` admits
     plain http to any host: only for a private network you control (a compose file), never otherwise,
     since whoever can alter the response can mint tokens this cache will accept.
     """
