@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from exchange.ambassador import ambassador_command
 from exchange.config import config_path, load_settings
 from exchange.errors import ConfigError
 from exchange.store.cli import db_group
+from exchange.verify.cli import verify_command
 from schemas.config import Settings
 
 T = TypeVar("T")
@@ -78,6 +80,8 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
 
 
 main.add_command(db_group)
+main.add_command(verify_command, "verify")
+main.add_command(ambassador_command, "ambassador")
 
 
 @main.group()
