@@ -75,7 +75,8 @@ def metadata(settings: Settings) -> ServerMetadata:
         scopes_supported=sorted(settings.purposes),
         authorization_details_types_supported=sorted(
             {t for p in settings.purposes.values() for t in p.authorization_details}
-        ) or None,
+        )
+        or None,
     )
 
 
@@ -90,31 +91,54 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         # Read before loading the keys, so a rotation racing with start-up is still noticed.
         keys_version = await store.keys_version()
         await keyring.ensure_active()
-        sources: list[tuple[TrustedIssuer, KeySource]] = [(t, key_source(t)) for t in settings.trusted_issuers]
+        sources: list[tuple[TrustedIssuer, KeySource]] = [
+            (t, key_source(t)) for t in settings.trusted_issuers
+        ]
         if settings.dev_issuer is not None:
             key = devidp.load_or_create_key(settings.dev_issuer.key_file)
             sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticJWKS(devidp.public_jwks(key))))
-            log.warning("dev_issuer_trusted", issuer=settings.dev_issuer.issuer,
-                        warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted")
+            log.warning(
+                "dev_issuer_trusted",
+                issuer=settings.dev_issuer.issuer,
+                warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted",
+            )
         trust = SubjectTrust(sources, max_token_bytes=settings.limits.max_token_bytes)
-        clients = ClientAuthenticator(settings.clients, token_endpoint=f"{settings.issuer}/token",
-                                      issuer=settings.issuer, store=store,
-                                      max_token_bytes=settings.limits.max_token_bytes)
+        clients = ClientAuthenticator(
+            settings.clients,
+            token_endpoint=f"{settings.issuer}/token",
+            issuer=settings.issuer,
+            store=store,
+            max_token_bytes=settings.limits.max_token_bytes,
+        )
         auditor = Auditor(store)
-        exchange = TokenExchange(trust=trust, clients=clients, policies=policies, minter=Minter(keyring, settings.issuer),
-                                 auditor=auditor, store=store, clock=clock)
+        exchange = TokenExchange(
+            trust=trust,
+            clients=clients,
+            policies=policies,
+            minter=Minter(keyring, settings.issuer),
+            auditor=auditor,
+            store=store,
+            clock=clock,
+        )
     except BaseException:
         await store.close()
         raise
-    return Runtime(store=store, keyring=keyring, exchange=exchange, auditor=auditor,
-                   metadata=_encode(metadata(settings)), keys_version=keys_version)
+    return Runtime(
+        store=store,
+        keyring=keyring,
+        exchange=exchange,
+        auditor=auditor,
+        metadata=_encode(metadata(settings)),
+        keys_version=keys_version,
+    )
 
 
 def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
     """RFC 6749 §3.2: form-encoded, each parameter at most once (audience/resource may repeat, RFC 8693)."""
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False,
-                          max_num_fields=max_fields)
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=False, strict_parsing=False, max_num_fields=max_fields
+        )
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("malformed form body") from None
     single: dict[str, str] = {}
@@ -134,8 +158,13 @@ def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
 
 
 def error_response(exc: OAuthError) -> Response[bytes]:
-    body = ErrorResponse(error=exc.error, error_description=exc.description, denial=exc.denial,
-                         acr_values=exc.acr_values, max_age=exc.max_age)
+    body = ErrorResponse(
+        error=exc.error,
+        error_description=exc.description,
+        denial=exc.denial,
+        acr_values=exc.acr_values,
+        max_age=exc.max_age,
+    )
     headers = dict(NO_STORE)
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
@@ -151,13 +180,20 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         runtime = await build_runtime(settings, clock=clock)
         await runtime.auditor.start()
         background = [
-            asyncio.create_task(runtime.store.watch_keys(runtime.keyring.refresh, known_version=runtime.keys_version),
-                                name="key-watch"),
+            asyncio.create_task(
+                runtime.store.watch_keys(runtime.keyring.refresh, known_version=runtime.keys_version),
+                name="key-watch",
+            ),
             asyncio.create_task(_purge(runtime.store), name="purge"),
         ]
         app.state.runtime = runtime
-        log.info("service_started", issuer=settings.issuer, kid=runtime.keyring.active.kid,
-                 store=settings.store.url.split(":", 1)[0], pid=os.getpid())
+        log.info(
+            "service_started",
+            issuer=settings.issuer,
+            kid=runtime.keyring.active.kid,
+            store=settings.store.url.split(":", 1)[0],
+            pid=os.getpid(),
+        )
         try:
             yield
         finally:
@@ -187,7 +223,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     @get("/.well-known/jwks.json")
     async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
-        return Response(runtime.keyring.jwks_bytes, media_type="application/jwk-set+json", headers=jwks_headers)
+        return Response(
+            runtime.keyring.jwks_bytes, media_type="application/jwk-set+json", headers=jwks_headers
+        )
 
     @get("/.well-known/oauth-authorization-server")
     async def server_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -204,7 +242,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         try:
             await asyncio.wait_for(runtime.store.ping(), settings.store.command_timeout)
         except Exception:
-            return Response(b'{"status":"unavailable","store":"down"}', status_code=503, media_type="application/json")
+            return Response(
+                b'{"status":"unavailable","store":"down"}', status_code=503, media_type="application/json"
+            )
         return Response(b'{"status":"ready"}', media_type="application/json")
 
     def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -212,8 +252,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             return error_response(InvalidRequest("request body too large"))
         status = exc.status_code if 400 <= exc.status_code < 600 else 500
         name = "invalid_request" if status < 500 else "server_error"
-        return Response(_encode(ErrorResponse(error=name, error_description=str(exc.detail))), status_code=status,
-                        media_type="application/json", headers=exc.headers or None)
+        return Response(
+            _encode(ErrorResponse(error=name, error_description=str(exc.detail))),
+            status_code=status,
+            media_type="application/json",
+            headers=exc.headers or None,
+        )
 
     def on_crash(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         log.error("unhandled_error", error=exc.__class__.__name__)

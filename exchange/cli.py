@@ -24,7 +24,10 @@ from schemas.config import Settings
 
 T = TypeVar("T")
 config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="Config file (default: $EXCHANGE_CONFIG, else ./exchange.toml).",
 )
 
@@ -75,8 +78,15 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
         sys.exit(1)
     # Workers are separate processes: they find the config through the environment.
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
-    Granian("exchange.app:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, log_access=False).serve()
+    Granian(
+        "exchange.app:app_from_env",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=host,
+        port=port,
+        workers=workers,
+        log_access=False,
+    ).serve()
 
 
 main.add_command(db_group)
@@ -103,8 +113,10 @@ def config_check(config_file: str | None) -> None:
         for problem in exc.problems:
             click.echo(f"error: {path}: {problem}", err=True)
         sys.exit(1)
-    click.echo(f"{path}: ok ({len(settings.purposes)} purposes, {len(settings.clients)} clients, "
-               f"{len(settings.trusted_issuers) + (settings.dev_issuer is not None)} trusted issuers)")
+    click.echo(
+        f"{path}: ok ({len(settings.purposes)} purposes, {len(settings.clients)} clients, "
+        f"{len(settings.trusted_issuers) + (settings.dev_issuer is not None)} trusted issuers)"
+    )
 
 
 @main.group()
@@ -139,8 +151,20 @@ def keys_list(config_file: str | None, as_json: bool) -> None:
 
     rows = run(go)
     if as_json:
-        click.echo(msgspec.json.encode([{"kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
-                                         "retired_at": k.retired_at} for k in rows]).decode())
+        click.echo(
+            msgspec.json.encode(
+                [
+                    {
+                        "kid": k.kid,
+                        "alg": k.alg,
+                        "state": k.state,
+                        "created_at": k.created_at,
+                        "retired_at": k.retired_at,
+                    }
+                    for k in rows
+                ]
+            ).decode()
+        )
         return
     click.echo(f"{'KID':<45} {'ALG':<8} {'STATE':<9} CREATED")
     for k in rows:
@@ -190,8 +214,15 @@ def clients_hash_secret() -> None:
 @click.option("--claim", "claims", multiple=True, help="Extra claim as NAME=JSON_OR_TEXT (repeatable).")
 @click.option("--ttl", default=600, show_default=True, type=click.IntRange(1, 86400))
 @click.option("--access-token", is_flag=True, help="Mint an RFC 9068 access token (typ at+jwt).")
-def dev_token(config_file: str | None, sub: str, amr: tuple[str, ...], acr: str | None, claims: tuple[str, ...],
-              ttl: int, access_token: bool) -> None:
+def dev_token(
+    config_file: str | None,
+    sub: str,
+    amr: tuple[str, ...],
+    acr: str | None,
+    claims: tuple[str, ...],
+    ttl: int,
+    access_token: bool,
+) -> None:
     """Mint an identity token from the local dev issuer (development only)."""
     from exchange import devidp
 
@@ -208,8 +239,17 @@ def dev_token(config_file: str | None, sub: str, amr: tuple[str, ...], acr: str 
             extra[name] = msgspec.json.decode(value)
         except msgspec.DecodeError:
             extra[name] = value
-    click.echo(devidp.mint(settings.dev_issuer, sub=sub, ttl=ttl, amr=list(amr) or None, acr=acr, extra=extra,
-                           access_token=access_token))
+    click.echo(
+        devidp.mint(
+            settings.dev_issuer,
+            sub=sub,
+            ttl=ttl,
+            amr=list(amr) or None,
+            acr=acr,
+            extra=extra,
+            access_token=access_token,
+        )
+    )
 
 
 @main.group()
@@ -243,8 +283,10 @@ def audit_list(config_file: str | None, limit: int, as_json: bool) -> None:
     for r in records:
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.time))
         detail = r.jti if r.decision == "granted" else (r.denial or r.reason or r.error or "")
-        click.echo(f"{when:<20} {r.decision:<8} {r.client_id or '-':<14.14} {r.purpose or '-':<22.22} "
-                   f"{r.sub or '-':<14.14} {detail}")
+        click.echo(
+            f"{when:<20} {r.decision:<8} {r.client_id or '-':<14.14} {r.purpose or '-':<22.22} "
+            f"{r.sub or '-':<14.14} {detail}"
+        )
 
 
 @main.group("rules")
@@ -255,12 +297,24 @@ def rules_group() -> None:
 @rules_group.command("explain")
 @config_option
 @click.argument("purpose")
-@click.option("--claims", "claims_file", type=click.File("rb"), required=True,
-              help="JSON file of subject claims to try (- for stdin). Not a token: nothing is verified.")
-@click.option("--details", "details_file", type=click.File("rb"), default=None,
-              help="JSON file of authorization_details to try.")
+@click.option(
+    "--claims",
+    "claims_file",
+    type=click.File("rb"),
+    required=True,
+    help="JSON file of subject claims to try (- for stdin). Not a token: nothing is verified.",
+)
+@click.option(
+    "--details",
+    "details_file",
+    type=click.File("rb"),
+    default=None,
+    help="JSON file of authorization_details to try.",
+)
 @click.option("--client", "client_id", default="-", show_default=True, help="client_id to evaluate as.")
-def rules_explain(config_file: str | None, purpose: str, claims_file: Any, details_file: Any, client_id: str) -> None:
+def rules_explain(
+    config_file: str | None, purpose: str, claims_file: Any, details_file: Any, client_id: str
+) -> None:
     """Dry-run a purpose's rules against given claims: what each rule demands and answers.
 
     Nothing is counted (rate limits) and nothing is issued; python rules do run, read-only.
@@ -275,7 +329,9 @@ def rules_explain(config_file: str | None, purpose: str, claims_file: Any, detai
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
     if policy is None:
-        click.echo(f"error: unknown purpose {purpose!r}; known: {', '.join(sorted(settings.purposes))}", err=True)
+        click.echo(
+            f"error: unknown purpose {purpose!r}; known: {', '.join(sorted(settings.purposes))}", err=True
+        )
         sys.exit(1)
     try:
         claims = msgspec.json.decode(claims_file.read())
@@ -291,8 +347,15 @@ def rules_explain(config_file: str | None, purpose: str, claims_file: Any, detai
 
         store = await open_store(settings.store)
         try:
-            ctx = RuleContext(subject=claims, issuer=str(claims.get("iss", "-")), client_id=client_id, purpose=purpose,
-                              audience=policy.audiences[0], details=details, store=store)
+            ctx = RuleContext(
+                subject=claims,
+                issuer=str(claims.get("iss", "-")),
+                client_id=client_id,
+                purpose=purpose,
+                audience=policy.audiences[0],
+                details=details,
+                store=store,
+            )
             return await policy.explain(ctx)
         finally:
             await store.close()

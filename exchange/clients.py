@@ -51,7 +51,9 @@ def verify_secret(secret: str, stored: str) -> bool:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
-        Scrypt(salt=_unb64(salt), length=32, n=int(n), r=int(r), p=int(p)).verify(secret.encode(), _unb64(digest))
+        Scrypt(salt=_unb64(salt), length=32, n=int(n), r=int(r), p=int(p)).verify(
+            secret.encode(), _unb64(digest)
+        )
         return True
     except (InvalidKey, ValueError, binascii.Error):
         return False
@@ -121,24 +123,35 @@ class ClientAuthenticator:
         # Each private_key_jwt client is its own "issuer" of assertions (iss = sub = client_id), so
         # assertions get exactly the checks subject tokens get.
         assertion_issuers = [
-            TrustedIssuer(issuer=c.client_id, audiences=[token_endpoint, issuer], leeway=30,
-                          algorithms=["RS256", "PS256", "ES256", "Ed25519", "EdDSA"], require_at_jwt_typ=False,
-                          jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
+            TrustedIssuer(
+                issuer=c.client_id,
+                audiences=[token_endpoint, issuer],
+                leeway=30,
+                algorithms=["RS256", "PS256", "ES256", "Ed25519", "EdDSA"],
+                require_at_jwt_typ=False,
+                jwks_file=c.jwks_file,
+                jwks_uri=c.jwks_uri,
+            )
             for c in clients
             if c.auth_method == "private_key_jwt"
         ]
-        self._assertions = SubjectTrust([(t, key_source(t)) for t in assertion_issuers],
-                                        max_token_bytes=max_token_bytes)
+        self._assertions = SubjectTrust(
+            [(t, key_source(t)) for t in assertion_issuers], max_token_bytes=max_token_bytes
+        )
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
 
-    async def authenticate(self, creds: Credentials, request: TokenRequest, now: float | None = None) -> Client:
+    async def authenticate(
+        self, creds: Credentials, request: TokenRequest, now: float | None = None
+    ) -> Client:
         client = self._clients.get(creds.client_id or "")
         if client is None:
             raise InvalidClient("client authentication failed", reason="unknown_client")
         if client.auth_method != creds.method:
-            raise InvalidClient("client authentication failed", reason=f"expected {client.auth_method}, got {creds.method}")
+            raise InvalidClient(
+                "client authentication failed", reason=f"expected {client.auth_method}, got {creds.method}"
+            )
         if creds.method in {"client_secret_basic", "client_secret_post"}:
             if not creds.secret or not self._check_secret(client, creds.secret):
                 raise InvalidClient("client authentication failed", reason="bad_secret")
@@ -148,7 +161,9 @@ class ClientAuthenticator:
 
     def _check_secret(self, client: Client, secret: str) -> bool:
         stored = client.secret_hash or ""
-        tag = hmac.new(self._pepper, f"{client.client_id}\0{secret}\0{stored}".encode(), hashlib.sha256).digest()
+        tag = hmac.new(
+            self._pepper, f"{client.client_id}\0{secret}\0{stored}".encode(), hashlib.sha256
+        ).digest()
         known = self._verified.get(client.client_id)
         if known is not None and hmac.compare_digest(known, tag):
             return True

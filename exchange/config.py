@@ -118,7 +118,9 @@ def check_settings(s: Settings) -> list[str]:
     if s.dev_issuer is not None and s.dev_issuer.issuer in seen:
         problems.append(f"dev_issuer.issuer: {s.dev_issuer.issuer!r} is also a trusted issuer")
     if s.issuer in seen:
-        problems.append("trusted_issuers: the exchange must not trust its own purpose tokens as subject tokens")
+        problems.append(
+            "trusted_issuers: the exchange must not trust its own purpose tokens as subject tokens"
+        )
     client_ids: set[str] = set()
     for i, c in enumerate(s.clients):
         problems += _check_client(i, c, s.purposes)

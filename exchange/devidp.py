@@ -37,8 +37,13 @@ def public_jwks(key: ECKey) -> dict[str, Any]:
 
 
 def trusted_issuer(dev: DevIssuer) -> TrustedIssuer:
-    return TrustedIssuer(issuer=dev.issuer, audiences=[dev.audience], algorithms=[ALG], jwks_file=dev.key_file,
-                         require_at_jwt_typ=False)
+    return TrustedIssuer(
+        issuer=dev.issuer,
+        audiences=[dev.audience],
+        algorithms=[ALG],
+        jwks_file=dev.key_file,
+        require_at_jwt_typ=False,
+    )
 
 
 def mint(
@@ -55,8 +60,15 @@ def mint(
     """An identity token as a real provider would issue it (ID token by default, RFC 9068 AT if asked)."""
     key = load_or_create_key(dev.key_file)
     iat = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {"iss": dev.issuer, "sub": sub, "aud": dev.audience, "iat": iat, "exp": iat + ttl,
-                              "auth_time": iat, "jti": secrets.token_urlsafe(12)}
+    claims: dict[str, Any] = {
+        "iss": dev.issuer,
+        "sub": sub,
+        "aud": dev.audience,
+        "iat": iat,
+        "exp": iat + ttl,
+        "auth_time": iat,
+        "jti": secrets.token_urlsafe(12),
+    }
     if amr:
         claims["amr"] = amr
     if acr:

@@ -85,8 +85,19 @@ class ServerError(OAuthError):
 
 _BY_CODE: dict[str, type[OAuthError]] = {
     cls.error: cls
-    for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
-                InvalidScope, InvalidTarget, InvalidAuthorizationDetails, InsufficientUserAuthentication, TemporarilyUnavailable, ServerError)
+    for cls in (
+        InvalidRequest,
+        InvalidClient,
+        InvalidGrant,
+        UnauthorizedClient,
+        UnsupportedGrantType,
+        InvalidScope,
+        InvalidTarget,
+        InvalidAuthorizationDetails,
+        InsufficientUserAuthentication,
+        TemporarilyUnavailable,
+        ServerError,
+    )
 }
 
 

@@ -65,7 +65,9 @@ class KeyEncryption:
         try:
             return self._aead.decrypt(sealed[:12], sealed[12:], kid.encode())
         except InvalidTag:
-            raise ConfigError([f"signing key {kid}: cannot decrypt it with this KEK (wrong EXCHANGE_KEK?)"]) from None
+            raise ConfigError(
+                [f"signing key {kid}: cannot decrypt it with this KEK (wrong EXCHANGE_KEK?)"]
+            ) from None
 
 
 def decode_kek(value: str, source: str) -> bytes:
@@ -90,15 +92,21 @@ def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
         except FileNotFoundError:
             raise ConfigError([f"signing.kek_file: {path} does not exist"]) from None
     if not store.url.startswith("sqlite:///") or store.url == "sqlite:///:memory:":
-        raise ConfigError(["signing: set EXCHANGE_KEK (or signing.kek_file) for this store; "
-                           "a generated KEK file is only allowed beside an embedded SQLite file"])
+        raise ConfigError(
+            [
+                "signing: set EXCHANGE_KEK (or signing.kek_file) for this store; "
+                "a generated KEK file is only allowed beside an embedded SQLite file"
+            ]
+        )
     path = Path(store.url[len("sqlite:///") :]).with_suffix(".kek")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
-        log.warning("kek_generated", path=str(path), hint="set EXCHANGE_KEK for anything but local development")
+        log.warning(
+            "kek_generated", path=str(path), hint="set EXCHANGE_KEK for anything but local development"
+        )
     return KeyEncryption(decode_kek(path.read_text(), f"generated KEK file ({path})"))
 
 
@@ -141,8 +149,12 @@ class KeyRing:
         kid = key.thumbprint()
         private = _json.encode(key.as_dict(private=True))
         stored = StoredKey(
-            kid=kid, alg=self._algorithm, state="retiring", created_at=now or time.time(),
-            public_jwk=_json.encode(key.as_dict(private=False)).decode(), private_jwk=self._kek.seal(kid, private),
+            kid=kid,
+            alg=self._algorithm,
+            state="retiring",
+            created_at=now or time.time(),
+            public_jwk=_json.encode(key.as_dict(private=False)).decode(),
+            private_jwk=self._kek.seal(kid, private),
         )
         await self._store.insert_key(stored)
         if activate:
@@ -175,7 +187,9 @@ class KeyRing:
             if not isinstance(private, (ECKey, OKPKey, RSAKey)):
                 raise ConfigError([f"signing key {current.kid}: unexpected key type"])
             self._active = ActiveKey(
-                kid=current.kid, alg=current.alg, key=private,
+                kid=current.kid,
+                alg=current.alg,
+                key=private,
                 header={"alg": current.alg, "typ": "at+jwt", "kid": current.kid},
             )
         published = [k for k in keys if k.state in {"active", "retiring"}]

@@ -19,7 +19,9 @@ def _dumps(obj: Any, **_: Any) -> str:
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     """Idempotent. `json=None` chooses JSON unless stderr is a terminal."""
     use_json = (not sys.stderr.isatty()) if json is None else json
-    renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

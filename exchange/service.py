@@ -17,6 +17,7 @@ from typing import Any
 from exchange.audit import Auditor
 from exchange.clients import ClientAuthenticator, presented_credentials
 from exchange.errors import (
+    ERROR_CODES,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
@@ -25,7 +26,6 @@ from exchange.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
-    ERROR_CODES,
     error_class,
 )
 from exchange.store.base import Store, StoreUnavailable
@@ -59,9 +59,18 @@ class _Draft:
 
     def record(self, now: float, request_id: str, **decision: Any) -> AuditRecord:
         return AuditRecord(
-            time=now, request_id=request_id, client_id=self.client_id, issuer=self.issuer, sub=self.sub,
-            purpose=self.purpose, audience=self.audience, actor=self.actor, jti=self.jti, exp=self.exp,
-            rules=list(self.rules), **decision,
+            time=now,
+            request_id=request_id,
+            client_id=self.client_id,
+            issuer=self.issuer,
+            sub=self.sub,
+            purpose=self.purpose,
+            audience=self.audience,
+            actor=self.actor,
+            jti=self.jti,
+            exp=self.exp,
+            rules=list(self.rules),
+            **decision,
         )
 
 
@@ -85,20 +94,28 @@ class TokenExchange:
         self._store = store
         self._clock = clock
 
-    async def handle(self, request: TokenRequest, authorization: str | None, request_id: str) -> TokenResponse:
+    async def handle(
+        self, request: TokenRequest, authorization: str | None, request_id: str
+    ) -> TokenResponse:
         """Answer one token request, or raise the OAuthError to send; audited either way."""
         now = self._clock()
         draft = _Draft(client_id=request.client_id)
         try:
             response = await self._exchange(request, authorization, now, draft)
         except OAuthError as exc:
-            await self._audit(draft.record(now, request_id, decision="denied", error=exc.error, denial=exc.denial,
-                                           reason=exc.reason))
+            await self._audit(
+                draft.record(
+                    now, request_id, decision="denied", error=exc.error, denial=exc.denial, reason=exc.reason
+                )
+            )
             raise
         except StoreUnavailable as exc:
             unavailable = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
-            await self._audit(draft.record(now, request_id, decision="denied", error=unavailable.error,
-                                           reason=unavailable.reason))
+            await self._audit(
+                draft.record(
+                    now, request_id, decision="denied", error=unavailable.error, reason=unavailable.reason
+                )
+            )
             raise unavailable from None
         await self._audit(draft.record(now, request_id, decision="granted"))
         return response
@@ -153,23 +170,33 @@ class TokenExchange:
         if request.actor_token is not None:
             if not request.actor_token_type or request.actor_token_type not in SUBJECT_TOKEN_TYPES:
                 raise InvalidRequest("actor_token_type is missing or unsupported")
-            actor = await self._trust.validate(request.actor_token, request.actor_token_type, which="actor_token",
-                                               now=now)
+            actor = await self._trust.validate(
+                request.actor_token, request.actor_token_type, which="actor_token", now=now
+            )
             actor_claims, actor_issuer = actor.claims, actor.issuer
             draft.actor = f"{actor.issuer} {actor.claims['sub']}"
         elif request.actor_token_type is not None:
             raise InvalidRequest("actor_token_type given without actor_token")
 
         try:
-            act = policy.check_delegation(subject.claims, actor_claims, actor_issuer, client_id=client.client_id)
+            act = policy.check_delegation(
+                subject.claims, actor_claims, actor_issuer, client_id=client.client_id
+            )
             details = policy.validate_details(request.authorization_details)
         except DenialError as exc:
             raise _denial_error(exc.denial) from None
 
         decision = await policy.evaluate(
             RuleContext(
-                subject=subject.claims, issuer=subject.issuer, client_id=client.client_id, purpose=purpose,
-                audience=audience, details=details, actor_chain=actor_chain(act), now=now, store=self._store,
+                subject=subject.claims,
+                issuer=subject.issuer,
+                client_id=client.client_id,
+                purpose=purpose,
+                audience=audience,
+                details=details,
+                actor_chain=actor_chain(act),
+                now=now,
+                store=self._store,
             )
         )
         draft.rules = tuple(decision.outcomes)
@@ -178,8 +205,15 @@ class TokenExchange:
             raise _denial_error(decision.denial)
 
         claims = self._minter.claims(
-            subject=subject.claims, audience=audience, client_id=client.client_id, purpose=purpose,
-            ttl=policy.ttl, now=now, details=details, act=act, single_use=policy.single_use,
+            subject=subject.claims,
+            audience=audience,
+            client_id=client.client_id,
+            purpose=purpose,
+            ttl=policy.ttl,
+            now=now,
+            details=details,
+            act=act,
+            single_use=policy.single_use,
         )
         if claims.exp <= int(now):
             raise SubjectTokenInvalid("expires_now")
@@ -211,5 +245,10 @@ class TokenExchange:
 def _denial_error(denial: Denial) -> OAuthError:
     # An unknown error code from a python rule is still a denial, never a crash.
     cls = error_class(denial.error) if denial.error in ERROR_CODES else InvalidRequest
-    return cls(denial.description, denial=denial.code, reason=f"denied:{denial.code}", acr_values=denial.acr_values,
-               max_age=denial.max_age)
+    return cls(
+        denial.description,
+        denial=denial.code,
+        reason=f"denied:{denial.code}",
+        acr_values=denial.acr_values,
+        max_age=denial.max_age,
+    )

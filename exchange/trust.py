@@ -19,15 +19,17 @@ import msgspec
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
-from joserfc.jws import verify_compact  # type: ignore[attr-defined]  # exported, though not in __all__
 
 from exchange.errors import SubjectTokenInvalid
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
-
-__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source"]
 from schemas.config import TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
+
+__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source"]
+
+# Exported by joserfc.jws, though not in its __all__: the bare signature check, without re-parsing.
+verify_compact = jws.verify_compact  # type: ignore[attr-defined]
 
 # Header members that would let a token choose its own verification key, or change how it is parsed.
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
@@ -59,7 +61,9 @@ class SubjectTrust:
 
     def __init__(self, issuers: list[tuple[TrustedIssuer, KeySource]], *, max_token_bytes: int) -> None:
         self._issuers = {
-            cfg.issuer: _Issuer(cfg, keys, JWSRegistry(algorithms=list(cfg.algorithms)), frozenset(cfg.audiences))
+            cfg.issuer: _Issuer(
+                cfg, keys, JWSRegistry(algorithms=list(cfg.algorithms)), frozenset(cfg.audiences)
+            )
             for cfg, keys in issuers
         }
         self._max = max_token_bytes

@@ -29,12 +29,13 @@ class TokenRequest(Base, frozen=True):
     requested_token_type: str | None = None
     authorization_details: str | None = None
     client_id: str | None = None
-    client_secret: str | None = msgspec.field(default=None)
+    client_secret: str | None = None
     client_assertion: str | None = None
     client_assertion_type: str | None = None
 
     def __repr__(self) -> str:  # tokens and secrets never reach a log line through repr
-        return f"TokenRequest(grant_type={self.grant_type!r}, scope={self.scope!r}, client_id={self.client_id!r})"
+        shown = f"grant_type={self.grant_type!r}, scope={self.scope!r}, client_id={self.client_id!r}"
+        return f"TokenRequest({shown})"
 
 
 class TokenResponse(Base, frozen=True):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.pg"]
-
 import base64
 import secrets
 from collections.abc import Iterator
@@ -15,6 +13,8 @@ import pytest
 from exchange.clients import hash_secret
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
+
+pytest_plugins = ["tests.pg"]
 
 CLIENT_SECRET = "backoffice-secret-0123456789"
 RSA_ISSUER = "https://idp.example.com"
@@ -31,8 +31,9 @@ def idp_ec() -> FakeIdP:
     return FakeIdP(EC_ISSUER, "idp_ec", "ES256")
 
 
-def write_config(folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_url: str | None = None,
-                 extra: str = "") -> Path:
+def write_config(
+    folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_url: str | None = None, extra: str = ""
+) -> Path:
     """A config exercising every client auth method and a few purposes."""
     client_jwks = FakeIdP("signer", "client_ec", "ES256").write_jwks(folder / "client-jwks.json")
     config = folder / "exchange.toml"
@@ -40,17 +41,17 @@ def write_config(folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_u
 issuer = "http://127.0.0.1:{port}"
 
 [store]
-url = "{store_url or 'sqlite:///' + str(folder / 'exchange.db')}"
+url = "{store_url or "sqlite:///" + str(folder / "exchange.db")}"
 
 [[trusted_issuers]]
 issuer = "{idp.issuer}"
-jwks_file = "{idp.write_jwks(folder / 'idp-jwks.json')}"
+jwks_file = "{idp.write_jwks(folder / "idp-jwks.json")}"
 audiences = ["purpose-exchange"]
 algorithms = ["RS256"]
 
 [[trusted_issuers]]
 issuer = "{idp_ec.issuer}"
-jwks_file = "{idp_ec.write_jwks(folder / 'idp-ec-jwks.json')}"
+jwks_file = "{idp_ec.write_jwks(folder / "idp-ec-jwks.json")}"
 audiences = ["purpose-exchange", "other-app"]
 algorithms = ["ES256"]
 

@@ -36,8 +36,15 @@ class FakeIdP:
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "sub": "alice", "aud": self.audience, "iat": now, "exp": now + 300,
-            "auth_time": now - 10, "amr": ["pwd", "mfa"], "acr": "urn:acr:2fa", "jti": secrets.token_hex(8),
+            "iss": self.issuer,
+            "sub": "alice",
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 300,
+            "auth_time": now - 10,
+            "amr": ["pwd", "mfa"],
+            "acr": "urn:acr:2fa",
+            "jti": secrets.token_hex(8),
         }
         for name, value in overrides.items():
             if value is None:
@@ -46,8 +53,15 @@ class FakeIdP:
                 claims[name] = value
         return claims
 
-    def token(self, *, header: dict[str, Any] | None = None, key: Any = None, alg: str | None = None,
-              typ: str | None = "JWT", **claims: Any) -> str:
+    def token(
+        self,
+        *,
+        header: dict[str, Any] | None = None,
+        key: Any = None,
+        alg: str | None = None,
+        typ: str | None = "JWT",
+        **claims: Any,
+    ) -> str:
         alg = alg or self.alg
         h: dict[str, Any] = {"alg": alg, "kid": self.kid}
         if typ is not None:

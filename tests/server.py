@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import sqlite3
 from typing import Any
 
 import httpx
@@ -31,7 +30,9 @@ class Server:
         self._log_fh = self.log.open("wb")
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--config", str(config), "--port", str(port)],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
 

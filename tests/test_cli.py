@@ -19,7 +19,9 @@ from tests.server import Server, free_port
 EXE = str(Path(sys.executable).with_name("exchange"))
 
 
-def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args], input=stdin, capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -54,8 +56,10 @@ class TestConfigCheck:
         assert "missing required field `issuer`" in result.stderr
 
     def test_every_cross_reference_problem_is_listed(self, config: Path) -> None:
-        text = config.read_text().replace('purposes = ["customer.export"]\n\n[[clients]]\nclient_id = "batch"',
-                                          'purposes = ["nope"]\n\n[[clients]]\nclient_id = "batch"')
+        text = config.read_text().replace(
+            'purposes = ["customer.export"]\n\n[[clients]]\nclient_id = "batch"',
+            'purposes = ["nope"]\n\n[[clients]]\nclient_id = "batch"',
+        )
         text = text.replace('issuer = "http://127.0.0.1', 'issuer = "ftp://127.0.0.1')
         config.write_text(text)
         result = run("config", "check", str(config))
@@ -110,7 +114,7 @@ def test_keys_rotate_reaches_the_running_service(tmp_path: Path, idp: FakeIdP, i
 def test_dev_token_is_trusted_by_the_service(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "exchange.toml"
-    config.write_text(f'''
+    config.write_text(f"""
 issuer = "http://127.0.0.1:{port}"
 [store]
 url = "sqlite:///var/exchange.db"
@@ -123,15 +127,18 @@ purposes = ["payments.approve"]
 [purposes."payments.approve"]
 audience = "https://payments.internal"
 rules = [{{ rule = "mfa" }}]
-''')
+""")
     server = Server(config, port)
     try:
         server.wait_ready()
         assert (tmp_path / "var" / "dev-idp-key.json").stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "var" / "exchange.kek").stat().st_mode & 0o777 == 0o600
-        form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
-                "scope": "payments.approve", "client_id": "bank-web"}
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "scope": "payments.approve",
+            "client_id": "bank-web",
+        }
         good = run("dev-token", "--config", str(config), "--sub", "alice", "--amr", "mfa").stdout.strip()
         assert httpx.post(f"{server.url}/token", data={**form, "subject_token": good}).status_code == 200
         weak = run("dev-token", "--config", str(config), "--sub", "alice", "--amr", "pwd").stdout.strip()
@@ -148,14 +155,14 @@ rules = [{{ rule = "mfa" }}]
 
 def test_rules_explain_dry_runs_a_policy(tmp_path: Path) -> None:
     config = tmp_path / "exchange.toml"
-    config.write_text('''
+    config.write_text("""
 issuer = "http://127.0.0.1:8080"
 [store]
 url = "sqlite:///exchange.db"
 [purposes."payments.approve"]
 audience = "https://payments.internal"
 rules = [{ rule = "mfa" }, { rule = "rate_limit", max = 1, per = 60 }]
-''')
+""")
     claims = tmp_path / "claims.json"
     claims.write_text('{"sub": "alice", "amr": ["pwd", "otp"]}')
     for _ in range(2):  # a dry run counts nothing: the second run is allowed too

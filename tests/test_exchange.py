@@ -27,7 +27,9 @@ def post(server: Server, form: dict[str, Any], headers: dict[str, str] | None = 
     return httpx.post(f"{server.url}/token", data=form, headers=headers, timeout=10)
 
 
-def assert_error(resp: httpx.Response, status: int, error: str, description: str | None = None) -> dict[str, Any]:
+def assert_error(
+    resp: httpx.Response, status: int, error: str, description: str | None = None
+) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers["cache-control"] == "no-store"
@@ -43,7 +45,9 @@ def b64(data: bytes) -> str:
 
 
 class TestGrant:
-    def test_exchange_issues_a_purpose_token_that_verifies_offline(self, server: Server, idp: FakeIdP) -> None:
+    def test_exchange_issues_a_purpose_token_that_verifies_offline(
+        self, server: Server, idp: FakeIdP
+    ) -> None:
         subject = idp.token()
         resp = post(server, exchange_form(subject), {"X-Request-ID": "grant-1"})
         assert resp.status_code == 200, resp.text
@@ -58,8 +62,9 @@ class TestGrant:
         jwks = pyjwt.PyJWKClient(f"{server.url}/.well-known/jwks.json")
         token = body["access_token"]
         key = jwks.get_signing_key_from_jwt(token)
-        claims = pyjwt.decode(token, key.key, algorithms=["ES256"], audience="https://payments.internal",
-                              issuer=server.url)
+        claims = pyjwt.decode(
+            token, key.key, algorithms=["ES256"], audience="https://payments.internal", issuer=server.url
+        )
         header = pyjwt.get_unverified_header(token)
         assert header["typ"] == "at+jwt" and header["kid"] == key.key_id
         subject_claims = idp.claims()
@@ -73,27 +78,47 @@ class TestGrant:
         assert "roles" not in claims and "nonce" not in claims
         record = server.audit("grant-1")
         assert (record["decision"], record["jti"], record["exp"]) == ("granted", claims["jti"], claims["exp"])
-        assert (record["client_id"], record["issuer"], record["sub"], record["purpose"], record["audience"]) == (
-            "bank-web", idp.issuer, "alice", "payments.approve", "https://payments.internal")
+        assert (
+            record["client_id"],
+            record["issuer"],
+            record["sub"],
+            record["purpose"],
+            record["audience"],
+        ) == ("bank-web", idp.issuer, "alice", "payments.approve", "https://payments.internal")
 
     def test_generic_oauth_client_library_gets_a_token(self, server: Server, idp_ec: FakeIdP) -> None:
         from authlib.integrations.httpx_client import OAuth2Client
 
-        with OAuth2Client("backoffice", CLIENT_SECRET, token_endpoint_auth_method="client_secret_basic") as client:
+        with OAuth2Client(
+            "backoffice", CLIENT_SECRET, token_endpoint_auth_method="client_secret_basic"
+        ) as client:
             token = client.fetch_token(
-                f"{server.url}/token", grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
-                subject_token=idp_ec.token(), subject_token_type=ID_TOKEN, scope="customer.export",
+                f"{server.url}/token",
+                grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+                subject_token=idp_ec.token(),
+                subject_token_type=ID_TOKEN,
+                scope="customer.export",
                 audience="https://crm.internal",
             )
         jwks = pyjwt.PyJWKClient(f"{server.url}/.well-known/jwks.json")
-        claims = pyjwt.decode(token["access_token"], jwks.get_signing_key_from_jwt(token["access_token"]).key,
-                              algorithms=["ES256"], audience="https://crm.internal", issuer=server.url)
+        claims = pyjwt.decode(
+            token["access_token"],
+            jwks.get_signing_key_from_jwt(token["access_token"]).key,
+            algorithms=["ES256"],
+            audience="https://crm.internal",
+            issuer=server.url,
+        )
         assert claims["client_id"] == "backoffice" and claims["scope"] == "customer.export"
 
     def test_each_token_has_a_unique_jti(self, server: Server, idp: FakeIdP) -> None:
         subject = idp.token()
-        jtis = {pyjwt.decode(post(server, exchange_form(subject)).json()["access_token"],
-                             options={"verify_signature": False})["jti"] for _ in range(5)}
+        jtis = {
+            pyjwt.decode(
+                post(server, exchange_form(subject)).json()["access_token"],
+                options={"verify_signature": False},
+            )["jti"]
+            for _ in range(5)
+        }
         assert len(jtis) == 5
 
     def test_lifetime_never_outlives_the_subject_token(self, server: Server, idp: FakeIdP) -> None:
@@ -104,9 +129,17 @@ class TestGrant:
         assert body["expires_in"] <= 20
 
     def test_client_secret_post_and_requested_jwt_type(self, server: Server, idp: FakeIdP) -> None:
-        resp = post(server, exchange_form(idp.token(), client_id="batch", client_secret=CLIENT_SECRET,
-                                          scope="customer.export", resource="https://export.internal",
-                                          requested_token_type="urn:ietf:params:oauth:token-type:jwt"))
+        resp = post(
+            server,
+            exchange_form(
+                idp.token(),
+                client_id="batch",
+                client_secret=CLIENT_SECRET,
+                scope="customer.export",
+                resource="https://export.internal",
+                requested_token_type="urn:ietf:params:oauth:token-type:jwt",
+            ),
+        )
         assert resp.status_code == 200, resp.text
         assert resp.json()["issued_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
         claims = pyjwt.decode(resp.json()["access_token"], options={"verify_signature": False})
@@ -117,12 +150,27 @@ class TestGrant:
         now = int(time.time())
         assertion = jws.serialize_compact(
             {"alg": "ES256", "kid": key.thumbprint()},
-            msgspec.json.encode({"iss": "signer", "sub": "signer", "aud": f"{server.url}/token", "iat": now,
-                                 "exp": now + 60, "jti": f"a-{now}-{time.monotonic_ns()}"}),
-            key, algorithms=["ES256"])
-        form = exchange_form(idp.token(), client_id="signer", scope="customer.export",
-                             audience="https://crm.internal", client_assertion=assertion,
-                             client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            msgspec.json.encode(
+                {
+                    "iss": "signer",
+                    "sub": "signer",
+                    "aud": f"{server.url}/token",
+                    "iat": now,
+                    "exp": now + 60,
+                    "jti": f"a-{now}-{time.monotonic_ns()}",
+                }
+            ),
+            key,
+            algorithms=["ES256"],
+        )
+        form = exchange_form(
+            idp.token(),
+            client_id="signer",
+            scope="customer.export",
+            audience="https://crm.internal",
+            client_assertion=assertion,
+            client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
         assert post(server, form).status_code == 200
         # The same assertion again is a replay.
         assert_error(post(server, form), 401, "invalid_client")
@@ -148,7 +196,9 @@ class TestSubjectTokenRejected:
         now = int(time.time())
         self.reject(server, idp.token(iat=now - 600, exp=now - 31), "expired")
 
-    def test_expired_within_leeway_is_still_accepted_but_never_outlives_it(self, server: Server, idp: FakeIdP) -> None:
+    def test_expired_within_leeway_is_still_accepted_but_never_outlives_it(
+        self, server: Server, idp: FakeIdP
+    ) -> None:
         now = int(time.time())
         # exp 10 s ago is inside the 30 s leeway, but a token can't be minted to expire in the past.
         self.reject(server, idp.token(iat=now - 600, exp=now - 10), "expires_now")
@@ -162,8 +212,9 @@ class TestSubjectTokenRejected:
     def test_untrusted_issuer(self, server: Server, idp: FakeIdP) -> None:
         self.reject(server, idp.token(iss="https://evil.example.com"), "untrusted_issuer")
 
-    def test_issuer_claim_of_another_trusted_issuer_with_this_key(self, server: Server, idp: FakeIdP,
-                                                                  idp_ec: FakeIdP) -> None:
+    def test_issuer_claim_of_another_trusted_issuer_with_this_key(
+        self, server: Server, idp: FakeIdP, idp_ec: FakeIdP
+    ) -> None:
         self.reject(server, idp.token(iss=idp_ec.issuer), "algorithm_not_allowed")
 
     def test_wrong_audience(self, server: Server, idp: FakeIdP) -> None:
@@ -187,8 +238,11 @@ class TestSubjectTokenRejected:
     def test_hs256_signed_with_the_issuers_public_key(self, server: Server, idp: FakeIdP) -> None:
         # joserfc rightly refuses to make this token, so it is made by hand, as an attacker would.
         public_pem = idp.key.as_pem(private=False)
-        signing_input = (b64(json.dumps({"alg": "HS256", "kid": idp.kid, "typ": "JWT"}).encode()) + "."
-                         + b64(json.dumps(idp.claims()).encode()))
+        signing_input = (
+            b64(json.dumps({"alg": "HS256", "kid": idp.kid, "typ": "JWT"}).encode())
+            + "."
+            + b64(json.dumps(idp.claims()).encode())
+        )
         mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
         self.reject(server, f"{signing_input}.{b64(mac)}", "algorithm_not_allowed")
 
@@ -197,12 +251,17 @@ class TestSubjectTokenRejected:
 
     def test_embedded_jwk_header(self, server: Server, idp_ec: FakeIdP) -> None:
         attacker = load_key("attacker_ec")
-        self.reject(server, idp_ec.token(key=attacker, header={"jwk": attacker.as_dict(private=False)}),
-                    "forbidden_header")
+        self.reject(
+            server,
+            idp_ec.token(key=attacker, header={"jwk": attacker.as_dict(private=False)}),
+            "forbidden_header",
+        )
 
     @pytest.mark.parametrize("member", ["jku", "x5u"])
     def test_key_location_headers(self, server: Server, idp_ec: FakeIdP, member: str) -> None:
-        self.reject(server, idp_ec.token(header={member: "https://evil.example.com/keys"}), "forbidden_header")
+        self.reject(
+            server, idp_ec.token(header={member: "https://evil.example.com/keys"}), "forbidden_header"
+        )
 
     def test_unknown_crit(self, server: Server, idp_ec: FakeIdP) -> None:
         # Properly signed by the real issuer key; joserfc won't sign unknown crit, so sign the raw input.
@@ -214,7 +273,11 @@ class TestSubjectTokenRejected:
         signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(idp_ec.claims()).encode())}"
         der = idp_ec.key.private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
-        self.reject(server, f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}", "forbidden_header")
+        self.reject(
+            server,
+            f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}",
+            "forbidden_header",
+        )
 
     def test_tampered_payload(self, server: Server, idp: FakeIdP) -> None:
         header, _, signature = idp.token().split(".")
@@ -226,7 +289,9 @@ class TestSubjectTokenRejected:
 
     def test_json_serialised_jws(self, server: Server, idp: FakeIdP) -> None:
         header, payload, signature = idp.token().split(".")
-        self.reject(server, json.dumps({"protected": header, "payload": payload, "signature": signature}), "malformed")
+        self.reject(
+            server, json.dumps({"protected": header, "payload": payload, "signature": signature}), "malformed"
+        )
 
     def test_alg_none_with_a_signature_segment(self, server: Server, idp: FakeIdP) -> None:
         header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
@@ -257,22 +322,31 @@ class TestRequestRejected:
         assert_error(post(server, exchange_form(idp.token(), grant_type=None)), 400, "invalid_request")
 
     def test_unsupported_grant_type(self, server: Server, idp: FakeIdP) -> None:
-        assert_error(post(server, exchange_form(idp.token(), grant_type="password")), 400, "unsupported_grant_type")
+        assert_error(
+            post(server, exchange_form(idp.token(), grant_type="password")), 400, "unsupported_grant_type"
+        )
 
     @pytest.mark.parametrize("missing", ["subject_token", "subject_token_type", "scope"])
     def test_missing_parameter(self, server: Server, idp: FakeIdP, missing: str) -> None:
-        body = assert_error(post(server, exchange_form(idp.token(), **{missing: None})), 400, "invalid_request")
+        body = assert_error(
+            post(server, exchange_form(idp.token(), **{missing: None})), 400, "invalid_request"
+        )
         assert missing in body["error_description"]
 
     def test_unsupported_subject_token_type(self, server: Server, idp: FakeIdP) -> None:
-        assert_error(post(server, exchange_form(idp.token(), subject_token_type="urn:x:saml")), 400,
-                     "invalid_request", "unsupported subject_token_type")
+        assert_error(
+            post(server, exchange_form(idp.token(), subject_token_type="urn:x:saml")),
+            400,
+            "invalid_request",
+            "unsupported subject_token_type",
+        )
 
     def test_repeated_parameter(self, server: Server, idp: FakeIdP) -> None:
         form = exchange_form(idp.token())
         body = "&".join(f"{k}={v}" for k, v in form.items()) + "&scope=payments.approve"
-        resp = httpx.post(f"{server.url}/token", content=body,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+        resp = httpx.post(
+            f"{server.url}/token", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         assert_error(resp, 400, "invalid_request", "parameter scope is repeated")
 
     def test_json_body_is_refused(self, server: Server, idp: FakeIdP) -> None:
@@ -280,27 +354,39 @@ class TestRequestRejected:
         assert_error(resp, 400, "invalid_request")
 
     def test_unknown_purpose(self, server: Server, idp: FakeIdP) -> None:
-        assert_error(post(server, exchange_form(idp.token(), scope="payments.refund")), 400, "invalid_scope",
-                     "unknown purpose")
+        assert_error(
+            post(server, exchange_form(idp.token(), scope="payments.refund")),
+            400,
+            "invalid_scope",
+            "unknown purpose",
+        )
 
     def test_two_purposes(self, server: Server, idp: FakeIdP) -> None:
-        assert_error(post(server, exchange_form(idp.token(), scope="payments.approve customer.export")), 400,
-                     "invalid_scope")
+        assert_error(
+            post(server, exchange_form(idp.token(), scope="payments.approve customer.export")),
+            400,
+            "invalid_scope",
+        )
 
     def test_purpose_not_allowed_for_client(self, server: Server, idp: FakeIdP) -> None:
         resp = post(server, exchange_form(idp.token(), client_id="batch", client_secret=CLIENT_SECRET))
         assert_error(resp, 400, "unauthorized_client")
 
     def test_audience_not_allowed(self, server: Server, idp: FakeIdP) -> None:
-        assert_error(post(server, exchange_form(idp.token(), audience="https://evil.internal")), 400,
-                     "invalid_target")
+        assert_error(
+            post(server, exchange_form(idp.token(), audience="https://evil.internal")), 400, "invalid_target"
+        )
 
     def test_audience_required_when_purpose_has_several(self, server: Server, idp: FakeIdP) -> None:
         assert_error(post(server, exchange_form(idp.token(), scope="customer.export")), 400, "invalid_target")
 
     def test_two_audiences(self, server: Server, idp: FakeIdP) -> None:
-        form = exchange_form(idp.token(), scope="customer.export", audience="https://crm.internal",
-                             resource="https://export.internal")
+        form = exchange_form(
+            idp.token(),
+            scope="customer.export",
+            audience="https://crm.internal",
+            resource="https://export.internal",
+        )
         assert_error(post(server, form), 400, "invalid_target")
 
     def test_unknown_client(self, server: Server, idp: FakeIdP) -> None:
@@ -309,12 +395,15 @@ class TestRequestRejected:
         assert resp.headers["www-authenticate"].startswith("Basic")
 
     def test_bad_client_secret(self, server: Server, idp: FakeIdP) -> None:
-        form = exchange_form(idp.token(), client_id=None, scope="customer.export", audience="https://crm.internal")
+        form = exchange_form(
+            idp.token(), client_id=None, scope="customer.export", audience="https://crm.internal"
+        )
         assert_error(post(server, form, basic("backoffice", "wrong-secret-000000")), 401, "invalid_client")
 
     def test_secret_client_without_secret(self, server: Server, idp: FakeIdP) -> None:
-        form = exchange_form(idp.token(), client_id="backoffice", scope="customer.export",
-                             audience="https://crm.internal")
+        form = exchange_form(
+            idp.token(), client_id="backoffice", scope="customer.export", audience="https://crm.internal"
+        )
         assert_error(post(server, form), 401, "invalid_client")
 
     def test_two_auth_methods_at_once(self, server: Server, idp: FakeIdP) -> None:
@@ -350,7 +439,11 @@ class TestDiscovery:
         assert meta["jwks_uri"] == f"{server.url}/.well-known/jwks.json"
         assert meta["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
         assert set(meta["token_endpoint_auth_methods_supported"]) == {
-            "none", "client_secret_basic", "client_secret_post", "private_key_jwt"}
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        }
 
     def test_health_and_readiness(self, server: Server) -> None:
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}

@@ -29,9 +29,13 @@ def bank(tmp_path_factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeIdP
     folder = tmp_path_factory.mktemp("bank")
     port = free_port()
     with sqlite3.connect(folder / "exchange.db") as conn:
-        conn.execute("CREATE TABLE accounts (number TEXT PRIMARY KEY, owner TEXT NOT NULL, frozen BOOLEAN NOT NULL)")
-        conn.executemany("INSERT INTO accounts VALUES (?, ?, ?)",
-                         [(ACCOUNT, "alice", False), (FROZEN, "alice", True), (ERIN, "erin", False)])
+        conn.execute(
+            "CREATE TABLE accounts (number TEXT PRIMARY KEY, owner TEXT NOT NULL, frozen BOOLEAN NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO accounts VALUES (?, ?, ?)",
+            [(ACCOUNT, "alice", False), (FROZEN, "alice", True), (ERIN, "erin", False)],
+        )
     conn.close()
     config = folder / "exchange.toml"
     config.write_text(f'''
@@ -40,12 +44,12 @@ issuer = "http://127.0.0.1:{port}"
 url = "sqlite:///exchange.db"
 [[trusted_issuers]]
 issuer = "{idp.issuer}"
-jwks_file = "{idp.write_jwks(folder / 'idp.json')}"
+jwks_file = "{idp.write_jwks(folder / "idp.json")}"
 audiences = ["purpose-exchange"]
 algorithms = ["RS256"]
 [[trusted_issuers]]
 issuer = "{idp_ec.issuer}"
-jwks_file = "{idp_ec.write_jwks(folder / 'idp-ec.json')}"
+jwks_file = "{idp_ec.write_jwks(folder / "idp-ec.json")}"
 audiences = ["purpose-exchange"]
 algorithms = ["ES256"]
 [[clients]]
@@ -120,8 +124,9 @@ def test_granted_token_carries_exactly_the_validated_operation(bank: Server, idp
         ({"type": "refund"}, "invalid_authorization_details", "unknown_detail_type"),
     ],
 )
-def test_operation_denials_name_their_code(bank: Server, idp: FakeIdP, overrides: dict[str, Any], error: str,
-                                          denial: str) -> None:
+def test_operation_denials_name_their_code(
+    bank: Server, idp: FakeIdP, overrides: dict[str, Any], error: str, denial: str
+) -> None:
     resp = ask(bank, payer(idp, "alice"), authorization_details=payment(**overrides))
     assert resp.status_code == 400
     assert (resp.json()["error"], resp.json()["denial"]) == (error, denial)
@@ -131,9 +136,14 @@ def test_step_up_answers_tell_the_client_what_to_ask_the_idp_for(bank: Server, i
     weak = ask(bank, payer(idp, "alice", acr="urn:acr:pwd"), authorization_details=payment()).json()
     assert weak["error"] == "insufficient_user_authentication"
     assert weak["denial"] == "acr_too_low" and weak["acr_values"] == "urn:acr:2fa urn:acr:hwk"
-    stale = ask(bank, payer(idp, "alice", auth_time=int(time.time()) - 3600), authorization_details=payment()).json()
+    stale = ask(
+        bank, payer(idp, "alice", auth_time=int(time.time()) - 3600), authorization_details=payment()
+    ).json()
     assert (stale["error"], stale["denial"], stale["max_age"]) == (
-        "insufficient_user_authentication", "auth_too_old", 300)
+        "insufficient_user_authentication",
+        "auth_too_old",
+        300,
+    )
     no_mfa = ask(bank, payer(idp, "alice", amr=["pwd"]), authorization_details=payment()).json()
     assert (no_mfa["error"], no_mfa["denial"]) == ("insufficient_user_authentication", "mfa_required")
 
@@ -143,25 +153,42 @@ def test_missing_role(bank: Server, idp: FakeIdP) -> None:
     assert resp.json()["denial"] == "claim_mismatch"
 
 
-def test_delegation_yields_an_act_claim_for_an_allowed_actor(bank: Server, idp: FakeIdP, idp_ec: FakeIdP) -> None:
+def test_delegation_yields_an_act_claim_for_an_allowed_actor(
+    bank: Server, idp: FakeIdP, idp_ec: FakeIdP
+) -> None:
     actor = idp_ec.token(sub="svc-batch")
-    resp = ask(bank, payer(idp, "alice"), authorization_details=payment(), actor_token=actor,
-               actor_token_type="urn:ietf:params:oauth:token-type:jwt")
+    resp = ask(
+        bank,
+        payer(idp, "alice"),
+        authorization_details=payment(),
+        actor_token=actor,
+        actor_token_type="urn:ietf:params:oauth:token-type:jwt",
+    )
     assert resp.status_code == 200, resp.text
     claims = pyjwt.decode(resp.json()["access_token"], options={"verify_signature": False})
     assert claims["act"]["sub"] == "svc-batch" and claims["sub"] == "alice"
 
 
 def test_delegation_refuses_other_actors(bank: Server, idp: FakeIdP, idp_ec: FakeIdP) -> None:
-    resp = ask(bank, payer(idp, "alice"), authorization_details=payment(), actor_token=idp_ec.token(sub="intruder"),
-               actor_token_type="urn:ietf:params:oauth:token-type:jwt")
+    resp = ask(
+        bank,
+        payer(idp, "alice"),
+        authorization_details=payment(),
+        actor_token=idp_ec.token(sub="intruder"),
+        actor_token_type="urn:ietf:params:oauth:token-type:jwt",
+    )
     assert resp.json()["denial"] == "actor_not_allowed"
 
 
 def test_invalid_actor_token_is_opaque(bank: Server, idp: FakeIdP, idp_ec: FakeIdP) -> None:
     expired = idp_ec.token(sub="svc-batch", iat=int(time.time()) - 900, exp=int(time.time()) - 600)
-    resp = ask(bank, payer(idp, "alice"), authorization_details=payment(), actor_token=expired,
-               actor_token_type="urn:ietf:params:oauth:token-type:jwt")
+    resp = ask(
+        bank,
+        payer(idp, "alice"),
+        authorization_details=payment(),
+        actor_token=expired,
+        actor_token_type="urn:ietf:params:oauth:token-type:jwt",
+    )
     assert resp.json() == {"error": "invalid_request", "error_description": "actor_token is invalid"}
 
 

@@ -41,7 +41,10 @@ class Store(Protocol):
         """A number that changes whenever the signing keys change (any process, any replica)."""
 
     async def watch_keys(
-        self, on_change: Callable[[], Awaitable[None]], *, known_version: int | None = None,
+        self,
+        on_change: Callable[[], Awaitable[None]],
+        *,
+        known_version: int | None = None,
         poll_interval: float = 2.0,
     ) -> None:
         """Await `on_change()` after each key change seen after `known_version`, until cancelled.
@@ -67,5 +70,7 @@ class Store(Protocol):
         """Drop replay records and counters past their expiry; returns how many rows went."""
 
     # Python rules (docs/RULES.md)
-    async def rule_query(self, sql: str, params: Sequence[object], *, max_rows: int = 100) -> list[Mapping[str, Any]]:
+    async def rule_query(
+        self, sql: str, params: Sequence[object], *, max_rows: int = 100
+    ) -> list[Mapping[str, Any]]:
         """One read-only query for python rules: `$1..$n` parameters, a timeout, at most `max_rows` rows."""

@@ -30,6 +30,9 @@ _AUDIT_COLUMNS = (
     "time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason, "
     "jti, exp, actor, rules"
 )
+# Statements built from the constant column list above, once; values always go as parameters.
+_INSERT_AUDIT = f"INSERT INTO audit_records ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
+_SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit_records"  # noqa: S608
 _rules_encoder = msgspec.json.Encoder()
 _rules_decoder = msgspec.json.Decoder(list[RuleOutcome])
 
@@ -76,7 +79,9 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -84,15 +89,18 @@ class SQLiteStore:
 
     def _connect_readonly(self) -> sqlite3.Connection:
         """A second connection that cannot write, for python rules' queries."""
-        conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=self._timeout,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{self._path}?mode=ro", uri=True, timeout=self._timeout, check_same_thread=False
+        )
         conn.execute("PRAGMA query_only = ON")
         conn.row_factory = sqlite3.Row
         return conn
 
     @staticmethod
     def _apply_migrations(conn: sqlite3.Connection) -> list[str]:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+        )
         # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -145,7 +153,15 @@ class SQLiteStore:
             c.execute(
                 "INSERT INTO signing_keys (kid, alg, state, created_at, retired_at, public_jwk, private_jwk)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.kid, key.alg, key.state, key.created_at, key.retired_at, key.public_jwk, key.private_jwk),
+                (
+                    key.kid,
+                    key.alg,
+                    key.state,
+                    key.created_at,
+                    key.retired_at,
+                    key.public_jwk,
+                    key.private_jwk,
+                ),
             )
 
         await self._run(go)
@@ -157,8 +173,15 @@ class SQLiteStore:
                 " FROM signing_keys ORDER BY created_at DESC, kid"
             ).fetchall()
             return [
-                StoredKey(kid=r[0], alg=r[1], state=r[2], created_at=r[3], retired_at=r[4], public_jwk=r[5],
-                          private_jwk=bytes(r[6]))
+                StoredKey(
+                    kid=r[0],
+                    alg=r[1],
+                    state=r[2],
+                    created_at=r[3],
+                    retired_at=r[4],
+                    public_jwk=r[5],
+                    private_jwk=bytes(r[6]),
+                )
                 for r in rows
             ]
 
@@ -171,7 +194,8 @@ class SQLiteStore:
                 if c.execute("SELECT 1 FROM signing_keys WHERE kid = ?", (kid,)).fetchone() is None:
                     raise KeyError(kid)
                 c.execute(
-                    "UPDATE signing_keys SET state = 'retiring', retired_at = ? WHERE state = 'active' AND kid <> ?",
+                    "UPDATE signing_keys SET state = 'retiring', retired_at = ?"
+                    " WHERE state = 'active' AND kid <> ?",
                     (now, kid),
                 )
                 c.execute("UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = ?", (kid,))
@@ -185,7 +209,8 @@ class SQLiteStore:
     async def retire_keys(self, before: float) -> list[str]:
         def go(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
-                "UPDATE signing_keys SET state = 'retired' WHERE state = 'retiring' AND retired_at < ? RETURNING kid",
+                "UPDATE signing_keys SET state = 'retired'"
+                " WHERE state = 'retiring' AND retired_at < ? RETURNING kid",
                 (before,),
             ).fetchall()
             return sorted(r[0] for r in rows)
@@ -200,7 +225,10 @@ class SQLiteStore:
         return await self._run(go)
 
     async def watch_keys(
-        self, on_change: Callable[[], Awaitable[None]], *, known_version: int | None = None,
+        self,
+        on_change: Callable[[], Awaitable[None]],
+        *,
+        known_version: int | None = None,
         poll_interval: float = 2.0,
     ) -> None:
         # One file, usually one process: polling the key table is cheap and sees the CLI's rotations.
@@ -219,15 +247,32 @@ class SQLiteStore:
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         rows = [
-            (r.time, r.request_id, r.decision, r.client_id, r.issuer, r.sub, r.purpose, r.audience, r.error,
-             r.denial, r.reason, r.jti, r.exp, r.actor, _rules_encoder.encode(r.rules).decode())
+            (
+                r.time,
+                r.request_id,
+                r.decision,
+                r.client_id,
+                r.issuer,
+                r.sub,
+                r.purpose,
+                r.audience,
+                r.error,
+                r.denial,
+                r.reason,
+                r.jti,
+                r.exp,
+                r.actor,
+                _rules_encoder.encode(r.rules).decode(),
+            )
             for r in records
         ]
 
         def go(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(f"INSERT INTO audit_records ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 15)})", rows)
+                c.executemany(
+                    _INSERT_AUDIT, rows
+                )
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -239,10 +284,11 @@ class SQLiteStore:
         def go(c: sqlite3.Connection) -> list[Any]:
             if before is None:
                 return c.execute(
-                    f"SELECT {_AUDIT_COLUMNS} FROM audit_records ORDER BY time DESC, id DESC LIMIT ?", (limit,)
+                    _SELECT_AUDIT + " ORDER BY time DESC, id DESC LIMIT ?",
+                    (limit,),
                 ).fetchall()
             return c.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_records WHERE time < ? ORDER BY time DESC, id DESC LIMIT ?",
+                _SELECT_AUDIT + " WHERE time < ? ORDER BY time DESC, id DESC LIMIT ?",
                 (before, limit),
             ).fetchall()
 
@@ -279,10 +325,11 @@ class SQLiteStore:
 
         return await self._run(go)
 
-
     # -- python rules ---------------------------------------------------------------------------------
 
-    async def rule_query(self, sql: str, params: Sequence[object], *, max_rows: int = 100) -> list[Mapping[str, Any]]:
+    async def rule_query(
+        self, sql: str, params: Sequence[object], *, max_rows: int = 100
+    ) -> list[Mapping[str, Any]]:
         readonly = self._readonly
         if readonly is None:
             raise StoreUnavailable("rule queries need a file-backed SQLite store")
@@ -297,9 +344,21 @@ class SQLiteStore:
 
 def _audit_from_row(row: Any) -> AuditRecord:
     return AuditRecord(
-        time=row[0], request_id=row[1], decision=row[2], client_id=row[3], issuer=row[4], sub=row[5],
-        purpose=row[6], audience=row[7], error=row[8], denial=row[9], reason=row[10], jti=row[11], exp=row[12],
-        actor=row[13], rules=_rules_decoder.decode(row[14]),
+        time=row[0],
+        request_id=row[1],
+        decision=row[2],
+        client_id=row[3],
+        issuer=row[4],
+        sub=row[5],
+        purpose=row[6],
+        audience=row[7],
+        error=row[8],
+        denial=row[9],
+        reason=row[10],
+        jti=row[11],
+        exp=row[12],
+        actor=row[13],
+        rules=_rules_decoder.decode(row[14]),
     )
 
 

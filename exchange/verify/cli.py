@@ -47,7 +47,7 @@ def verify_command(
     """Verify TOKEN (or `-` for stdin) and print its claims as JSON."""
     if jwks_uri and jwks_file:
         raise click.UsageError("use --jwks-uri or --jwks-file, not both")
-    if token == "-":  # noqa: S105 - "-" means stdin, not a password
+    if token == "-":
         token = sys.stdin.read().strip()
     try:
         keys: KeySource = (

@@ -125,15 +125,17 @@ class TestKeyWatch:
         assert len({v0, v1, v2}) == 3
         assert await store.keys_version() == v2
 
-    async def test_watch_keys_reports_a_rotation_made_elsewhere(self, store: Store,
-                                                                store_config: Callable[..., StoreConfig]) -> None:
+    async def test_watch_keys_reports_a_rotation_made_elsewhere(
+        self, store: Store, store_config: Callable[..., StoreConfig]
+    ) -> None:
         seen = asyncio.Event()
 
         async def on_change() -> None:
             seen.set()
 
         watcher = asyncio.create_task(
-            store.watch_keys(on_change, known_version=await store.keys_version(), poll_interval=0.1))
+            store.watch_keys(on_change, known_version=await store.keys_version(), poll_interval=0.1)
+        )
         other = await open_store(store_config())  # another process's view of the same database
         try:
             await other.insert_key(make_key("rotated", state="retiring"))
