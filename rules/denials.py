@@ -18,6 +18,7 @@ INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"
 INVALID_AUTHORIZATION_DETAILS = "invalid_authorization_details"
 
 RULE_ERROR = "rule_error"
+STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,15 @@ class PolicyError(Exception):
         count = len(self.problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in purpose policies:\n{lines}")
+
+
+def store_unavailable() -> Denial:
+    """A rule could not reach the store (rate counts, python rule lookups): retryable, not a verdict."""
+    return Denial(
+        code=STORE_UNAVAILABLE,
+        description="a required validation is temporarily unavailable",
+        error="temporarily_unavailable",
+    )
 
 
 def rule_error(description: str = "a required validation could not be completed") -> Denial:

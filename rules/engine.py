@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import structlog
 
+from exchange.store.base import StoreUnavailable
 from rules.attributes import compile_claim, compile_detail, compile_subject_binding
 from rules.authentication import compile_acr, compile_max_auth_age, compile_mfa
 from rules.context import Allow, Deny, RuleContext
@@ -20,9 +21,11 @@ from rules.delegation import DelegationPolicy
 from rules.denials import (
     INSUFFICIENT_USER_AUTHENTICATION,
     RULE_ERROR,
+    STORE_UNAVAILABLE,
     Denial,
     PolicyError,
     rule_error,
+    store_unavailable,
 )
 from rules.details import DetailsSchema
 from rules.limits import compile_rate_limit, compile_time_window
@@ -156,6 +159,10 @@ class PurposePolicy:
         for rule in self.rules:
             try:
                 result = await rule.check(ctx)
+            except StoreUnavailable:  # an outage, not a verdict: the client may retry (503)
+                _log.warning("rule_store_unavailable", purpose=self.name, rule=rule.label)
+                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=STORE_UNAVAILABLE))
+                return Decision(allowed=False, outcomes=outcomes, denial=store_unavailable())
             except Exception as exc:  # fail closed; the reason is for operators, not the client
                 # Only the exception's type is logged: its message or traceback locals could hold claims.
                 _log.warning("rule_failed", purpose=self.name, rule=rule.label, error_type=type(exc).__name__)
