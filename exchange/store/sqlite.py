@@ -270,9 +270,7 @@ class SQLiteStore:
         def go(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(
-                    _INSERT_AUDIT, rows
-                )
+                c.executemany(_INSERT_AUDIT, rows)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -337,7 +335,10 @@ class SQLiteStore:
         named = {str(i): value for i, value in enumerate(params, start=1)}
 
         def go(_: sqlite3.Connection) -> list[Mapping[str, Any]]:
-            return [dict(row) for row in readonly.execute(sql, named).fetchmany(max_rows)]
+            try:
+                return [dict(row) for row in readonly.execute(sql, named).fetchmany(max_rows)]
+            except sqlite3.Error as exc:  # the query was refused (bad SQL, a write): not an outage
+                raise ValueError(f"rule query refused: {exc}") from None
 
         return await self._run(go)
 

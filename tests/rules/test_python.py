@@ -142,10 +142,13 @@ class TestDatabaseRule:
         self, tmp_path: Path, examples_on_path: Callable[[], None]
     ) -> None:
         examples_on_path()
-        # Never opened (and, until the core adds it, without rule_query): either way nothing can be read.
+        # Never opened: nothing can be read, and the answer is a retryable outage, not a verdict.
         store = SQLiteStore(StoreConfig(url=f"sqlite:///{tmp_path / 'plain.db'}"))
         policy = rules_policy('rule = "python", function = "mybank.rules:account_not_frozen"')
         details = [{"type": "payment", "amount": 10, "account": "FR7630006000011234567890189"}]
         decision = await policy.evaluate(context(details=details, store=store))
         assert decision.denial is not None
-        assert decision.denial.code == "rule_error"
+        assert (decision.denial.code, decision.denial.error) == (
+            "store_unavailable",
+            "temporarily_unavailable",
+        )
