@@ -441,6 +441,7 @@ class Scenario:
     name: str
     result: LoadResult
     audit: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def line(self, concurrency: int) -> str:
         r = self.result
@@ -708,7 +709,7 @@ async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: 
 
 
 def run_micro(store: str, args: argparse.Namespace, token: str, jwks: dict[str, object], issuer: str,
-              work: Path) -> None:
+              work: Path) -> list[str]:
     folder = work / f"micro-{store}"
     folder.mkdir()
     env: dict[str, str] = {}
@@ -729,10 +730,11 @@ def run_micro(store: str, args: argparse.Namespace, token: str, jwks: dict[str, 
     finally:
         if db_name is not None:
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    print(f"# in-process CPU per call ({args.micro} calls each, {store} store, this process's CPU only"
-          f"{'; PostgreSQL server CPU not included' if store == 'postgres' else ''}):")
-    for label, us in rows:
-        print(f"  {us:8.1f} us  {label}")
+    text = [f"# in-process CPU per call ({args.micro} calls each, {store} store, this process's CPU only"
+            f"{'; PostgreSQL server CPU not included' if store == 'postgres' else ''}):"]
+    text += [f"  {us:8.1f} us  {label}" for label, us in rows]
+    print("\n".join(text))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -771,9 +773,13 @@ def main() -> int:
     if args.micro:
         if not 64 <= args.micro <= 100_000:
             parser.error("--micro 64..100000")
+        text: list[str] = []
         with tempfile.TemporaryDirectory(prefix="exchange-micro-") as tmp:
             for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
-                run_micro(store, args, token, jwks, issuer, Path(tmp))
+                text += run_micro(store, args, token, jwks, issuer, Path(tmp))
+        if args.append_results:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            _append_section([f"### In-process step costs, {stamp}", "", f"`{command}`", "", "```", *text, "```", ""])
         return 0
 
     all_scenarios: list[Scenario] = []
@@ -788,11 +794,14 @@ def main() -> int:
                 print(f"#   load: {s.result.command}")
                 print(s.line(args.concurrency))
             all_scenarios += scenarios
+    profiles: list[str] = []
     if args.profile:
         for f in sorted(Path(args.profile).glob("*.collapsed")):
-            print(f"\n# profile {f}")
-            print(summarise_profile(f))
+            profiles += ["", f"Profile of the {f.stem} exchange phase (py-spy, collapsed stacks in `{f}`):", "",
+                         "```", summarise_profile(f), "```"]
+        print("\n".join(profiles))
     if args.append_results:
+        all_scenarios[-1].notes = profiles
         append_results(command, generator, args, all_scenarios, server_cmds)
     return 0 if all("MISMATCH" not in s.audit for s in all_scenarios) and \
         all(s.result.errors == 0 for s in all_scenarios) else 1
@@ -903,6 +912,9 @@ def append_results(command: str, generator: str, args: argparse.Namespace, scena
                      f"{r.rps:,.0f}/s | {'?' if r.per_core is None else f'{r.per_core:,.0f}'} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.errors} | "
                      f"{_pct(r.server_cpu)} ({_pct(r.server_core_busy)}, {_pct(r.server_core_softirq)}) | {_pct(r.generator_cpu)} | {s.audit or '-'} |")
     lines += ["", f"Load command per phase: `{scenarios[-1].result.command}` (script: POST form or GET)", ""]
+    if scenarios and scenarios[-1].notes:
+        lines += ["Profiling slows the server: these throughput figures are not comparable with unprofiled runs.",
+                  *scenarios[-1].notes, ""]
     _append_section(lines)
 
 
