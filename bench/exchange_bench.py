@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +97,11 @@ def pin(cpu: int) -> list[str]:
 def _generator_note(generator: str, requested: str) -> str:
     if generator == "wrk":
         return ""
-    return " (Python asyncio, as requested)" if requested == "python" else " (wrk not found: Python asyncio fallback)"
+    return (
+        " (Python asyncio, as requested)"
+        if requested == "python"
+        else " (wrk not found: Python asyncio fallback)"
+    )
 
 
 def pick_generator(requested: str) -> str:
@@ -134,16 +137,40 @@ def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(url: str, *, method: str, body: str, headers: dict[str, str], concurrency: int,
-            duration: float, workdir: Path) -> LoadResult:
+def run_wrk(
+    url: str,
+    *,
+    method: str,
+    body: str,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    workdir: Path,
+) -> LoadResult:
     script = workdir / f"wrk-{secrets.token_hex(4)}.lua"
-    script.write_text(_WRK_SCRIPT % {
-        "method": method,
-        "body": _lua_string(body) if body else "nil",
-        "headers": "\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()),
-    })
-    argv = [*pin(LOAD_CPU), "wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--timeout", "10s",
-            "--latency", "-s", str(script), url]
+    script.write_text(
+        _WRK_SCRIPT
+        % {
+            "method": method,
+            "body": _lua_string(body) if body else "nil",
+            "headers": "\n".join(
+                f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
+            ),
+        }
+    )
+    argv = [
+        *pin(LOAD_CPU),
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{int(duration)}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     m = re.search(r"BENCH ok=(\d+) bad=(\d+) sock=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
     if m is None:
@@ -152,8 +179,9 @@ def run_wrk(url: str, *, method: str, body: str, headers: dict[str, str], concur
     return LoadResult("wrk", shlex.join(argv), dur / 1e6, ok, bad, sock, p50 / 1e3, p99 / 1e3)
 
 
-async def _python_load(host: str, port: int, raw: bytes, concurrency: int, duration: float,
-                       max_requests: int) -> tuple[Counter[int], list[float], int, float]:
+async def _python_load(
+    host: str, port: int, raw: bytes, concurrency: int, duration: float, max_requests: int
+) -> tuple[Counter[int], list[float], int, float]:
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     errors = 0
@@ -196,37 +224,72 @@ async def _python_load(host: str, port: int, raw: bytes, concurrency: int, durat
     return statuses, latencies, errors, time.perf_counter() - start
 
 
-def run_python(url: str, *, method: str, body: str, headers: dict[str, str], concurrency: int,
-               duration: float, max_requests: int = 5_000_000) -> LoadResult:
+def run_python(
+    url: str,
+    *,
+    method: str,
+    body: str,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    max_requests: int = 5_000_000,
+) -> LoadResult:
     hostport = url.split("//", 1)[1].split("/", 1)[0]
     path = "/" + url.split("//", 1)[1].split("/", 1)[1]
     host, port = hostport.rsplit(":", 1)
     if host != "127.0.0.1":
         raise ValueError("loopback only")
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {hostport}", f"Content-Length: {len(body.encode())}",
-             *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {hostport}",
+        f"Content-Length: {len(body.encode())}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     raw = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
-    statuses, lat, errors, took = asyncio.run(_python_load(host, int(port), raw, concurrency, duration, max_requests))
+    statuses, lat, errors, took = asyncio.run(
+        _python_load(host, int(port), raw, concurrency, duration, max_requests)
+    )
     lat.sort()
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3) if lat else (lambda q: 0.0)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else 0.0
+
     ok = statuses.get(200, 0)
     cmd = f"python asyncio generator (in bench process, {concurrency} keep-alive connections, {duration:g}s)"
     return LoadResult("python", cmd, took, ok, sum(statuses.values()) - ok, errors, pct(0.50), pct(0.99))
 
 
-def run_load(generator: str, url: str, *, method: str = "GET", body: str = "", headers: dict[str, str] | None = None,
-             concurrency: int, duration: float, workdir: Path, server_pid: int | None = None) -> LoadResult:
+def run_load(
+    generator: str,
+    url: str,
+    *,
+    method: str = "GET",
+    body: str = "",
+    headers: dict[str, str] | None = None,
+    concurrency: int,
+    duration: float,
+    workdir: Path,
+    server_pid: int | None = None,
+) -> LoadResult:
     duration = min(duration, MAX_DURATION)
     before = process_tree_cpu(server_pid) if server_pid else None
     core_before = cpu_busy(SERVER_CPU)
     gen_before = _generator_cpu(generator)
     t0 = time.monotonic()
     if generator == "wrk":
-        result = run_wrk(url, method=method, body=body, headers=headers or {}, concurrency=concurrency,
-                         duration=duration, workdir=workdir)
+        result = run_wrk(
+            url,
+            method=method,
+            body=body,
+            headers=headers or {},
+            concurrency=concurrency,
+            duration=duration,
+            workdir=workdir,
+        )
     else:
-        result = run_python(url, method=method, body=body, headers=headers or {}, concurrency=concurrency,
-                            duration=duration)
+        result = run_python(
+            url, method=method, body=body, headers=headers or {}, concurrency=concurrency, duration=duration
+        )
     wall = time.monotonic() - t0
     if before is not None and server_pid:
         after = process_tree_cpu(server_pid)
@@ -307,15 +370,18 @@ def process_tree_cpu(pid: int) -> float | None:
     return total / tick
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, method: str = "GET") -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, method: str = "GET"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
             data = b"a=b" if method == "POST" else None
-            req = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+            req = urllib.request.Request(
+                url, data=data, method=method, headers={"Content-Type": "application/x-www-form-urlencoded"}
+            )
             with urllib.request.urlopen(req, timeout=1.0) as r:
                 if r.status == 200:
                     return
@@ -325,10 +391,18 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
     raise RuntimeError(f"server not ready in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -350,14 +424,19 @@ def subject_token(alg: str) -> tuple[str, dict[str, object], str]:
     sys.path.insert(0, str(ROOT))
     from tests.idp import FakeIdP
 
-    idp = FakeIdP("https://idp.example.com", "idp_rsa", "RS256") if alg == "RS256" else \
-        FakeIdP("https://idp-ec.example.com", "idp_ec", "ES256")
+    idp = (
+        FakeIdP("https://idp.example.com", "idp_rsa", "RS256")
+        if alg == "RS256"
+        else FakeIdP("https://idp-ec.example.com", "idp_ec", "ES256")
+    )
     now = int(time.time())
     # Valid for the whole run; the service caps the purpose token's lifetime by it.
     return idp.token(exp=now + 3600, iat=now, auth_time=now - 10), idp.jwks(), idp.issuer
 
 
-def write_config(folder: Path, port: int, store_url: str, jwks: dict[str, object], issuer: str, alg: str) -> Path:
+def write_config(
+    folder: Path, port: int, store_url: str, jwks: dict[str, object], issuer: str, alg: str
+) -> Path:
     import msgspec
 
     (folder / "idp-jwks.json").write_bytes(msgspec.json.encode(jwks))
@@ -373,7 +452,7 @@ algorithm = "ES256"
 
 [[trusted_issuers]]
 issuer = "{issuer}"
-jwks_file = "{folder / 'idp-jwks.json'}"
+jwks_file = "{folder / "idp-jwks.json"}"
 audiences = ["purpose-exchange"]
 algorithms = ["{alg}"]
 
@@ -451,13 +530,23 @@ class Scenario:
         if r.generator_cpu is not None:
             cpu += f"  generator CPU {r.generator_cpu:.0f}%"
         unit = "exchanges/s" if self.name == "exchange" else "req/s"
-        return (f"{self.store:8} {self.name:8} c={concurrency:<4} {r.rps:9,.0f} {unit:11}  p50 {r.p50_ms:7.2f} ms  "
-                f"p99 {r.p99_ms:7.2f} ms  errors {r.errors} (non-200 {r.non200}, socket {r.socket_errors}){cpu}"
-                + (f"  audit: {self.audit}" if self.audit else ""))
+        return (
+            f"{self.store:8} {self.name:8} c={concurrency:<4} {r.rps:9,.0f} {unit:11}  "
+            f"p50 {r.p50_ms:7.2f} ms  "
+            f"p99 {r.p99_ms:7.2f} ms  errors {r.errors} (non-200 {r.non200}, socket {r.socket_errors}){cpu}"
+            + (f"  audit: {self.audit}" if self.audit else "")
+        )
 
 
-def run_store(store: str, args: argparse.Namespace, generator: str, token: str, jwks: dict[str, object],
-              issuer: str, work: Path) -> tuple[list[Scenario], str]:
+def run_store(
+    store: str,
+    args: argparse.Namespace,
+    generator: str,
+    token: str,
+    jwks: dict[str, object],
+    issuer: str,
+    work: Path,
+) -> tuple[list[Scenario], str]:
     folder = work / store
     folder.mkdir()
     port = free_port()
@@ -472,7 +561,15 @@ def run_store(store: str, args: argparse.Namespace, generator: str, token: str, 
         where = url = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
         env["EXCHANGE_KEK"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     config = write_config(folder, port, url, jwks, issuer, args.subject_alg)
-    argv = [*pin(SERVER_CPU), str(ROOT / ".venv/bin/exchange"), "serve", "--config", str(config), "--port", str(port)]
+    argv = [
+        *pin(SERVER_CPU),
+        str(ROOT / ".venv/bin/exchange"),
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+    ]
     server_cmd = shlex.join(argv)
     log = folder / "server.log"
     proc = start(argv, log, env=env, cwd=folder)
@@ -480,20 +577,29 @@ def run_store(store: str, args: argparse.Namespace, generator: str, token: str, 
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/readyz", proc, log)
-        form = urlencode({
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
-            "scope": "payments.approve",
-            "client_id": "bank-web",
-        })
+        form = urlencode(
+            {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": token,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+                "scope": "payments.approve",
+                "client_id": "bank-web",
+            }
+        )
         phase = f"bench-{store}-{secrets.token_hex(4)}"
         post = {"Content-Type": "application/x-www-form-urlencoded"}
         load = {"concurrency": args.concurrency, "workdir": folder, "server_pid": proc.pid}
 
         # Warm up (imports, first connections, caches) under a request id the checks do not count.
-        run_load(generator, f"{base}/token", method="POST", body=form, headers={**post, "X-Request-Id": "bench-warmup"},
-                 duration=args.warmup, **load)
+        run_load(
+            generator,
+            f"{base}/token",
+            method="POST",
+            body=form,
+            headers={**post, "X-Request-Id": "bench-warmup"},
+            duration=args.warmup,
+            **load,
+        )
         run_load(generator, f"{base}/healthz", duration=args.warmup, **load)
 
         health = run_load(generator, f"{base}/healthz", duration=args.duration, **load)
@@ -502,8 +608,15 @@ def run_store(store: str, args: argparse.Namespace, generator: str, token: str, 
         profiler = None
         if args.profile:
             profiler = start_profiler(proc.pid, Path(args.profile) / f"{store}.collapsed", args.duration)
-        result = run_load(generator, f"{base}/token", method="POST", body=form,
-                          headers={**post, "X-Request-Id": phase}, duration=args.duration, **load)
+        result = run_load(
+            generator,
+            f"{base}/token",
+            method="POST",
+            body=form,
+            headers={**post, "X-Request-Id": phase},
+            duration=args.duration,
+            **load,
+        )
         if profiler is not None:
             profiler.wait(args.duration + 60)
         rows = settled_audit(store, where, phase)
@@ -514,8 +627,11 @@ def run_store(store: str, args: argparse.Namespace, generator: str, token: str, 
             verdict = "OK (exact)" if ok else "MISMATCH"
         else:
             ok = 0 <= diff <= args.concurrency and denied == 0
-            verdict = (f"OK (+{diff} committed while in flight at wrk's cutoff, <= {args.concurrency})" if ok
-                       else "MISMATCH")
+            verdict = (
+                f"OK (+{diff} committed while in flight at wrk's cutoff, <= {args.concurrency})"
+                if ok
+                else "MISMATCH"
+            )
         audit = f"granted rows {granted} vs 200s {result.ok}, denied rows {denied}: {verdict}"
         scenarios.append(Scenario(store, "exchange", result, audit))
         if not ok:
@@ -531,8 +647,24 @@ def start_profiler(pid: int, out: Path, duration: float) -> subprocess.Popen[byt
     """py-spy over the server and its worker, collapsed stacks (one line per stack with its count)."""
     spy = shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [*pin(LOAD_CPU), spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--rate", "100", "--nolineno",
-            "--duration", str(int(duration)), "--format", "raw", "--output", str(out)]
+    argv = [
+        *pin(LOAD_CPU),
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--gil",
+        "--rate",
+        "100",
+        "--nolineno",
+        "--duration",
+        str(int(duration)),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+    ]
     print(f"# profiling: {shlex.join(argv)}")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
@@ -541,8 +673,9 @@ def start_profiler(pid: int, out: Path, duration: float) -> subprocess.Popen[byt
 # In-process costs: each step of an exchange timed alone (CPU time, no HTTP), to read the profile against.
 
 
-async def _micro(config: Path, form: str, token: str, n: int, log: Path, env: dict[str, str]
-                 ) -> list[tuple[str, float]]:
+async def _micro(
+    config: Path, form: str, token: str, n: int, log: Path, env: dict[str, str]
+) -> list[tuple[str, float]]:
     import structlog
 
     from exchange.app import build_runtime, parse_form
@@ -559,19 +692,41 @@ async def _micro(config: Path, form: str, token: str, n: int, log: Path, env: di
     runtime = await build_runtime(load_settings(config))
     await runtime.auditor.start()
     ex = runtime.exchange
-    trust, minter, policy = ex._trust, ex._minter, ex._policies["payments.approve"]  # noqa: SLF001 (bench)
+    trust, minter, policy = ex._trust, ex._minter, ex._policies["payments.approve"]
     body = form.encode()
     request = parse_form(body)
     now = time.time()
     subject = await trust.validate(token, "urn:ietf:params:oauth:token-type:id_token", now=now)
-    claims = minter.claims(subject=subject.claims, audience="https://payments.internal", client_id="bank-web",
-                           purpose="payments.approve", ttl=60, now=now)
-    ctx = RuleContext(subject=subject.claims, issuer=subject.issuer, client_id="bank-web", purpose="payments.approve",
-                      audience="https://payments.internal", now=now, store=runtime.store)
+    claims = minter.claims(
+        subject=subject.claims,
+        audience="https://payments.internal",
+        client_id="bank-web",
+        purpose="payments.approve",
+        ttl=60,
+        now=now,
+    )
+    ctx = RuleContext(
+        subject=subject.claims,
+        issuer=subject.issuer,
+        client_id="bank-web",
+        purpose="payments.approve",
+        audience="https://payments.internal",
+        now=now,
+        store=runtime.store,
+    )
     audit_log = structlog.get_logger("exchange.audit")
-    fields = {"request_id": "micro", "decision": "granted", "client_id": "bank-web", "issuer": subject.issuer,
-              "sub": "alice", "purpose": "payments.approve", "audience": "https://payments.internal",
-              "jti": claims.jti, "exp": claims.exp, "rules": [{"rule": "mfa", "outcome": "allow"}] * 3}
+    fields = {
+        "request_id": "micro",
+        "decision": "granted",
+        "client_id": "bank-web",
+        "issuer": subject.issuer,
+        "sub": "alice",
+        "purpose": "payments.approve",
+        "audience": "https://payments.internal",
+        "jti": claims.jti,
+        "exp": claims.exp,
+        "rules": [{"rule": "mfa", "outcome": "allow"}] * 3,
+    }
 
     async def timed(label: str, fn: object, *, batch: int = 1) -> tuple[str, float]:
         for _ in range(max(1, n // 10)):  # warm
@@ -587,9 +742,21 @@ async def _micro(config: Path, form: str, token: str, n: int, log: Path, env: di
 
     from schemas.records import AuditRecord, RuleOutcome
 
-    records = [AuditRecord(time=now, request_id="micro", decision="granted", client_id="bank-web", issuer=subject.issuer,
-                           sub="alice", purpose="payments.approve", audience="https://payments.internal",
-                           jti=claims.jti, exp=claims.exp, rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3)] * 64
+    records = [
+        AuditRecord(
+            time=now,
+            request_id="micro",
+            decision="granted",
+            client_id="bank-web",
+            issuer=subject.issuer,
+            sub="alice",
+            purpose="payments.approve",
+            audience="https://payments.internal",
+            jti=claims.jti,
+            exp=claims.exp,
+            rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3,
+        )
+    ] * 64
 
     async def concurrent_audits() -> None:
         await asyncio.gather(*(runtime.auditor.record(r) for r in records))
@@ -605,42 +772,77 @@ async def _micro(config: Path, form: str, token: str, n: int, log: Path, env: di
 
     out = [
         await timed("parse_form (form body -> TokenRequest)", lambda: parse_form(body)),
-        await timed("SubjectTrust.validate (RS256 verify + checks)",
-                    lambda: trust.validate(token, "urn:ietf:params:oauth:token-type:id_token", now=now)),
+        await timed(
+            "SubjectTrust.validate (RS256 verify + checks)",
+            lambda: trust.validate(token, "urn:ietf:params:oauth:token-type:id_token", now=now),
+        ),
         await timed("PurposePolicy.evaluate (3 rules)", lambda: policy.evaluate(ctx)),
-        await timed("RuleContext(...) construction (deep-freezes the claims)",
-                    lambda: RuleContext(subject=subject.claims, issuer=subject.issuer, client_id="bank-web",
-                                        purpose="payments.approve", audience="https://payments.internal", now=now,
-                                        store=runtime.store)),
-        await timed("Minter.claims", lambda: minter.claims(subject=subject.claims, audience="https://payments.internal",
-                                                           client_id="bank-web", purpose="payments.approve", ttl=60,
-                                                           now=now)),
+        await timed(
+            "RuleContext(...) construction (deep-freezes the claims)",
+            lambda: RuleContext(
+                subject=subject.claims,
+                issuer=subject.issuer,
+                client_id="bank-web",
+                purpose="payments.approve",
+                audience="https://payments.internal",
+                now=now,
+                store=runtime.store,
+            ),
+        ),
+        await timed(
+            "Minter.claims",
+            lambda: minter.claims(
+                subject=subject.claims,
+                audience="https://payments.internal",
+                client_id="bank-web",
+                purpose="payments.approve",
+                ttl=60,
+                now=now,
+            ),
+        ),
         await timed("Minter.sign (ES256)", lambda: minter.sign(claims)),
-        await timed("structlog audit line (log.info, JSON to a file)", lambda: audit_log.info("token_issued", **fields)),
-        await timed("store.append_audit, batch of 64 (per record)", lambda: runtime.store.append_audit(records),
-                    batch=64),
-        await timed("Auditor.record, 64 concurrent: log line + group commit (per record)", concurrent_audits, batch=64),
-        await timed("TokenExchange.handle, 64 concurrent, incl. audit commit (per exchange)", concurrent_handles,
-                    batch=64),
-        await timed("asyncio.gather of 64 trivial coroutines (per task: the harness floor)", gather_floor, batch=64),
+        await timed(
+            "structlog audit line (log.info, JSON to a file)",
+            lambda: audit_log.info("token_issued", **fields),
+        ),
+        await timed(
+            "store.append_audit, batch of 64 (per record)",
+            lambda: runtime.store.append_audit(records),
+            batch=64,
+        ),
+        await timed(
+            "Auditor.record, 64 concurrent: log line + group commit (per record)", concurrent_audits, batch=64
+        ),
+        await timed(
+            "TokenExchange.handle, 64 concurrent, incl. audit commit (per exchange)",
+            concurrent_handles,
+            batch=64,
+        ),
+        await timed(
+            "asyncio.gather of 64 trivial coroutines (per task: the harness floor)", gather_floor, batch=64
+        ),
     ]
     # The floor under the two signature steps: the bare cryptography calls (no JOSE framing).
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
     msg = token.rsplit(".", 1)[0].encode()
     ec_key, ed_key = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
     ec_sig, ed_sig = ec_key.sign(msg, ec.ECDSA(hashes.SHA256())), ed_key.sign(msg)
-    keys = trust._issuers[subject.issuer].keys  # noqa: SLF001 (bench)
-    rsa_key = (await keys.get_key(subject.kid)).get_op_key("verify")
+    keys = trust._issuers[subject.issuer].keys
+    rsa_key = cast("rsa.RSAPublicKey", (await keys.get_key(subject.kid)).get_op_key("verify"))
     rsa_sig = base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
     out += [
         await timed("bare cryptography: ES256 sign", lambda: ec_key.sign(msg, ec.ECDSA(hashes.SHA256()))),
         await timed("bare cryptography: Ed25519 sign", lambda: ed_key.sign(msg)),
-        await timed("bare cryptography: RS256 verify (2048-bit)",
-                    lambda: rsa_key.verify(rsa_sig, msg, padding.PKCS1v15(), hashes.SHA256())),
-        await timed("bare cryptography: ES256 verify",
-                    lambda: ec_key.public_key().verify(ec_sig, msg, ec.ECDSA(hashes.SHA256()))),
+        await timed(
+            "bare cryptography: RS256 verify (2048-bit)",
+            lambda: rsa_key.verify(rsa_sig, msg, padding.PKCS1v15(), hashes.SHA256()),
+        ),
+        await timed(
+            "bare cryptography: ES256 verify",
+            lambda: ec_key.public_key().verify(ec_sig, msg, ec.ECDSA(hashes.SHA256())),
+        ),
         await timed("bare cryptography: Ed25519 verify", lambda: ed_key.public_key().verify(ed_sig, msg)),
     ]
     out += await _prototypes(timed, runtime, claims, subject, log)
@@ -649,7 +851,9 @@ async def _micro(config: Path, form: str, token: str, n: int, log: Path, env: di
     return out
 
 
-async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: Path) -> list[tuple[str, float]]:
+async def _prototypes(
+    timed: Any, runtime: Any, claims: Any, subject: Any, log: Path
+) -> list[tuple[str, float]]:
     """Sketches of cheaper ways to do three steps, timed the same way; bench-only, not the service's code."""
     import msgspec
     import structlog
@@ -669,7 +873,9 @@ async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: 
     def sign_fast() -> str:
         signing_input = header_segment + b"." + b64(encode(claims)).rstrip(b"=")
         r, s_ = decode_dss_signature(private.sign(signing_input, ecdsa))
-        return (signing_input + b"." + b64(r.to_bytes(32, "big") + s_.to_bytes(32, "big")).rstrip(b"=")).decode()
+        return (
+            signing_input + b"." + b64(r.to_bytes(32, "big") + s_.to_bytes(32, "big")).rstrip(b"=")
+        ).decode()
 
     def freeze_fast(value: Any) -> Any:
         kind = type(value)
@@ -683,10 +889,19 @@ async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: 
 
     from schemas.records import AuditRecord, RuleOutcome
 
-    record = AuditRecord(time=time.time(), request_id="micro", decision="granted", client_id="bank-web",
-                         issuer=subject.issuer, sub="alice", purpose="payments.approve",
-                         audience="https://payments.internal", jti=claims.jti, exp=claims.exp,
-                         rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3)
+    record = AuditRecord(
+        time=time.time(),
+        request_id="micro",
+        decision="granted",
+        client_id="bank-web",
+        issuer=subject.issuer,
+        sub="alice",
+        purpose="payments.approve",
+        audience="https://payments.internal",
+        jti=claims.jti,
+        exp=claims.exp,
+        rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3,
+    )
     audit_log = structlog.get_logger("exchange.audit")
     fh = log.open("a")
 
@@ -696,11 +911,17 @@ async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: 
         audit_log.info("token_issued", **fields)
 
     def log_direct() -> None:
-        fh.write(encode({"event": "token_issued", "level": "info", "timestamp": record.time, "record": record})
-                 .decode() + "\n")
+        fh.write(
+            encode(
+                {"event": "token_issued", "level": "info", "timestamp": record.time, "record": record}
+            ).decode()
+            + "\n"
+        )
 
     return [
-        await timed("sketch: ES256 sign with a cached header segment, bare cryptography (vs Minter.sign)", sign_fast),
+        await timed(
+            "sketch: ES256 sign with a cached header segment, bare cryptography (vs Minter.sign)", sign_fast
+        ),
         await timed("current: rules.context.freeze(subject claims)", lambda: freeze(subject.claims)),
         await timed("sketch: freeze with exact-type fast paths", lambda: freeze_fast(subject.claims)),
         await timed("current: Auditor.record's log line (to_builtins + structlog)", log_structlog),
@@ -708,8 +929,9 @@ async def _prototypes(timed: Any, runtime: Any, claims: Any, subject: Any, log: 
     ]
 
 
-def run_micro(store: str, args: argparse.Namespace, token: str, jwks: dict[str, object], issuer: str,
-              work: Path) -> list[str]:
+def run_micro(
+    store: str, args: argparse.Namespace, token: str, jwks: dict[str, object], issuer: str, work: Path
+) -> list[str]:
     folder = work / f"micro-{store}"
     folder.mkdir()
     env: dict[str, str] = {}
@@ -721,17 +943,25 @@ def run_micro(store: str, args: argparse.Namespace, token: str, jwks: dict[str, 
         url = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
         env["EXCHANGE_KEK"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     config = write_config(folder, 8080, url, jwks, issuer, args.subject_alg)
-    form = urlencode({"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
-                      "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "scope": "payments.approve",
-                      "client_id": "bank-web"})
+    form = urlencode(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "scope": "payments.approve",
+            "client_id": "bank-web",
+        }
+    )
     sys.path.insert(0, str(ROOT))
     try:
         rows = asyncio.run(_micro(config, form, token, args.micro, folder / "micro.log", env))
     finally:
         if db_name is not None:
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    text = [f"# in-process CPU per call ({args.micro} calls each, {store} store, this process's CPU only"
-            f"{'; PostgreSQL server CPU not included' if store == 'postgres' else ''}):"]
+    text = [
+        f"# in-process CPU per call ({args.micro} calls each, {store} store, this process's CPU only"
+        f"{'; PostgreSQL server CPU not included' if store == 'postgres' else ''}):"
+    ]
     text += [f"  {us:8.1f} us  {label}" for label, us in rows]
     print("\n".join(text))
     return text
@@ -741,15 +971,23 @@ def run_micro(store: str, args: argparse.Namespace, token: str, jwks: dict[str, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--subject-alg", choices=["RS256", "ES256"], default="RS256",
-                        help="the fake IdP's algorithm for the subject token (the service signs ES256)")
-    parser.add_argument("--profile", metavar="DIR", help="record py-spy collapsed stacks of the exchange phase")
+    parser.add_argument(
+        "--subject-alg",
+        choices=["RS256", "ES256"],
+        default="RS256",
+        help="the fake IdP's algorithm for the subject token (the service signs ES256)",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="record py-spy collapsed stacks of the exchange phase"
+    )
     parser.add_argument("--micro", type=int, metavar="N", help="only time each step in-process, N calls each")
     parser.add_argument("--summarise", metavar="FILE", help="only summarise a collapsed-stacks file and exit")
     parser.add_argument("--append-results", action="store_true")
@@ -762,12 +1000,17 @@ def main() -> int:
 
     generator = pick_generator(args.generator)
     if has_taskset():
-        os.sched_setaffinity(0, {LOAD_CPU})  # the Python generator (and this script) stay off the server's CPU
+        os.sched_setaffinity(
+            0, {LOAD_CPU}
+        )  # the Python generator (and this script) stay off the server's CPU
     command = shlex.join([".venv/bin/python", "bench/exchange_bench.py", *sys.argv[1:]])
     print(f"# {command}")
     print(f"# load generator: {generator}" + _generator_note(generator, args.generator))
-    print(f"# pinning: server CPU {SERVER_CPU}, generator CPU {LOAD_CPU}" if has_taskset()
-          else "# pinning: none (taskset or a second CPU is missing)")
+    print(
+        f"# pinning: server CPU {SERVER_CPU}, generator CPU {LOAD_CPU}"
+        if has_taskset()
+        else "# pinning: none (taskset or a second CPU is missing)"
+    )
     token, jwks, issuer = subject_token(args.subject_alg)
 
     if args.micro:
@@ -779,7 +1022,9 @@ def main() -> int:
                 text += run_micro(store, args, token, jwks, issuer, Path(tmp))
         if args.append_results:
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-            _append_section([f"### In-process step costs, {stamp}", "", f"`{command}`", "", "```", *text, "```", ""])
+            _append_section(
+                [f"### In-process step costs, {stamp}", "", f"`{command}`", "", "```", *text, "```", ""]
+            )
         return 0
 
     all_scenarios: list[Scenario] = []
@@ -797,14 +1042,24 @@ def main() -> int:
     profiles: list[str] = []
     if args.profile:
         for f in sorted(Path(args.profile).glob("*.collapsed")):
-            profiles += ["", f"Profile of the {f.stem} exchange phase (py-spy, collapsed stacks in `{f}`):", "",
-                         "```", summarise_profile(f), "```"]
+            profiles += [
+                "",
+                f"Profile of the {f.stem} exchange phase (py-spy, collapsed stacks in `{f}`):",
+                "",
+                "```",
+                summarise_profile(f),
+                "```",
+            ]
         print("\n".join(profiles))
     if args.append_results:
         all_scenarios[-1].notes = profiles
         append_results(command, generator, args, all_scenarios, server_cmds)
-    return 0 if all("MISMATCH" not in s.audit for s in all_scenarios) and \
-        all(s.result.errors == 0 for s in all_scenarios) else 1
+    return (
+        0
+        if all("MISMATCH" not in s.audit for s in all_scenarios)
+        and all(s.result.errors == 0 for s in all_scenarios)
+        else 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -820,15 +1075,21 @@ CATEGORIES = [
     ("subject token: RS256 signature verify (joserfc verify_compact)", ("verify_compact (",)),
     ("subject token: parse, header and claim checks (SubjectTrust.validate)", ("SubjectTrust.validate (",)),
     ("audit: structlog JSON line (Auditor.record -> log.info)", ("structlog/",)),
-    ("audit: group-commit writer and store (Auditor, store, driver)", ("exchange/audit.py", "exchange/store/",
-                                                                        "asyncpg/", "sqlite3")),
+    (
+        "audit: group-commit writer and store (Auditor, store, driver)",
+        ("exchange/audit.py", "exchange/store/", "asyncpg/", "sqlite3"),
+    ),
     ("rules engine (PurposePolicy.evaluate and rules/)", ("rules/",)),
     ("mint: claims (Minter.claims)", ("Minter.claims (",)),
     ("form parsing (parse_form, urllib.parse)", ("parse_form (",)),
 ]
 _ASGI_IO = ("Request.stream (", "capture_response_started (", "send_wrapper (", "Request.body (")
-LEFTOVER = ("ASGI I/O: granian receive/send awaited by litestar", "service and handler code (service.py, app.py)",
-            "litestar routing, middleware, response building", "asyncio event loop and granian glue")
+LEFTOVER = (
+    "ASGI I/O: granian receive/send awaited by litestar",
+    "service and handler code (service.py, app.py)",
+    "litestar routing, middleware, response building",
+    "asyncio event loop and granian glue",
+)
 
 
 def _category(frames: list[str]) -> str:
@@ -869,9 +1130,9 @@ def _frames(stack: str) -> list[str]:
 def summarise_profile(path: Path, top: int = 10) -> str:
     stacks: list[tuple[list[str], int]] = []
     for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            stacks.append((_frames(stack), int(count)))
+        stack, _, n = line.rpartition(" ")
+        if stack and n.isdigit():
+            stacks.append((_frames(stack), int(n)))
     total = sum(c for _, c in stacks)
     if not total:
         return "(no samples)"
@@ -894,27 +1155,48 @@ def summarise_profile(path: Path, top: int = 10) -> str:
     return "\n".join(out)
 
 
-def append_results(command: str, generator: str, args: argparse.Namespace, scenarios: list[Scenario],
-                   server_cmds: dict[str, str]) -> None:
+def append_results(
+    command: str,
+    generator: str,
+    args: argparse.Namespace,
+    scenarios: list[Scenario],
+    server_cmds: dict[str, str],
+) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"### Run of {stamp}", "", f"`{command}`", "",
-             f"Load generator: {generator}; server pinned to CPU {SERVER_CPU}, generator to CPU {LOAD_CPU}; "
-             f"concurrency {args.concurrency}, {args.duration:g} s per phase, subject token {args.subject_alg}, "
-             "purpose token ES256, 3 rules.", ""]
+    lines = [
+        f"### Run of {stamp}",
+        "",
+        f"`{command}`",
+        "",
+        f"Load generator: {generator}; server pinned to CPU {SERVER_CPU}, generator to CPU {LOAD_CPU}; "
+        f"concurrency {args.concurrency}, {args.duration:g} s per phase, subject token {args.subject_alg}, "
+        "purpose token ES256, 3 rules.",
+        "",
+    ]
     for store, cmd in server_cmds.items():
         lines.append(f"- server ({store}): `{cmd}`")
-    lines += ["", "| store | scenario | throughput | per server CPU-second | p50 | p99 | errors | server CPU (core busy, softirq) "
-              "| generator CPU | audit check |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| store | scenario | throughput | per server CPU-second | p50 | p99 | errors "
+        "| server CPU (core busy, softirq) | generator CPU | audit check |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for s in scenarios:
         r = s.result
-        lines.append(f"| {s.store} | {'POST /token' if s.name == 'exchange' else 'GET /healthz'} | "
-                     f"{r.rps:,.0f}/s | {'?' if r.per_core is None else f'{r.per_core:,.0f}'} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.errors} | "
-                     f"{_pct(r.server_cpu)} ({_pct(r.server_core_busy)}, {_pct(r.server_core_softirq)}) | {_pct(r.generator_cpu)} | {s.audit or '-'} |")
+        lines.append(
+            f"| {s.store} | {'POST /token' if s.name == 'exchange' else 'GET /healthz'} | "
+            f"{r.rps:,.0f}/s | {'?' if r.per_core is None else f'{r.per_core:,.0f}'} | "
+            f"{r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.errors} | "
+            f"{_pct(r.server_cpu)} ({_pct(r.server_core_busy)}, {_pct(r.server_core_softirq)}) | "
+            f"{_pct(r.generator_cpu)} | {s.audit or '-'} |"
+        )
     lines += ["", f"Load command per phase: `{scenarios[-1].result.command}` (script: POST form or GET)", ""]
     if scenarios and scenarios[-1].notes:
-        lines += ["Profiling slows the server: these throughput figures are not comparable with unprofiled runs.",
-                  *scenarios[-1].notes, ""]
+        lines += [
+            "Profiling slows the server: these throughput figures are not comparable with unprofiled runs.",
+            *scenarios[-1].notes,
+            "",
+        ]
     _append_section(lines)
 
 
@@ -931,7 +1213,7 @@ def _append_section(lines: list[str], section: str = SECTION) -> None:
         return
     head, _, tail = text.partition(section)
     nxt = re.search(r"^## ", tail, flags=re.M)
-    mine, rest = (tail[: nxt.start()], tail[nxt.start():]) if nxt else (tail, "")
+    mine, rest = (tail[: nxt.start()], tail[nxt.start() :]) if nxt else (tail, "")
     RESULTS.write_text(head + section + mine.rstrip("\n") + "\n\n" + block + ("\n" + rest if rest else ""))
 
 

@@ -33,6 +33,7 @@ SECTION_POST = "## HTTP floor under POST /token (granian: litestar vs bare ASGI)
 
 def create_hello_app() -> Litestar:
     """The ASGI app under test: one route, a fixed JSON body (the framework floor)."""
+
     @get("/")
     async def hello() -> Response[bytes]:
         return Response(b'{"hello":"world"}', media_type="application/json")
@@ -42,16 +43,24 @@ def create_hello_app() -> Litestar:
 
 # --post: the HTTP floor under POST /token. A form body the size of an exchange request is read and a
 # token-sized JSON answer sent with the same headers, through litestar and through a bare ASGI callable.
-_ANSWER = b'{"access_token":"' + b"x" * 620 + b'","issued_token_type":"urn:ietf:params:oauth:token-type:access_token",' \
-          b'"token_type":"Bearer","expires_in":60,"scope":"payments.approve"}'
+_ANSWER = (
+    b'{"access_token":"'
+    + b"x" * 620
+    + b'","issued_token_type":"urn:ietf:params:oauth:token-type:access_token",'
+    b'"token_type":"Bearer","expires_in":60,"scope":"payments.approve"}'
+)
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-POST_BODY = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=" + "x" * 900 + \
-            "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token&scope=payments.approve" \
-            "&client_id=bank-web"
+POST_BODY = (
+    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token="
+    + "x" * 900
+    + "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token&scope=payments.approve"
+    "&client_id=bank-web"
+)
 
 
 def create_post_app() -> Litestar:
     """litestar, POST: read the body, answer a fixed token-sized JSON (what /token costs without the work)."""
+
     @post("/token", status_code=200)
     async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
         body = await request.body()
@@ -64,8 +73,12 @@ def create_post_app() -> Litestar:
 
 def create_raw_post_app() -> Any:
     """The same answer from a bare ASGI callable: no framework at all."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(_ANSWER)).encode()),
-               (b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_ANSWER)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"pragma", b"no-cache"),
+    ]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -92,30 +105,102 @@ def create_asgi_route_post_app() -> Litestar:
 
 
 def _post_servers(port: int) -> list[tuple[str, list[str], dict[str, str]]]:
-    granian = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port",
-               str(port), "--workers", "1", "--no-access-log", "--log-level", "warning", "--factory"]
+    granian = [
+        str(Path(sys.executable).parent / "granian"),
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--factory",
+    ]
     env = {"PYTHONPATH": str(HERE)}
-    return [("granian + litestar POST", [*granian, "server_choice:create_post_app"], env),
-            ("granian + litestar @asgi route POST", [*granian, "server_choice:create_asgi_route_post_app"], env),
-            ("granian + bare ASGI POST", [*granian, "server_choice:create_raw_post_app"], env)]
+    return [
+        ("granian + litestar POST", [*granian, "server_choice:create_post_app"], env),
+        ("granian + litestar @asgi route POST", [*granian, "server_choice:create_asgi_route_post_app"], env),
+        ("granian + bare ASGI POST", [*granian, "server_choice:create_raw_post_app"], env),
+    ]
 
 
 def _servers(port: int, extras: str | None) -> list[tuple[str, list[str], dict[str, str]]]:
     bin_dir = Path(sys.executable).parent
     target = "server_choice:create_hello_app"
-    servers = [
-        ("granian", [str(bin_dir / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
-                     "--workers", "1", "--no-access-log", "--log-level", "warning", "--factory", target], {}),
-        ("uvicorn (h11, asyncio)", [str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port),
-                                    "--workers", "1", "--no-access-log", "--log-level", "warning",
-                                    "--http", "h11", "--loop", "asyncio", "--factory", target], {}),
+    servers: list[tuple[str, list[str], dict[str, str]]] = [
+        (
+            "granian",
+            [
+                str(bin_dir / "granian"),
+                "--interface",
+                "asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--factory",
+                target,
+            ],
+            {},
+        ),
+        (
+            "uvicorn (h11, asyncio)",
+            [
+                str(bin_dir / "uvicorn"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--http",
+                "h11",
+                "--loop",
+                "asyncio",
+                "--factory",
+                target,
+            ],
+            {},
+        ),
     ]
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(HERE), extras) if p)}
     if _importable(["uvloop", "httptools"], extras):
-        servers.append(("uvicorn (httptools, uvloop)", [
-            str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop",
-            "--factory", target], {}))
+        servers.append(
+            (
+                "uvicorn (httptools, uvloop)",
+                [
+                    str(bin_dir / "uvicorn"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                    "--http",
+                    "httptools",
+                    "--loop",
+                    "uvloop",
+                    "--factory",
+                    target,
+                ],
+                {},
+            )
+        )
     return [(name, argv, env) for name, argv, _ in servers]
 
 
@@ -144,15 +229,24 @@ def main() -> int:
         wait_http,
     )
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="alternate the servers this many times (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternate the servers this many times (median)"
+    )
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--extras", metavar="DIR", help="folder holding uvloop and httptools (pip install --target)")
-    parser.add_argument("--post", action="store_true",
-                        help="instead: the POST /token HTTP floor, litestar vs a bare ASGI app, both under granian")
+    parser.add_argument(
+        "--extras", metavar="DIR", help="folder holding uvloop and httptools (pip install --target)"
+    )
+    parser.add_argument(
+        "--post",
+        action="store_true",
+        help="instead: the POST /token HTTP floor, litestar vs a bare ASGI app, both under granian",
+    )
     parser.add_argument("--append-results", action="store_true")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 5 or not 1 <= args.duration <= 60 or not 1 <= args.concurrency <= 4096:
@@ -163,8 +257,11 @@ def main() -> int:
         os.sched_setaffinity(0, {LOAD_CPU})
     command = shlex.join([".venv/bin/python", "bench/server_choice.py", *sys.argv[1:]])
     print(f"# {command}")
-    print(f"# load generator: {generator}" + _generator_note(generator, args.generator)
-          + ("" if generator == "wrk" else "; it may saturate before granian does"))
+    print(
+        f"# load generator: {generator}"
+        + _generator_note(generator, args.generator)
+        + ("" if generator == "wrk" else "; it may saturate before granian does")
+    )
     results: dict[str, list[Any]] = {}
     commands: dict[str, str] = {}
     load_cmd = ""
@@ -180,20 +277,30 @@ def main() -> int:
                 try:
                     url = f"http://127.0.0.1:{port}/token" if args.post else f"http://127.0.0.1:{port}/"
                     wait_http(url, proc, log, method="POST" if args.post else "GET")
-                    load: dict[str, Any] = {"concurrency": args.concurrency, "workdir": Path(tmp), "server_pid": proc.pid}
+                    load: dict[str, Any] = {
+                        "concurrency": args.concurrency,
+                        "workdir": Path(tmp),
+                        "server_pid": proc.pid,
+                    }
                     if args.post:
-                        load.update(method="POST", body=POST_BODY,
-                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+                        load.update(
+                            method="POST",
+                            body=POST_BODY,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"},
+                        )
                     run_load(generator, url, duration=args.warmup, **load)
                     r = run_load(generator, url, duration=args.duration, **load)
                 finally:
                     stop(proc)
                 load_cmd = r.command
                 results.setdefault(name, []).append(r)
-                print(f"{name:28} {r.rps:9,.0f} req/s ({r.per_core or 0:,.0f} per server CPU-second)  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  errors {r.errors}"
-                      f"  server CPU {r.server_cpu or 0:.0f}% (core {r.server_core_busy or 0:.0f}% busy,"
-                      f" softirq {r.server_core_softirq or 0:.0f}%)"
-                      f"  generator CPU {r.generator_cpu or 0:.0f}%")
+                print(
+                    f"{name:28} {r.rps:9,.0f} req/s ({r.per_core or 0:,.0f} per server CPU-second)"
+                    f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  errors {r.errors}"
+                    f"  server CPU {r.server_cpu or 0:.0f}% (core {r.server_core_busy or 0:.0f}% busy,"
+                    f" softirq {r.server_core_softirq or 0:.0f}%)"
+                    f"  generator CPU {r.generator_cpu or 0:.0f}%"
+                )
     med = {name: statistics.median(r.rps for r in rs) for name, rs in results.items()}
     first = next(iter(results))
     base = med[first]
@@ -201,32 +308,54 @@ def main() -> int:
     print(f"# median over rounds; ratio = {first} / server")
     for name, rps in med.items():
         pc = statistics.median(r.per_core or 0 for r in results[name])
-        print(f"{name:28} {rps:9,.0f} req/s  first/this = {base / rps:.2f}x   per server CPU-second {pc:,.0f}"
-              f"  first/this = {pc_base / pc:.2f}x")
+        print(
+            f"{name:28} {rps:9,.0f} req/s  first/this = {base / rps:.2f}x   per server CPU-second {pc:,.0f}"
+            f"  first/this = {pc_base / pc:.2f}x"
+        )
     for name, cmd in commands.items():
         print(f"# server {name}: {cmd}")
     print(f"# load: {load_cmd}")
 
     if args.append_results:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines = [f"### Run of {stamp}", "", f"`{command}`", "",
-                 f"Load generator: {generator}, {args.concurrency} connections, {args.duration:g} s per server, "
-                 f"{args.rounds} alternating rounds (median); server pinned to CPU {SERVER_CPU}, generator to "
-                 f"CPU {LOAD_CPU}. " + (
-                     "App: POST /token floor (`create_post_app`, `create_raw_post_app`): read a 1.1 KB form, answer "
-                     "a 0.75 KB JSON, one worker." if args.post else
-                     "App: litestar 'hello world' (`create_hello_app`), one worker."), "",
-                 f"| server | req/s (median) | rounds | {first} / this | req per server CPU-second (median) "
-                 f"| {first} / this | p99 (last round) |",
-                 "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        lines = [
+            f"### Run of {stamp}",
+            "",
+            f"`{command}`",
+            "",
+            f"Load generator: {generator}, {args.concurrency} connections, {args.duration:g} s per server, "
+            f"{args.rounds} alternating rounds (median); server pinned to CPU {SERVER_CPU}, generator to "
+            f"CPU {LOAD_CPU}. "
+            + (
+                "App: POST /token floor (`create_post_app`, `create_asgi_route_post_app`, "
+                "`create_raw_post_app`): read a 1.1 KB form, answer a 0.75 KB JSON, one worker."
+                if args.post
+                else "App: litestar 'hello world' (`create_hello_app`), one worker."
+            ),
+            "",
+            f"| server | req/s (median) | rounds | {first} / this | req per server CPU-second (median) "
+            f"| {first} / this | p99 (last round) |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
         for name, rs in results.items():
             pc = statistics.median(r.per_core or 0 for r in rs)
-            lines.append(f"| {name} | {med[name]:,.0f} | {', '.join(f'{r.rps:,.0f}' for r in rs)} | "
-                         f"{base / med[name]:.2f}x | {pc:,.0f} | {pc_base / pc:.2f}x | {rs[-1].p99_ms:.2f} ms |")
-        lines += ["", "| server | server CPU, last round (its core busy, softirq) | generator CPU |", "| --- | ---: | ---: |"]
-        lines += [f"| {name} | {_pct(rs[-1].server_cpu)} ({_pct(rs[-1].server_core_busy)}, "
-                  f"{_pct(rs[-1].server_core_softirq)}) | {_pct(rs[-1].generator_cpu)} |" for name, rs in results.items()]
-        lines += [""] + [f"- {name}: `{cmd}`" for name, cmd in commands.items()] + [f"- load: `{load_cmd}`", ""]
+            lines.append(
+                f"| {name} | {med[name]:,.0f} | {', '.join(f'{r.rps:,.0f}' for r in rs)} | "
+                f"{base / med[name]:.2f}x | {pc:,.0f} | {pc_base / pc:.2f}x | {rs[-1].p99_ms:.2f} ms |"
+            )
+        lines += [
+            "",
+            "| server | server CPU, last round (its core busy, softirq) | generator CPU |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [
+            f"| {name} | {_pct(rs[-1].server_cpu)} ({_pct(rs[-1].server_core_busy)}, "
+            f"{_pct(rs[-1].server_core_softirq)}) | {_pct(rs[-1].generator_cpu)} |"
+            for name, rs in results.items()
+        ]
+        lines += (
+            [""] + [f"- {name}: `{cmd}`" for name, cmd in commands.items()] + [f"- load: `{load_cmd}`", ""]
+        )
 
         _append_section(lines, section=SECTION_POST if args.post else SECTION)
     return 0
