@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from joserfc import jws
-from joserfc.jws import JWSRegistry
 
-from exchange.keys import KeyRing
+# JWSAlgModel is public in joserfc.jws, though missing from its __all__.
+from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
+
+from exchange.keys import ActiveKey, KeyRing
+from exchange.verify.compact import b64url_encode
 from schemas.claims import PurposeClaims
 
 _encode_claims = msgspec.json.Encoder().encode
@@ -26,13 +28,16 @@ class Minter:
     def __init__(self, keyring: KeyRing, issuer: str) -> None:
         self._keyring = keyring
         self._issuer = issuer
-        self._registries: dict[str, JWSRegistry] = {}
+        # The header segment and algorithm of the active key, rebuilt only when the key changes.
+        self._prepared: tuple[ActiveKey, bytes, JWSAlgModel] | None = None
 
-    def _registry(self, alg: str) -> JWSRegistry:
-        registry = self._registries.get(alg)
-        if registry is None:
-            registry = self._registries[alg] = JWSRegistry(algorithms=[alg])
-        return registry
+    def _prepare(self) -> tuple[ActiveKey, bytes, JWSAlgModel]:
+        active = self._keyring.active
+        prepared = self._prepared
+        if prepared is None or prepared[0] is not active:
+            header = b64url_encode(_encode_claims(active.header)) + b"."
+            prepared = self._prepared = (active, header, JWSRegistry.algorithms[active.alg])
+        return prepared
 
     def claims(
         self,
@@ -69,7 +74,7 @@ class Minter:
         )
 
     def sign(self, claims: PurposeClaims) -> str:
-        active = self._keyring.active
-        return jws.serialize_compact(
-            active.header, _encode_claims(claims), active.key, registry=self._registry(active.alg)
-        )
+        """Compact JWS of the claims; joserfc's algorithm object makes the signature (raw r||s for EC)."""
+        active, header, alg = self._prepare()
+        signing_input = header + b64url_encode(_encode_claims(claims))
+        return (signing_input + b"." + b64url_encode(alg.sign(signing_input, active.key))).decode("ascii")

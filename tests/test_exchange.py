@@ -233,7 +233,7 @@ class TestSubjectTokenRejected:
     def test_alg_none(self, server: Server, idp: FakeIdP) -> None:
         header = b64(json.dumps({"alg": "none", "kid": idp.kid}).encode())
         payload = b64(json.dumps(idp.claims()).encode())
-        self.reject(server, f"{header}.{payload}.", "malformed")  # no signature at all
+        self.reject(server, f"{header}.{payload}.", "algorithm_not_allowed")  # no signature at all
 
     def test_hs256_signed_with_the_issuers_public_key(self, server: Server, idp: FakeIdP) -> None:
         # joserfc rightly refuses to make this token, so it is made by hand, as an attacker would.

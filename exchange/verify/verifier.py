@@ -14,7 +14,6 @@ comparisons.
 
 from __future__ import annotations
 
-import binascii
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
@@ -27,6 +26,7 @@ from joserfc.jwk import Key
 from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
 from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
+from exchange.verify.compact import CompactError, decode_header, split_compact
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
 from exchange.verify.replay import InMemoryReplayGuard, ReplayGuard, SyncReplayGuard
@@ -40,28 +40,12 @@ SUPPORTED_ALGORITHMS: Final = frozenset(
 )
 #: RFC 9068 §2.1; "application/" may be omitted (RFC 7515 §4.1.9), media types are case-insensitive.
 _ACCEPTED_TYP: Final = frozenset({"at+jwt", "application/at+jwt"})
-#: Header members that would let the token pick its own key (jwk, jku, x5u, x5c), demand processing
-#: we do not do (crit), or change what is signed (b64, RFC 7797). Keys come only from configuration.
-_FORBIDDEN_HEADER: Final = ("crit", "jwk", "jku", "x5u", "x5c", "b64")
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 DEFAULT_LEEWAY: Final = 10
 DEFAULT_MAX_LIFETIME: Final = 900
-_MAX_HEADER_BYTES: Final = 1024
 # Distinct headers remembered: one per (alg, kid) in practice, so a handful; the bound only stops a
 # stream of junk headers from growing the memo.
 _HEADER_MEMO_SIZE: Final = 64
-_HEADER_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
-# base64url -> standard alphabet; "+", "/" and "=" become "!", which strict decoding refuses, so only
-# the base64url alphabet without padding (RFC 7515 §2) gets through. One translate, one C call.
-_FROM_BASE64URL: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
-_PADDING: Final = (b"", b"", b"==", b"=")
-
-
-def _b64url(segment: bytes) -> bytes:
-    # len % 4 == 1 is never valid base64; strict mode rejects it (binascii.Error, a ValueError).
-    return binascii.a2b_base64(
-        segment.translate(_FROM_BASE64URL) + _PADDING[len(segment) % 4], strict_mode=True
-    )
 
 
 class PurposeTokenVerifier:
@@ -176,52 +160,19 @@ class PurposeTokenVerifier:
 
     def _parse(self, token: str | bytes) -> tuple[bytes, bytes, bytes, JWSAlgModel, str]:
         """Split and decode a compact JWS: (signing input, payload, signature, algorithm, kid)."""
-        # The size cap comes before anything else touches the token.
-        if isinstance(token, str):
-            if len(token) > self._max_token_bytes:
-                raise VerificationError("malformed", "token exceeds the size cap")
-            try:
-                value = token.encode("ascii")
-            except UnicodeEncodeError:
-                raise VerificationError("malformed", "token is not ASCII") from None
-        elif isinstance(token, bytes):
-            value = token
-        else:
-            raise TypeError(f"token must be str or bytes, not {type(token).__name__}")
-        if len(value) > self._max_token_bytes:
-            raise VerificationError("malformed", "token exceeds the size cap")
-        if value[:1] == b"{":
-            raise VerificationError(
-                "malformed", "JSON-serialised JWS; only compact serialisation is accepted"
-            )
-        parts = value.split(b".")
-        if len(parts) != 3:
-            raise VerificationError("malformed", "a compact JWS has three segments")
-        header_segment, payload_segment, signature_segment = parts
-        checked = self._headers.get(header_segment)
-        if checked is None:
-            checked = self._check_header(header_segment)
-            if len(self._headers) >= _HEADER_MEMO_SIZE:
-                self._headers.clear()
-            self._headers[header_segment] = checked
         try:
-            payload = _b64url(payload_segment)
-            signature = _b64url(signature_segment)
-        except (ValueError, binascii.Error):
-            raise VerificationError("malformed", "payload or signature is not base64url") from None
-        signing_input = value[: len(header_segment) + 1 + len(payload_segment)]
-        return signing_input, payload, signature, checked[0], checked[1]
+            parts = split_compact(token, self._max_token_bytes)
+            checked = self._headers.get(parts.header_segment)
+            if checked is None:
+                checked = self._check_header(decode_header(parts.header_segment))
+                if len(self._headers) >= _HEADER_MEMO_SIZE:
+                    self._headers.clear()
+                self._headers[parts.header_segment] = checked
+        except CompactError as exc:
+            raise VerificationError("malformed", str(exc)) from None
+        return parts.signing_input, parts.payload, parts.signature, checked[0], checked[1]
 
-    def _check_header(self, segment: bytes) -> tuple[JWSAlgModel, str]:
-        if len(segment) > _MAX_HEADER_BYTES:
-            raise VerificationError("malformed", "JWS header exceeds the size cap")
-        try:
-            header = _HEADER_DECODER.decode(_b64url(segment))
-        except (ValueError, binascii.Error):
-            raise VerificationError("malformed", "JWS header is not base64url JSON object") from None
-        for member in _FORBIDDEN_HEADER:
-            if member in header:
-                raise VerificationError("malformed", f"forbidden JWS header member {member!r}")
+    def _check_header(self, header: Mapping[str, Any]) -> tuple[JWSAlgModel, str]:
         name = header.get("alg")
         alg = self._algorithms.get(name) if isinstance(name, str) else None
         if alg is None:
