@@ -5,49 +5,20 @@ Exit codes: 0 success, 1 a handled error (one clear sentence on stderr), 2 usage
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import msgspec
 
 from exchange.ambassador import ambassador_command
-from exchange.config import config_path, load_settings
-from exchange.errors import ConfigError
+from exchange.config import config_path
+from exchange.console import config_option, fail, run, settings_or_exit
 from exchange.store.cli import db_group
 from exchange.verify.cli import verify_command
 from schemas.config import Settings
-
-T = TypeVar("T")
-config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (default: $EXCHANGE_CONFIG, else ./exchange.toml).",
-)
-
-
-def settings_or_exit(config_file: str | None) -> Settings:
-    try:
-        return load_settings(config_path(config_file))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
-
-
-def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        return asyncio.run(coro_fn())
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
 
 
 @click.group()
@@ -66,16 +37,8 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    from rules import PolicyError, compile_policies
-
     path = config_path(config_file)
-    settings = settings_or_exit(str(path))
-    try:
-        compile_policies(settings)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {path}: {problem}", err=True)
-        sys.exit(1)
+    settings_or_exit(str(path), with_policies=True)
     # Workers are separate processes: they find the config through the environment.
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
     Granian(
@@ -103,16 +66,8 @@ def config() -> None:
 @click.argument("config_file", required=False)
 def config_check(config_file: str | None) -> None:
     """Validate a config file without starting (exit 1 listing every problem)."""
-    from rules import PolicyError, compile_policies
-
     path = config_path(config_file)
-    settings = settings_or_exit(str(path))
-    try:
-        compile_policies(settings)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {path}: {problem}", err=True)
-        sys.exit(1)
+    settings = settings_or_exit(str(path), with_policies=True)
     click.echo(
         f"{path}: ok ({len(settings.purposes)} purposes, {len(settings.clients)} clients, "
         f"{len(settings.trusted_issuers) + (settings.dev_issuer is not None)} trusted issuers)"
@@ -201,8 +156,7 @@ def clients_hash_secret() -> None:
 
     secret = sys.stdin.readline().rstrip("\r\n")
     if len(secret) < 16:
-        click.echo("error: the secret must be at least 16 characters (read from stdin)", err=True)
-        sys.exit(1)
+        fail("the secret must be at least 16 characters (read from stdin)")
     click.echo(hash_secret(secret))
 
 
@@ -228,8 +182,7 @@ def dev_token(
 
     settings = settings_or_exit(config_file)
     if settings.dev_issuer is None:
-        click.echo("error: [dev_issuer] is not configured in this config file", err=True)
-        sys.exit(1)
+        fail("[dev_issuer] is not configured in this config file")
     extra: dict[str, Any] = {}
     for item in claims:
         name, sep, value = item.partition("=")
@@ -319,20 +272,12 @@ def rules_explain(
 
     Nothing is counted (rate limits) and nothing is issued; python rules do run, read-only.
     """
-    from rules import DenialError, PolicyError, RuleContext, compile_policies
+    from rules import DenialError, RuleContext, compile_policies
 
-    settings = settings_or_exit(config_file)
-    try:
-        policy = compile_policies(settings).get(purpose)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
+    settings = settings_or_exit(config_file, with_policies=True)
+    policy = compile_policies(settings).get(purpose)
     if policy is None:
-        click.echo(
-            f"error: unknown purpose {purpose!r}; known: {', '.join(sorted(settings.purposes))}", err=True
-        )
-        sys.exit(1)
+        fail(f"unknown purpose {purpose!r}; known: {', '.join(sorted(settings.purposes))}")
     try:
         claims = msgspec.json.decode(claims_file.read())
         details = policy.validate_details(details_file.read().decode() if details_file else None)

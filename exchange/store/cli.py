@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from importlib import resources
@@ -20,37 +19,14 @@ import asyncpg
 import click
 import msgspec
 
-from exchange.config import config_path, load_settings
-from exchange.errors import ConfigError
+from exchange.console import config_option, fail, settings_or_exit
 from exchange.store import make_store
 from exchange.store import migrate as migrations
 from exchange.store.base import StoreUnavailable
 from exchange.store.sqlite import sqlite_path
-from schemas.config import Settings, StoreConfig
+from schemas.config import StoreConfig
 
 T = TypeVar("T")
-
-_config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (default: $EXCHANGE_CONFIG, else ./exchange.toml).",
-)
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _settings(config_file: str | None) -> Settings:
-    try:
-        return load_settings(config_path(config_file))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -58,13 +34,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except migrations.MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except StoreUnavailable as exc:
-        _fail(f"the database is unavailable: {exc}")
+        fail(f"the database is unavailable: {exc}")
     except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
-        _fail(f"the database is unavailable: {exc.__class__.__name__}: {exc}")
+        fail(f"the database is unavailable: {exc.__class__.__name__}: {exc}")
     except sqlite3.Error as exc:
-        _fail(f"sqlite: {exc}")
+        fail(f"sqlite: {exc}")
     raise AssertionError("unreachable")  # _fail exits
 
 
@@ -139,10 +115,10 @@ def db_group() -> None:
 
 
 @db_group.command("migrate")
-@_config_option
+@config_option
 def db_migrate(config_file: str | None) -> None:
     """Apply pending migrations (PostgreSQL: one transaction, under an advisory lock)."""
-    settings = _settings(config_file)
+    settings = settings_or_exit(config_file)
     applied = _run(migrate_database(settings.store))
     backend = "postgresql" if _is_postgres(settings.store) else "sqlite"
     if applied:
@@ -154,11 +130,11 @@ def db_migrate(config_file: str | None) -> None:
 
 
 @db_group.command("status")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per migration.")
 def db_status(config_file: str | None, as_json: bool) -> None:
     """List migrations and whether each is applied; exit 1 if an applied file was changed."""
-    settings = _settings(config_file)
+    settings = settings_or_exit(config_file)
     states = _run(database_status(settings.store))
     sqlite = not _is_postgres(settings.store)
     if as_json:
@@ -185,4 +161,4 @@ def db_status(config_file: str | None, as_json: bool) -> None:
         behind = migrations.pending(states)
         click.echo(f"{len(behind)} pending" if behind else "schema is up to date")
     if any(not s.checksum_ok for s in states):
-        _fail("an applied migration file was changed after it was applied")
+        fail("an applied migration file was changed after it was applied")
