@@ -30,7 +30,7 @@ from exchange import devidp
 from exchange.audit import Auditor
 from exchange.clients import ClientAuthenticator
 from exchange.errors import InvalidRequest, OAuthError, ServerError
-from exchange.keys import KeyRing, load_kek
+from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
 from exchange.logging import configure_logging
 from exchange.service import TokenExchange
 from exchange.store import make_store
@@ -138,7 +138,11 @@ def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
     """RFC 6749 §3.2: form-encoded, each parameter at most once (audience/resource may repeat, RFC 8693)."""
     try:
         pairs = parse_qsl(
-            body.decode("utf-8"), keep_blank_values=False, strict_parsing=False, max_num_fields=max_fields
+            body.decode("utf-8"),
+            keep_blank_values=False,
+            strict_parsing=False,
+            max_num_fields=max_fields,
+            errors="strict",  # bad percent-encoded UTF-8 is an error, not a silent U+FFFD
         )
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("malformed form body") from None
@@ -346,11 +350,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
 
 async def _purge(store: Store) -> None:
-    """Sweep expired replay records and rate counters now and then."""
+    """Now and then: sweep expired replay records and rate counters, and stop publishing keys that
+    retired longer ago than any token they signed can live (the key watch then drops them)."""
     while True:
         await asyncio.sleep(PURGE_SECONDS)
         try:
-            await store.purge_expired(time.time())
+            now = time.time()
+            await store.purge_expired(now)
+            await store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
         except Exception as exc:  # the store may be down for a while; the next sweep catches up
             log.warning("purge_failed", error=exc.__class__.__name__)
 

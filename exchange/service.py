@@ -99,7 +99,7 @@ class TokenExchange:
     ) -> TokenResponse:
         """Answer one token request, or raise the OAuthError to send; audited either way."""
         now = self._clock()
-        draft = _Draft(client_id=request.client_id)
+        draft = _Draft(client_id=_bounded(request.client_id))
         try:
             response = await self._exchange(request, authorization, now, draft)
         except OAuthError as exc:
@@ -136,7 +136,7 @@ class TokenExchange:
             raise UnsupportedGrantType("only the token-exchange grant type is supported")
 
         creds = presented_credentials(request, authorization)
-        draft.client_id = creds.client_id
+        draft.client_id = _bounded(creds.client_id)
         client = await self._clients.authenticate(creds, request, now)
 
         if not request.subject_token:
@@ -150,7 +150,7 @@ class TokenExchange:
         if len(request.scope.split()) != 1:
             raise InvalidScope("scope must name exactly one purpose")
         purpose = request.scope.strip()
-        draft.purpose = purpose
+        draft.purpose = _bounded(purpose)
         policy = self._policies.get(purpose)
         if policy is None:
             raise InvalidScope("unknown purpose")
@@ -252,3 +252,8 @@ def _denial_error(denial: Denial) -> OAuthError:
         acr_values=denial.acr_values,
         max_age=denial.max_age,
     )
+
+
+def _bounded(value: str | None, limit: int = 256) -> str | None:
+    """Request-supplied text goes to the audit trail before it is validated: keep it short."""
+    return value if value is None or len(value) <= limit else value[:limit] + "..."

@@ -349,6 +349,19 @@ class TestRequestRejected:
         )
         assert_error(resp, 400, "invalid_request", "parameter scope is repeated")
 
+    def test_invalid_percent_encoded_utf8_is_refused(self, server: Server, idp: FakeIdP) -> None:
+        body = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&scope=%ff%fe"
+        resp = httpx.post(
+            f"{server.url}/token", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+        assert_error(resp, 400, "invalid_request", "malformed form body")
+
+    def test_a_huge_unknown_client_id_is_audited_truncated(self, server: Server, idp: FakeIdP) -> None:
+        resp = post(server, exchange_form(idp.token(), client_id="x" * 5000), {"X-Request-ID": "long-client"})
+        assert_error(resp, 401, "invalid_client")
+        record = server.audit("long-client")
+        assert record["client_id"] == "x" * 256 + "..." and record["reason"] == "unknown_client"
+
     def test_json_body_is_refused(self, server: Server, idp: FakeIdP) -> None:
         resp = httpx.post(f"{server.url}/token", json=exchange_form(idp.token()))
         assert_error(resp, 400, "invalid_request")
