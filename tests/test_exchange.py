@@ -86,6 +86,23 @@ class TestGrant:
             record["audience"],
         ) == ("bank-web", idp.issuer, "alice", "payments.approve", "https://payments.internal")
 
+    async def test_purpose_token_passes_our_downstream_verifier_via_the_served_jwks(
+        self, server: Server, idp: FakeIdP
+    ) -> None:
+        from exchange.verify import PurposeTokenVerifier, VerificationError
+
+        token = post(server, exchange_form(idp.token())).json()["access_token"]
+        verifier = PurposeTokenVerifier(
+            issuer=server.url,
+            audience="https://payments.internal",
+            jwks_uri=f"{server.url}/.well-known/jwks.json",
+        )
+        claims = await verifier.averify(token, purpose="payments.approve")
+        assert (claims.sub, claims.client_id, claims.purpose) == ("alice", "bank-web", "payments.approve")
+        with pytest.raises(VerificationError) as refused:
+            await verifier.averify(token, purpose="customer.export")
+        assert refused.value.reason == "wrong_purpose"
+
     def test_generic_oauth_client_library_gets_a_token(self, server: Server, idp_ec: FakeIdP) -> None:
         from authlib.integrations.httpx_client import OAuth2Client
 
