@@ -22,6 +22,7 @@ from exchange.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    ServerError,
     SubjectTokenInvalid,
     TemporarilyUnavailable,
     UnauthorizedClient,
@@ -117,6 +118,12 @@ class TokenExchange:
                 )
             )
             raise unavailable from None
+        except Exception as exc:  # a bug is not a decision, but it is still denied, and still audited
+            failed = ServerError("internal error", reason=f"crash:{exc.__class__.__name__}")
+            await self._audit(
+                draft.record(now, request_id, decision="denied", error=failed.error, reason=failed.reason)
+            )
+            raise failed from exc
         await self._audit(draft.record(now, request_id, decision="granted"))
         return response
 
