@@ -70,7 +70,7 @@ issuer = "{old.issuer}"
 jwks_uri = "{jwks_server.url}"
 audiences = ["purpose-exchange"]
 algorithms = ["ES256"]
-jwks_cooldown = 1
+jwks_cooldown = 2
 [[clients]]
 client_id = "bank-web"
 purposes = ["payments.approve"]
@@ -90,14 +90,16 @@ audience = "https://payments.internal"
 
         # The issuer rotates: the new kid is unknown, so the cache refetches (once) and accepts it.
         jwks_server.keys = old.jwks()["keys"] + new.jwks()["keys"]
-        time.sleep(1.1)  # the 1 s cooldown since the first fetch
+        time.sleep(2.1)  # the 2 s cooldown since the first fetch
         assert exchange(new.token()).status_code == 200
         assert jwks_server.fetches == 2
 
-        # A burst of made-up kids inside the cooldown: all refused, no fetch at all.
+        # A burst of made-up kids: all refused, and at most one fetch per cooldown (2 s) while it lasts,
+        # so none at all when the burst is quick, as it normally is.
+        started = time.monotonic()
         for i in range(20):
             resp = exchange(new.token(header={"kid": f"made-up-{i}"}))
             assert resp.json()["error_description"] == "subject_token is invalid"
-        assert jwks_server.fetches == 2
+        assert jwks_server.fetches <= 2 + int((time.monotonic() - started) // 2)
     finally:
         server.stop()
