@@ -28,7 +28,7 @@ from litestar.types import Receive, Scope, Send
 
 from exchange import devidp
 from exchange.audit import Auditor
-from exchange.clients import ClientAuthenticator
+from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import InvalidRequest, OAuthError, ServerError
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
 from exchange.logging import configure_logging
@@ -71,7 +71,7 @@ def metadata(settings: Settings) -> ServerMetadata:
         grant_types_supported=[GRANT_TOKEN_EXCHANGE],
         token_endpoint_auth_methods_supported=methods,
         token_endpoint_auth_signing_alg_values_supported=(
-            ["ES256", "Ed25519", "EdDSA", "RS256", "PS256"] if "private_key_jwt" in methods else None
+            list(ASSERTION_ALGORITHMS) if "private_key_jwt" in methods else None
         ),
         scopes_supported=sorted(settings.purposes),
         authorization_details_types_supported=sorted(

@@ -27,6 +27,8 @@ from schemas.config import Client, TrustedIssuer
 from schemas.wire import CLIENT_ASSERTION_TYPE_JWT, TOKEN_TYPE_JWT, TokenRequest
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+# What a private_key_jwt client may sign its assertions with (asymmetric only; advertised in metadata).
+ASSERTION_ALGORITHMS = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
 # RFC 7523 assertions are one-shot and short-lived; anything claiming a longer life is refused.
 MAX_ASSERTION_LIFETIME = 300
 
@@ -127,7 +129,7 @@ class ClientAuthenticator:
                 issuer=c.client_id,
                 audiences=[token_endpoint, issuer],
                 leeway=30,
-                algorithms=["RS256", "PS256", "ES256", "Ed25519", "EdDSA"],
+                algorithms=list(ASSERTION_ALGORITHMS),
                 require_at_jwt_typ=False,
                 jwks_file=c.jwks_file,
                 jwks_uri=c.jwks_uri,
