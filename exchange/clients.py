@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from exchange.errors import InvalidClient, InvalidRequest, SubjectTokenInvalid
 from exchange.store.base import Store
 from exchange.trust import SubjectTrust, key_source
-from schemas.config import Client, TrustedIssuer
+from schemas.config import Client, SubjectAlgorithm, TrustedIssuer
 from schemas.wire import CLIENT_ASSERTION_TYPE_JWT, TOKEN_TYPE_JWT, TokenRequest
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 # What a private_key_jwt client may sign its assertions with (asymmetric only; advertised in metadata).
-ASSERTION_ALGORITHMS = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
+ASSERTION_ALGORITHMS: tuple[SubjectAlgorithm, ...] = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
 # RFC 7523 assertions are one-shot and short-lived; anything claiming a longer life is refused.
 MAX_ASSERTION_LIFETIME = 300
 

@@ -38,7 +38,9 @@ def public_jwks(key: ECKey) -> dict[str, Any]:
 
 def trusted_issuer(dev: DevIssuer) -> TrustedIssuer:
     # Its keys come from the key file's public half (see `public_jwks`), never from a JWKS file.
-    return TrustedIssuer(issuer=dev.issuer, audiences=[dev.audience], algorithms=[ALG], require_at_jwt_typ=False)
+    return TrustedIssuer(
+        issuer=dev.issuer, audiences=[dev.audience], algorithms=[ALG], require_at_jwt_typ=False
+    )
 
 
 def mint(
