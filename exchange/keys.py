@@ -24,6 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
 from exchange.errors import ConfigError
 from exchange.store.base import Store
+from schemas.claims import PURPOSE_TOKEN_TYP
 from schemas.config import SigningConfig, StoreConfig
 from schemas.records import StoredKey
 
@@ -190,7 +191,7 @@ class KeyRing:
                 kid=current.kid,
                 alg=current.alg,
                 key=private,
-                header={"alg": current.alg, "typ": "at+jwt", "kid": current.kid},
+                header={"alg": current.alg, "typ": PURPOSE_TOKEN_TYP, "kid": current.kid},
             )
         published = [k for k in keys if k.state in {"active", "retiring"}]
         jwks = []

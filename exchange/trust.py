@@ -24,12 +24,12 @@ from exchange.errors import SubjectTokenInvalid
 from exchange.verify.compact import CompactError, HeaderMemo, split_compact
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
+from schemas.claims import AT_JWT_TYPS
 from schemas.config import TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
 __all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source"]
 
-_AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _claims_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -141,7 +141,7 @@ class SubjectTrust:
 
     @staticmethod
     def _check_type(config: TrustedIssuer, typ: str | None, declared: str, fail: Any) -> None:
-        is_at = typ is not None and typ.lower() in _AT_JWT
+        is_at = typ is not None and typ.lower() in AT_JWT_TYPS
         if declared == TOKEN_TYPE_ID_TOKEN and is_at:
             raise fail("access_token_declared_as_id_token")
         if declared == TOKEN_TYPE_ACCESS_TOKEN and not is_at and config.require_at_jwt_typ:

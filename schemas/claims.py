@@ -7,6 +7,8 @@ from typing import Any
 from schemas.base import Base
 
 PURPOSE_TOKEN_TYP = "at+jwt"
+# RFC 9068 §2.1 / RFC 7515 §4.1.9: "application/" may be omitted; compare lower-cased.
+AT_JWT_TYPS = frozenset({"at+jwt", "application/at+jwt"})
 
 
 class PurposeClaims(Base, frozen=True, omit_defaults=True):

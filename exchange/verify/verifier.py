@@ -30,6 +30,7 @@ from exchange.verify.compact import CompactError, decode_header, split_compact
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
 from exchange.verify.replay import InMemoryReplayGuard, ReplayGuard, SyncReplayGuard
+from schemas.claims import AT_JWT_TYPS
 
 #: What the exchange signs with ("EdDSA" is the pre-RFC 9864 name some libraries still emit).
 DEFAULT_ALGORITHMS: Final = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
@@ -38,8 +39,6 @@ DEFAULT_ALGORITHMS: Final = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
 SUPPORTED_ALGORITHMS: Final = frozenset(
     {"ES256", "ES384", "ES512", "Ed25519", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
-#: RFC 9068 §2.1; "application/" may be omitted (RFC 7515 §4.1.9), media types are case-insensitive.
-_ACCEPTED_TYP: Final = frozenset({"at+jwt", "application/at+jwt"})
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 DEFAULT_LEEWAY: Final = 10
 DEFAULT_MAX_LIFETIME: Final = 900
@@ -178,7 +177,7 @@ class PurposeTokenVerifier:
         if alg is None:
             raise VerificationError("bad_signature", f"algorithm {name!r} is not allowed")
         typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP:
+        if not isinstance(typ, str) or typ.lower() not in AT_JWT_TYPS:
             raise VerificationError("wrong_type", f"typ {typ!r} is not at+jwt")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
