@@ -104,8 +104,9 @@ def create_asgi_route_post_app() -> Litestar:
     return Litestar(route_handlers=[token], openapi_config=None, debug=False)
 
 
-def _post_servers(port: int) -> list[tuple[str, list[str], dict[str, str]]]:
-    granian = [
+def _granian(port: int, target: str) -> list[str]:
+    """One granian worker serving the ASGI factory `target` on loopback."""
+    return [
         str(Path(sys.executable).parent / "granian"),
         "--interface",
         "asgi",
@@ -119,12 +120,20 @@ def _post_servers(port: int) -> list[tuple[str, list[str], dict[str, str]]]:
         "--log-level",
         "warning",
         "--factory",
+        target,
     ]
+
+
+def _post_servers(port: int) -> list[tuple[str, list[str], dict[str, str]]]:
     env = {"PYTHONPATH": str(HERE)}
     return [
-        ("granian + litestar POST", [*granian, "server_choice:create_post_app"], env),
-        ("granian + litestar @asgi route POST", [*granian, "server_choice:create_asgi_route_post_app"], env),
-        ("granian + bare ASGI POST", [*granian, "server_choice:create_raw_post_app"], env),
+        ("granian + litestar POST", _granian(port, "server_choice:create_post_app"), env),
+        (
+            "granian + litestar @asgi route POST",
+            _granian(port, "server_choice:create_asgi_route_post_app"),
+            env,
+        ),
+        ("granian + bare ASGI POST", _granian(port, "server_choice:create_raw_post_app"), env),
     ]
 
 
@@ -132,26 +141,7 @@ def _servers(port: int, extras: str | None) -> list[tuple[str, list[str], dict[s
     bin_dir = Path(sys.executable).parent
     target = "server_choice:create_hello_app"
     servers: list[tuple[str, list[str], dict[str, str]]] = [
-        (
-            "granian",
-            [
-                str(bin_dir / "granian"),
-                "--interface",
-                "asgi",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--factory",
-                target,
-            ],
-            {},
-        ),
+        ("granian", _granian(port, target), {}),
         (
             "uvicorn (h11, asyncio)",
             [
