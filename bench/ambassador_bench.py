@@ -202,7 +202,7 @@ def main() -> None:
             [sys.executable, __file__, "--serve-upstream", str(upstream_port)], cwd=ROOT, env=env
         )
         ambassador = subprocess.Popen(
-            [sys.executable, "-m", "exchange.ambassador", "--listen", f"127.0.0.1:{ambassador_port}",
+            [sys.executable, "-m", "exchange.cli.ambassador", "--listen", f"127.0.0.1:{ambassador_port}",
              "--upstream", f"http://127.0.0.1:{upstream_port}", "--issuer", ISSUER, "--audience", AUDIENCE,
              "--jwks-file", str(jwks_file), "--routes", str(routes_file), "--server", options.server,
              "--max-connections", str(options.max_connections)],

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
+from exchange.cli.db import db_group
 from exchange.store import migrate as migrations
 from exchange.store.base import StoreUnavailable
-from exchange.store.cli import db_group
 from exchange.store.postgres import PostgresStore
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, StoredKey

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from joserfc.jwk import Key
 
-from exchange.verify.cli import verify_command
+from exchange.cli.verify import verify_command
 from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, JWKSServer, base_claims, mint, public_jwks
 
 
@@ -108,7 +108,7 @@ def test_both_key_sources_is_a_usage_error(jwks_file: str, ec_key: Key) -> None:
 
 class TestAmbassadorCommand:
     def test_routes_and_purpose_together_is_a_usage_error(self, jwks_file: str, tmp_path: Path) -> None:
-        from exchange.ambassador import ambassador_command
+        from exchange.cli.ambassador import ambassador_command
 
         routes = tmp_path / "routes.toml"
         routes.write_text('[[route]]\nprefix = "/"\nopen = true\n')
@@ -125,7 +125,7 @@ class TestAmbassadorCommand:
         ],
     )
     def test_bad_settings_fail_before_serving(self, extra: list[str], message: str) -> None:
-        from exchange.ambassador import ambassador_command
+        from exchange.cli.ambassador import ambassador_command
 
         args = ["--upstream", "http://127.0.0.1:1", "--issuer", ISSUER, "--audience", AUDIENCE, *extra]
         result = CliRunner().invoke(ambassador_command, args)

@@ -19,7 +19,7 @@ import asyncpg
 import click
 import msgspec
 
-from exchange.console import config_option, fail, settings_or_exit
+from exchange.cli.console import config_option, fail, settings_or_exit
 from exchange.store import make_store
 from exchange.store import migrate as migrations
 from exchange.store.base import StoreUnavailable

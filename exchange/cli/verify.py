@@ -1,8 +1,8 @@
 """`exchange verify TOKEN`: check a purpose token the way a downstream service would.
 
-Registered on the main CLI by `exchange.cli` as `verify_command`. Prints the verified claims as JSON
-(wire names) on stdout, or one sentence with the reason code on stderr and exits 1. Pass `-` as TOKEN to
-read it from stdin, which keeps it out of the shell history and the process list.
+Prints the verified claims as JSON (wire names) on stdout, or one sentence with the reason code on
+stderr and exits 1. Pass `-` as TOKEN to read it from stdin, which keeps it out of the shell history
+and the process list.
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+"""`exchange <noun> <verb>`: thin synchronous commands over the same pieces the service uses.
+
+One module per noun; this one only assembles them. Exit codes: 0 success, 1 a handled error (one clear
+sentence on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import click
+
+from exchange.cli.ambassador import ambassador_command
+from exchange.cli.audit import audit
+from exchange.cli.clients import clients
+from exchange.cli.config import config
+from exchange.cli.db import db_group
+from exchange.cli.dev import dev_token
+from exchange.cli.keys import keys
+from exchange.cli.rules import rules_group
+from exchange.cli.serve import serve
+from exchange.cli.verify import verify_command
+
+
+@click.group()
+@click.version_option(package_name="purpose-exchange")
+def main() -> None:
+    """Purpose Exchange: RFC 8693 purpose-bound token exchange."""
+
+
+for command in (
+    serve,
+    config,
+    keys,
+    clients,
+    dev_token,
+    audit,
+    rules_group,
+    db_group,
+    verify_command,
+    ambassador_command,
+):
+    main.add_command(command)

@@ -1,0 +1,55 @@
+"""`exchange dev-token`: identity tokens from the local dev issuer (development only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import msgspec
+
+from exchange.cli.console import config_option, fail, settings_or_exit
+
+
+@click.command("dev-token")
+@config_option
+@click.option("--sub", required=True, help="Subject (user id).")
+@click.option("--amr", multiple=True, help="Authentication method (repeatable), e.g. pwd, mfa.")
+@click.option("--acr", default=None)
+@click.option("--claim", "claims", multiple=True, help="Extra claim as NAME=JSON_OR_TEXT (repeatable).")
+@click.option("--ttl", default=600, show_default=True, type=click.IntRange(1, 86400))
+@click.option("--access-token", is_flag=True, help="Mint an RFC 9068 access token (typ at+jwt).")
+def dev_token(
+    config_file: str | None,
+    sub: str,
+    amr: tuple[str, ...],
+    acr: str | None,
+    claims: tuple[str, ...],
+    ttl: int,
+    access_token: bool,
+) -> None:
+    """Mint an identity token from the local dev issuer (development only)."""
+    from exchange import devidp
+
+    settings = settings_or_exit(config_file)
+    if settings.dev_issuer is None:
+        fail("[dev_issuer] is not configured in this config file")
+    extra: dict[str, Any] = {}
+    for item in claims:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--claim")
+        try:
+            extra[name] = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            extra[name] = value
+    click.echo(
+        devidp.mint(
+            settings.dev_issuer,
+            sub=sub,
+            ttl=ttl,
+            amr=list(amr) or None,
+            acr=acr,
+            extra=extra,
+            access_token=access_token,
+        )
+    )

@@ -1,0 +1,35 @@
+"""`exchange serve`: run the service."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from exchange.cli.console import config_option, settings_or_exit
+from exchange.config import config_path
+
+
+@click.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
+    """Run the service (granian, ASGI)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    path = config_path(config_file)
+    settings_or_exit(str(path), with_policies=True)
+    # Workers are separate processes: they find the config through the environment.
+    os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
+    Granian(
+        "exchange.app:app_from_env",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=host,
+        port=port,
+        workers=workers,
+        log_access=False,
+    ).serve()
