@@ -18,5 +18,5 @@ test: $(BIN)/exchange
 	$(BIN)/pytest
 
 lint: $(BIN)/exchange
-	$(BIN)/ruff check exchange rules schemas tests
+	$(BIN)/ruff check exchange rules schemas tests bench
 	$(BIN)/mypy

@@ -1,1220 +1,523 @@
-"""End-to-end throughput of a real `exchange serve` (one worker): POST /token exchanges and GET /healthz.
+"""The exchange against its limit and against a peer, in one run, on one core.
 
-For each store (embedded SQLite, then PostgreSQL) the bench writes a config that trusts a fake
-identity provider (a key from tests/fixtures), starts `exchange serve` pinned to CPU 0, drives it from
-CPU 1 at a fixed concurrency for a fixed time, and reports exchanges/s, p50/p99 latency, non-200
-answers, the server's CPU use, and whether the store holds exactly one `granted` audit record per 200.
+Per store (PostgreSQL by default): a fake IdP with a fresh ES256 key mints a pool of distinct
+identity tokens; `exchange serve` (one worker, pinned to CPU 0) trusts it, with one client
+(client_secret_basic) and the purpose `payments.approve` (three rules, ES256 purpose tokens, audit
+committed before each answer). wrk on CPU 1 measures GET /healthz and POST /token (one pool token per
+request); the raw ES256 verify and sign are timed on CPU 0 in the same run; the peer, panva
+oidc-provider answering client_credentials with ES256 JWT access tokens, runs under the same pinning
+and the same wrk. One table: our rate, the limit 1 / (healthz time + raw verify + raw sign), the
+peer's rate, ours/limit and ours/peer, and p99 at 4 connections. Every 200 must have its committed
+audit row (checked in the store after the phase).
 
-Load generator: wrk when it is on PATH (`apt-get install -y wrk`), else a Python asyncio generator
-(raw streams, keep-alive, one connection per concurrent request). The bench prints which it used.
-wrk stops at its deadline with requests in flight; the server may still commit their audit records, so
-under wrk "granted rows - 200s" is allowed to be in [0, connections]. The Python generator lets every
-in-flight request finish, so its check is exact.
-
-Usage (the PostgreSQL run creates and drops its own database):
-    .venv/bin/python bench/exchange_bench.py [--stores sqlite,postgres] [--concurrency 64]
-        [--duration 10] [--generator auto|wrk|python] [--profile DIR] [--append-results]
+    .venv/bin/python bench/exchange_bench.py                        # PostgreSQL, peer, 10 s phases
+    .venv/bin/python bench/exchange_bench.py --rounds 3             # medians and ranges of 3 rounds
+    .venv/bin/python bench/exchange_bench.py --stores sqlite,postgres --peer off
+    .venv/bin/python bench/exchange_bench.py --profile /tmp/prof    # py-spy over the /token phase
+    .venv/bin/python bench/exchange_bench.py --soak 600             # RSS first vs last minute
+    .venv/bin/python bench/exchange_bench.py --workers 2 --peer off # two granian workers
+    .venv/bin/python bench/exchange_bench.py --micro 3000           # in-process costs per outcome
+    .venv/bin/python bench/exchange_bench.py --summarise /tmp/prof/postgres.collapsed
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import os
-import re
-import resource
 import secrets
-import shlex
-import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
+import statistics
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, cast
-from urllib.parse import urlencode
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION = "## End-to-end exchange throughput"
-SERVER_CPU, LOAD_CPU = 0, 1
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-MAX_DURATION = 120.0  # every load phase is bounded, whatever the flags say
-
-
-# ---------------------------------------------------------------------------------------------------
-# Load generation: wrk when present, else Python asyncio. Shared with bench/server_choice.py.
+from harness import crypto, load, peer, procs, profile, report
+from harness.idp import FakeIdP
+from harness.load import LoadResult
+from harness.service import Exchange
 
 
 @dataclass
-class LoadResult:
-    generator: str
-    command: str
-    duration: float
-    ok: int  # 200 answers
-    non200: int  # any other status
-    socket_errors: int
-    p50_ms: float
-    p99_ms: float
-    server_cpu: float | None = None  # % of one core over the load phase
-    server_core_busy: float | None = None  # % busy of the server's CPU, whoever used it (noisy machine)
-    server_core_softirq: float | None = None  # of which kernel softirq (loopback TCP), charged to no process
-    generator_cpu: float | None = None  # % of one core used by the load generator
-    extra: dict[str, str] = field(default_factory=dict)
+class Round:
+    healthz: LoadResult
+    token: LoadResult
+    latency: LoadResult  # POST /token at --latency-connections
+    verify_s: float
+    sign_s: float
+    audit: str
+    audit_ok: bool
+    pg_note: str = ""
+    peer: LoadResult | None = None
+    peer_latency: LoadResult | None = None
 
     @property
-    def rps(self) -> float:
-        return (self.ok + self.non200) / self.duration if self.duration else 0.0
+    def limit(self) -> float:
+        return 1.0 / (1.0 / self.healthz.rps + self.verify_s + self.sign_s)
 
     @property
-    def per_core(self) -> float | None:
-        """Throughput per second of server CPU: what one fully-owned core would do (noisy machine)."""
-        return self.rps / (self.server_cpu / 100.0) if self.server_cpu else None
-
-    @property
-    def errors(self) -> int:
-        return self.non200 + self.socket_errors
+    def limit_per_cpu(self) -> float | None:
+        h = self.healthz.per_cpu_second
+        return 1.0 / (1.0 / h + self.verify_s + self.sign_s) if h else None
 
 
-def has_taskset() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+@dataclass
+class StoreRun:
+    store: str
+    server_command: str
+    rounds: list[Round] = field(default_factory=list)
+    wrk_command: str = ""
 
 
-def pin(cpu: int) -> list[str]:
-    """argv prefix that pins a command to one CPU, or nothing where that is not possible."""
-    return ["taskset", "-c", str(cpu)] if has_taskset() else []
+def spread(values: list[float | None], fmt: str = "{:,.0f}") -> str:
+    """median (min-max) over rounds."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "?"
+    med = fmt.format(statistics.median(vals))
+    return med if len(vals) == 1 else f"{med} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
 
 
-def _generator_note(generator: str, requested: str) -> str:
-    if generator == "wrk":
+def pg_note(usage: dict[str, float], server_us: float) -> str:
+    if not usage:
         return ""
     return (
-        " (Python asyncio, as requested)"
-        if requested == "python"
-        else " (wrk not found: Python asyncio fallback)"
+        f"PostgreSQL per exchange: {usage['backend_us']:.0f} µs CPU in this database's backends, "
+        f"{usage['all_us']:.0f} µs in all postgres processes (WAL writer, others' work too), "
+        f"{usage['wal_bytes']:,.0f} WAL bytes; {usage['per_commit']:.1f} exchanges per commit; "
+        f"server {server_us:.0f} µs CPU per exchange"
     )
 
 
-def pick_generator(requested: str) -> str:
-    if requested == "auto":
-        return "wrk" if shutil.which("wrk") else "python"
-    if requested == "wrk" and not shutil.which("wrk"):
-        raise SystemExit("wrk is not on PATH (apt-get install -y wrk), or use --generator python")
-    return requested
+def profile_both(folder: Path, store: str, pid: int, seconds: float) -> threading.Thread:
+    """py-spy over the /token phase: its first half GIL-holding samples, its second half on-CPU."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def go() -> None:
+        for mode in ("gil", "cpu"):
+            spy = profile.attach(pid, folder / f"{store}-{mode}.collapsed", seconds / 2, mode=mode)
+            spy.wait(seconds + 60)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread
 
 
-_WRK_SCRIPT = r"""
-wrk.method = "%(method)s"
-wrk.body = %(body)s
-%(headers)s
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) ok = 0; bad = 0 end
-function response(status, headers, body)
-  if status == 200 then ok = ok + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local o, b = 0, 0
-  for _, t in ipairs(threads) do o = o + t:get("ok"); b = b + t:get("bad") end
-  local e = summary.errors
-  io.write(string.format("BENCH ok=%%d bad=%%d sock=%%d duration_us=%%d p50_us=%%d p99_us=%%d\n",
-    o, b, e.connect + e.read + e.write + e.timeout, summary.duration,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def _lua_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def run_wrk(
-    url: str,
-    *,
-    method: str,
-    body: str,
-    headers: dict[str, str],
-    concurrency: int,
-    duration: float,
-    workdir: Path,
-) -> LoadResult:
-    script = workdir / f"wrk-{secrets.token_hex(4)}.lua"
-    script.write_text(
-        _WRK_SCRIPT
-        % {
-            "method": method,
-            "body": _lua_string(body) if body else "nil",
-            "headers": "\n".join(
-                f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
-            ),
+def measure_round(
+    args: argparse.Namespace, ex: Exchange, pool: Path, work: Path, pr: peer.Peer | None, index: int
+) -> Round:
+    server = ex.server
+    assert server is not None
+    common: dict[str, Any] = {"workdir": work, "server": server, "server_cpus": ex.cpus}
+    healthz = load.run(f"{ex.url}/healthz", concurrency=args.concurrency, duration=args.duration, **common)
+    costs = crypto.raw_costs(cpus=ex.cpus.split(",")[0])
+    phase = f"bench-{index}-{secrets.token_hex(4)}"
+    before = ex.pg_usage()
+    profiler = None
+    if args.profile and index == 0:
+        profiler = profile_both(Path(args.profile), ex.store, server.pid, args.duration)
+    token = load.run(
+        f"{ex.url}/token",
+        method="POST",
+        headers=ex.headers(phase),
+        pool=pool,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        **common,
+    )
+    if profiler is not None:
+        profiler.join(args.duration + 60)
+    n = token.ok + token.non200
+    note = pg_note(before.since(n), 1e6 * (token.server_cpu or 0) * token.duration / max(1, n))
+    audit, ok = ex.audit_check(phase, token.ok, args.concurrency)
+    lat_phase = f"{phase}-lat"
+    latency = load.run(
+        f"{ex.url}/token",
+        method="POST",
+        headers=ex.headers(lat_phase),
+        pool=pool,
+        concurrency=args.latency_connections,
+        duration=args.duration,
+        **common,
+    )
+    audit2, ok2 = ex.audit_check(lat_phase, latency.ok, args.latency_connections)
+    r = Round(
+        healthz,
+        token,
+        latency,
+        costs["ES256 verify"],
+        costs["ES256 sign"],
+        f"{audit}; at {args.latency_connections} connections {audit2}",
+        ok and ok2,
+        note,
+    )
+    if pr is not None:
+        pcommon: dict[str, Any] = {
+            "workdir": work,
+            "server": pr.server,
+            "method": "POST",
+            "headers": pr.headers(),
+            "body": peer.REQUEST,
+            "duration": args.duration,
         }
-    )
-    argv = [
-        *pin(LOAD_CPU),
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{int(duration)}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-    m = re.search(r"BENCH ok=(\d+) bad=(\d+) sock=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
-    if m is None:
-        raise RuntimeError(f"could not parse wrk output:\n{out}")
-    ok, bad, sock, dur, p50, p99 = map(int, m.groups())
-    return LoadResult("wrk", shlex.join(argv), dur / 1e6, ok, bad, sock, p50 / 1e3, p99 / 1e3)
-
-
-async def _python_load(
-    host: str, port: int, raw: bytes, concurrency: int, duration: float, max_requests: int
-) -> tuple[Counter[int], list[float], int, float]:
-    statuses: Counter[int] = Counter()
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    deadline = start + duration
-
-    async def one_connection() -> None:
-        nonlocal errors
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            errors += 1
-            return
-        try:
-            # Finish the request in flight at the deadline: every answer the server sent is counted.
-            while time.perf_counter() < deadline and len(latencies) < max_requests:
-                t0 = time.perf_counter()
-                writer.write(raw)
-                status_line = await reader.readline()
-                length = None
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if not status_line or length is None:
-                    errors += 1
-                    return
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                statuses[int(status_line.split()[1])] += 1
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            errors += 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one_connection() for _ in range(concurrency)))
-    return statuses, latencies, errors, time.perf_counter() - start
-
-
-def run_python(
-    url: str,
-    *,
-    method: str,
-    body: str,
-    headers: dict[str, str],
-    concurrency: int,
-    duration: float,
-    max_requests: int = 5_000_000,
-) -> LoadResult:
-    hostport = url.split("//", 1)[1].split("/", 1)[0]
-    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
-    host, port = hostport.rsplit(":", 1)
-    if host != "127.0.0.1":
-        raise ValueError("loopback only")
-    lines = [
-        f"{method} {path} HTTP/1.1",
-        f"Host: {hostport}",
-        f"Content-Length: {len(body.encode())}",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    raw = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
-    statuses, lat, errors, took = asyncio.run(
-        _python_load(host, int(port), raw, concurrency, duration, max_requests)
-    )
-    lat.sort()
-
-    def pct(q: float) -> float:
-        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else 0.0
-
-    ok = statuses.get(200, 0)
-    cmd = f"python asyncio generator (in bench process, {concurrency} keep-alive connections, {duration:g}s)"
-    return LoadResult("python", cmd, took, ok, sum(statuses.values()) - ok, errors, pct(0.50), pct(0.99))
-
-
-def run_load(
-    generator: str,
-    url: str,
-    *,
-    method: str = "GET",
-    body: str = "",
-    headers: dict[str, str] | None = None,
-    concurrency: int,
-    duration: float,
-    workdir: Path,
-    server_pid: int | None = None,
-) -> LoadResult:
-    duration = min(duration, MAX_DURATION)
-    before = process_tree_cpu(server_pid) if server_pid else None
-    core_before = cpu_busy(SERVER_CPU)
-    gen_before = _generator_cpu(generator)
-    t0 = time.monotonic()
-    if generator == "wrk":
-        result = run_wrk(
-            url,
-            method=method,
-            body=body,
-            headers=headers or {},
-            concurrency=concurrency,
-            duration=duration,
-            workdir=workdir,
-        )
-    else:
-        result = run_python(
-            url, method=method, body=body, headers=headers or {}, concurrency=concurrency, duration=duration
-        )
-    wall = time.monotonic() - t0
-    if before is not None and server_pid:
-        after = process_tree_cpu(server_pid)
-        result.server_cpu = 100.0 * (after - before) / wall if after is not None else None
-    core_after = cpu_busy(SERVER_CPU)
-    if core_before is not None and core_after is not None and core_after[1] > core_before[1]:
-        span = core_after[1] - core_before[1]
-        result.server_core_busy = 100.0 * (core_after[0] - core_before[0]) / span
-        result.server_core_softirq = 100.0 * (core_after[2] - core_before[2]) / span
-    result.generator_cpu = 100.0 * (_generator_cpu(generator) - gen_before) / wall
-    return result
-
-
-def _generator_cpu(generator: str) -> float:
-    who = resource.RUSAGE_CHILDREN if generator == "wrk" else resource.RUSAGE_SELF
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_busy(cpu: int) -> tuple[int, int, int] | None:
-    """(busy, total, softirq) jiffies of one CPU from /proc/stat."""
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + (v[4] if len(v) > 4 else 0)
-                return sum(v[:8]) - idle, sum(v[:8]), v[6]
-    except OSError:
-        pass
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def process_tree(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(tree.get(p, []))
-    return out
-
-
-def process_tree_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by a process and its descendants, from /proc."""
-    try:
-        tick = os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError):
-        return None
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / tick
-
-
-def wait_http(
-    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, method: str = "GET"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            data = b"a=b" if method == "POST" else None
-            req = urllib.request.Request(
-                url, data=data, method=method, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        r.peer = load.run(f"{pr.url}/token", concurrency=args.concurrency, **pcommon)
+        r.peer_latency = load.run(f"{pr.url}/token", concurrency=args.latency_connections, **pcommon)
+    for label, res in (
+        ("healthz", healthz),
+        ("token", token),
+        (f"token c={args.latency_connections}", latency),
+        ("peer", r.peer),
+        (f"peer c={args.latency_connections}", r.peer_latency),
+    ):
+        if res is not None:
+            print(
+                f"#   round {index + 1} {ex.store} {label:12} {res.rps:9,.0f}/s  p50 {res.p50_ms:7.2f} ms  "
+                f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}  {res.cpu_note()}",
+                flush=True,
             )
-            with urllib.request.urlopen(req, timeout=1.0) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready in {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def start(
-    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as fh:
-        return subprocess.Popen(
-            argv,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The exchange scenario
-
-
-def subject_token(alg: str) -> tuple[str, dict[str, object], str]:
-    """A valid identity token from the fake IdP (tests/fixtures key), its JWKS, and its issuer."""
-    sys.path.insert(0, str(ROOT))
-    from tests.idp import FakeIdP
-
-    idp = (
-        FakeIdP("https://idp.example.com", "idp_rsa", "RS256")
-        if alg == "RS256"
-        else FakeIdP("https://idp-ec.example.com", "idp_ec", "ES256")
+    print(
+        f"#   round {index + 1} raw ES256 verify {costs['ES256 verify'] * 1e6:.1f} µs, "
+        f"sign {costs['ES256 sign'] * 1e6:.1f} µs; audit: {r.audit}; {note}",
+        flush=True,
     )
-    now = int(time.time())
-    # Valid for the whole run; the service caps the purpose token's lifetime by it.
-    return idp.token(exp=now + 3600, iat=now, auth_time=now - 10), idp.jwks(), idp.issuer
+    return r
 
 
-def write_config(
-    folder: Path, port: int, store_url: str, jwks: dict[str, object], issuer: str, alg: str
-) -> Path:
-    import msgspec
-
-    (folder / "idp-jwks.json").write_bytes(msgspec.json.encode(jwks))
-    config = folder / "exchange.toml"
-    config.write_text(f'''
-issuer = "http://127.0.0.1:{port}"
-
-[store]
-url = "{store_url}"
-
-[signing]
-algorithm = "ES256"
-
-[[trusted_issuers]]
-issuer = "{issuer}"
-jwks_file = "{folder / "idp-jwks.json"}"
-audiences = ["purpose-exchange"]
-algorithms = ["{alg}"]
-
-[[clients]]
-client_id = "bank-web"
-auth_method = "none"
-purposes = ["payments.approve"]
-
-[purposes."payments.approve"]
-audience = "https://payments.internal"
-ttl = 60
-rules = [
-  {{ rule = "mfa" }},
-  {{ rule = "claim", claim = "amr", contains = "mfa" }},
-  {{ rule = "max_auth_age", seconds = 3600 }},
-]
-''')
-    return config
-
-
-def count_audit(store: str, where: str | Path, request_id: str) -> dict[str, int]:
-    """Audit rows of one phase (by its X-Request-Id), per decision."""
-    query = "SELECT decision, count(*) FROM audit_records WHERE request_id = {} GROUP BY decision"
-    if store == "sqlite":
-        with sqlite3.connect(where) as conn:
-            return dict(conn.execute(query.format("?"), (request_id,)).fetchall())
-
-    import asyncpg
-
-    async def go() -> dict[str, int]:
-        conn = await asyncpg.connect(str(where), timeout=10)
-        try:
-            return {r[0]: r[1] for r in await conn.fetch(query.format("$1"), request_id, timeout=30)}
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-def settled_audit(store: str, where: str | Path, request_id: str) -> dict[str, int]:
-    """Counts once the server has committed what was in flight (stable for two reads, bounded)."""
-    last: dict[str, int] | None = None
-    for _ in range(20):
-        time.sleep(0.5)
-        now = count_audit(store, where, request_id)
-        if now == last:
-            return now
-        last = now
-    return last or {}
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
-    try:
-        await conn.execute(sql, timeout=60)
-    finally:
-        await conn.close()
-
-
-@dataclass
-class Scenario:
-    store: str
-    name: str
-    result: LoadResult
-    audit: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def line(self, concurrency: int) -> str:
-        r = self.result
-        cpu = f"  server CPU {r.server_cpu:.0f}% -> {r.per_core:,.0f}/s per server core" if r.per_core else ""
-        if r.server_core_busy is not None:
-            cpu += f" (its core {r.server_core_busy:.0f}% busy, softirq {r.server_core_softirq:.0f}%)"
-        if r.generator_cpu is not None:
-            cpu += f"  generator CPU {r.generator_cpu:.0f}%"
-        unit = "exchanges/s" if self.name == "exchange" else "req/s"
-        return (
-            f"{self.store:8} {self.name:8} c={concurrency:<4} {r.rps:9,.0f} {unit:11}  "
-            f"p50 {r.p50_ms:7.2f} ms  "
-            f"p99 {r.p99_ms:7.2f} ms  errors {r.errors} (non-200 {r.non200}, socket {r.socket_errors}){cpu}"
-            + (f"  audit: {self.audit}" if self.audit else "")
-        )
+def mint_pool(args: argparse.Namespace, idp: FakeIdP) -> list[str]:
+    n = 1 if args.repeat_token else args.pool
+    t0 = time.monotonic()
+    tokens = idp.pool(n)
+    print(f"# {n:,} distinct {idp.alg} subject tokens minted in {time.monotonic() - t0:.1f} s", flush=True)
+    return tokens
 
 
 def run_store(
-    store: str,
-    args: argparse.Namespace,
-    generator: str,
-    token: str,
-    jwks: dict[str, object],
-    issuer: str,
-    work: Path,
-) -> tuple[list[Scenario], str]:
-    folder = work / store
-    folder.mkdir()
-    port = free_port()
-    env: dict[str, str] = {}
-    db_name = None
-    if store == "sqlite":
-        where: str | Path = folder / "exchange.db"
-        url = f"sqlite:///{where}"
-    else:
-        db_name = f"bench_exchange_{os.getpid()}_{secrets.token_hex(3)}"
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{db_name}"'))
-        where = url = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
-        env["EXCHANGE_KEK"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-    config = write_config(folder, port, url, jwks, issuer, args.subject_alg)
-    argv = [
-        *pin(SERVER_CPU),
-        str(ROOT / ".venv/bin/exchange"),
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
-    server_cmd = shlex.join(argv)
-    log = folder / "server.log"
-    proc = start(argv, log, env=env, cwd=folder)
-    scenarios: list[Scenario] = []
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/readyz", proc, log)
-        form = urlencode(
-            {
-                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                "subject_token": token,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
-                "scope": "payments.approve",
-                "client_id": "bank-web",
-            }
-        )
-        phase = f"bench-{store}-{secrets.token_hex(4)}"
-        post = {"Content-Type": "application/x-www-form-urlencoded"}
-        load = {"concurrency": args.concurrency, "workdir": folder, "server_pid": proc.pid}
+    args: argparse.Namespace, store: str, tokens: list[str], idp: FakeIdP, work: Path, pr: peer.Peer | None
+) -> StoreRun:
+    with Exchange(
+        work / store,
+        store,
+        idp,
+        client_auth=args.client_auth,
+        launcher=args.launcher,
+        workers=args.workers,
+        cpus=args.server_cpus,
+        pg_admin_dsn=args.pg_dsn,
+    ) as ex:
+        pool = ex.write_pool(tokens)
+        server = ex.start()
+        print(f"# server ({store}): {server.command}", flush=True)
+        warm: dict[str, Any] = {"workdir": work, "duration": args.warmup, "concurrency": args.concurrency}
+        if args.warmup >= 1:  # imports, connections, caches; under a request id no check counts
+            load.run(f"{ex.url}/token", method="POST", headers=ex.headers("bench-warmup"), pool=pool, **warm)
+            load.run(f"{ex.url}/healthz", **warm)
+        if pr is not None and args.warmup >= 1:
+            load.run(f"{pr.url}/token", method="POST", headers=pr.headers(), body=peer.REQUEST, **warm)
+        run = StoreRun(store, server.command)
+        for i in range(args.rounds):
+            run.rounds.append(measure_round(args, ex, pool, work, pr, i))
+        run.wrk_command = run.rounds[-1].token.command
+        return run
 
-        # Warm up (imports, first connections, caches) under a request id the checks do not count.
-        run_load(
-            generator,
-            f"{base}/token",
+
+def render(args: argparse.Namespace, runs: list[StoreRun], pr: peer.Peer | None, peer_note: str) -> str:
+    notes = [
+        f"{procs.pinning_note(args.server_cpus)}; wrk {args.concurrency} connections, {args.duration:g} s "
+        f"per phase, {args.rounds} round(s) (median (min-max)); {args.workers} worker(s) via "
+        f"`{args.launcher}`; subject tokens {args.subject_alg}, "
+        + ("ONE token repeated" if args.repeat_token else f"a pool of {args.pool:,} distinct tokens")
+        + f"; purpose tokens ES256; 3 rules; client auth {args.client_auth}.",
+    ]
+    out = [report.header("Exchange vs limit vs peer", *notes)]
+    rows: list[list[object]] = []
+    c, lc = args.concurrency, args.latency_connections
+    for run in runs:
+        rs = run.rounds
+        s = run.store
+        rows += [
+            [
+                f"ours ({s}): GET /healthz",
+                spread([r.healthz.rps for r in rs]),
+                spread([r.healthz.per_cpu_second for r in rs]),
+                spread([r.healthz.p99_ms for r in rs], "{:.2f}"),
+                sum(r.healthz.errors for r in rs),
+            ],
+            [
+                "raw ES256 verify + sign (server CPU)",
+                spread([1e6 * (r.verify_s + r.sign_s) for r in rs], "{:.1f}") + " µs",
+                "",
+                "",
+                "",
+            ],
+            [
+                "limit: 1 / (healthz + verify + sign)",
+                spread([r.limit for r in rs]),
+                spread([r.limit_per_cpu for r in rs]),
+                "",
+                "",
+            ],
+            [
+                f"**ours ({s}): POST /token**",
+                spread([r.token.rps for r in rs]),
+                spread([r.token.per_cpu_second for r in rs]),
+                spread([r.token.p99_ms for r in rs], "{:.2f}"),
+                sum(r.token.errors for r in rs),
+            ],
+            [
+                f"**ours / limit ({s})**",
+                spread([r.token.rps / r.limit for r in rs], "{:.2f}"),
+                spread([(r.token.per_cpu_second or 0) / (r.limit_per_cpu or 1) for r in rs], "{:.2f}"),
+                "",
+                "",
+            ],
+        ]
+        if pr is not None:
+            rows += [
+                [
+                    f"**ours / peer ({s})**",
+                    spread([r.token.rps / r.peer.rps for r in rs if r.peer], "{:.2f}"),
+                    spread(
+                        [(r.token.per_cpu_second or 0) / (r.peer.per_cpu_second or 1) for r in rs if r.peer],
+                        "{:.2f}",
+                    ),
+                    "",
+                    "",
+                ],
+            ]
+        rows.append(
+            [
+                f"ours ({s}): POST /token p99 at {lc} connections",
+                "",
+                "",
+                spread([r.latency.p99_ms for r in rs], "{:.2f}"),
+                sum(r.latency.errors for r in rs),
+            ]
+        )
+    if pr is not None and runs:
+        rs = runs[-1].rounds
+        rows[len(rows) :] = [
+            [
+                f"peer oidc-provider {peer.version()}: client_credentials",
+                spread([r.peer.rps for r in rs if r.peer]),
+                spread([r.peer.per_cpu_second for r in rs if r.peer]),
+                spread([r.peer.p99_ms for r in rs if r.peer], "{:.2f}"),
+                sum(r.peer.errors for r in rs if r.peer),
+            ],
+            [
+                f"peer: p99 at {lc} connections",
+                "",
+                "",
+                spread([r.peer_latency.p99_ms for r in rs if r.peer_latency], "{:.2f}"),
+                sum(r.peer_latency.errors for r in rs if r.peer_latency),
+            ],
+        ]
+    elif peer_note:
+        rows.append(["peer", peer_note, "", "", ""])
+    out.append(
+        report.table(
+            ["", "throughput", "per server CPU-second", f"p99 ms (c={c} unless said)", "errors"], rows
+        )
+    )
+    out.append("")
+    for run in runs:
+        out.append(f"- server ({run.store}): `{run.server_command}`")
+        out.append(
+            f"- audit ({run.store}): "
+            + " | ".join(r.audit for r in run.rounds)
+            + (" — OK" if all(r.audit_ok for r in run.rounds) else " — **MISMATCH**")
+        )
+        for r in run.rounds:
+            if r.pg_note:
+                out.append(f"- {r.pg_note}")
+        out.append(f"- server CPU in the /token phase: {run.rounds[-1].token.cpu_note()}")
+    if pr is not None:
+        out.append(
+            f"- peer: `{pr.server.command}`"
+            + (f" ({last.cpu_note()})" if runs and (last := runs[-1].rounds[-1].peer) else "")
+        )
+    if runs:
+        out.append(
+            f"- load: `{runs[-1].wrk_command}` (Lua: one pool body per request; GET and the peer: fixed)"
+        )
+    return "\n".join(out)
+
+
+def soak(args: argparse.Namespace, tokens: list[str], idp: FakeIdP, work: Path) -> int:
+    """--soak: one long /token phase; the server's RSS sampled throughout, first vs last window."""
+    window = min(60.0, args.soak / 5)
+    store = args.stores.split(",")[0]
+    with Exchange(
+        work / store,
+        store,
+        idp,
+        client_auth=args.client_auth,
+        launcher=args.launcher,
+        workers=args.workers,
+        cpus=args.server_cpus,
+        pg_admin_dsn=args.pg_dsn,
+    ) as ex:
+        pool = ex.write_pool(tokens)
+        server = ex.start()
+        load.run(
+            f"{ex.url}/token",
             method="POST",
-            body=form,
-            headers={**post, "X-Request-Id": "bench-warmup"},
+            headers=ex.headers("bench-warmup"),
+            pool=pool,
+            workdir=work,
             duration=args.warmup,
-            **load,
+            concurrency=args.concurrency,
         )
-        run_load(generator, f"{base}/healthz", duration=args.warmup, **load)
+        samples: list[tuple[float, int]] = []
+        done = threading.Event()
 
-        health = run_load(generator, f"{base}/healthz", duration=args.duration, **load)
-        scenarios.append(Scenario(store, "healthz", health))
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not done.wait(min(5.0, window / 6)):
+                samples.append((time.monotonic() - t0, procs.rss_bytes(server.pids())))
 
-        profiler = None
-        if args.profile:
-            profiler = start_profiler(proc.pid, Path(args.profile) / f"{store}.collapsed", args.duration)
-        result = run_load(
-            generator,
-            f"{base}/token",
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        phase = f"soak-{secrets.token_hex(4)}"
+        result = load.run(
+            f"{ex.url}/token",
             method="POST",
-            body=form,
-            headers={**post, "X-Request-Id": phase},
-            duration=args.duration,
-            **load,
+            headers=ex.headers(phase),
+            pool=pool,
+            workdir=work,
+            server=server,
+            concurrency=args.concurrency,
+            duration=args.soak,
         )
-        if profiler is not None:
-            profiler.wait(args.duration + 60)
-        rows = settled_audit(store, where, phase)
-        granted, denied = rows.get("granted", 0), rows.get("denied", 0)
-        diff = granted - result.ok
-        if generator == "python":
-            ok = diff == 0 and denied == 0
-            verdict = "OK (exact)" if ok else "MISMATCH"
-        else:
-            ok = 0 <= diff <= args.concurrency and denied == 0
-            verdict = (
-                f"OK (+{diff} committed while in flight at wrk's cutoff, <= {args.concurrency})"
-                if ok
-                else "MISMATCH"
-            )
-        audit = f"granted rows {granted} vs 200s {result.ok}, denied rows {denied}: {verdict}"
-        scenarios.append(Scenario(store, "exchange", result, audit))
-        if not ok:
-            print(f"!! {store}: audit check failed: {audit}", file=sys.stderr)
-    finally:
-        stop(proc)
-        if db_name is not None:
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    return scenarios, server_cmd
-
-
-def start_profiler(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
-    """py-spy over the server and its worker, collapsed stacks (one line per stack with its count)."""
-    spy = shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [
-        *pin(LOAD_CPU),
-        spy,
-        "record",
-        "--pid",
-        str(pid),
-        "--subprocesses",
-        "--gil",
-        "--rate",
-        "100",
-        "--nolineno",
-        "--duration",
-        str(int(duration)),
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-    ]
-    print(f"# profiling: {shlex.join(argv)}")
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
-# ---------------------------------------------------------------------------------------------------
-# In-process costs: each step of an exchange timed alone (CPU time, no HTTP), to read the profile against.
-
-
-async def _micro(
-    config: Path, form: str, token: str, n: int, log: Path, env: dict[str, str]
-) -> list[tuple[str, float]]:
-    import structlog
-
-    from exchange.app import build_runtime, parse_form
-    from exchange.config import load_settings
-    from exchange.logging import configure_logging
-    from rules import RuleContext
-
-    saved, sys.stderr = sys.stderr, log.open("w")  # the service logs to stderr; keep it off the terminal
-    try:
-        configure_logging(json=True)
-    finally:
-        sys.stderr = saved
-    os.environ.update(env)
-    runtime = await build_runtime(load_settings(config))
-    await runtime.auditor.start()
-    ex = runtime.exchange
-    trust, minter, policy = ex._trust, ex._minter, ex._policies["payments.approve"]
-    body = form.encode()
-    request = parse_form(body)
-    now = time.time()
-    subject = await trust.validate(token, "urn:ietf:params:oauth:token-type:id_token", now=now)
-    claims = minter.claims(
-        subject=subject.claims,
-        audience="https://payments.internal",
-        client_id="bank-web",
-        purpose="payments.approve",
-        ttl=60,
-        now=now,
-    )
-    ctx = RuleContext(
-        subject=subject.claims,
-        issuer=subject.issuer,
-        client_id="bank-web",
-        purpose="payments.approve",
-        audience="https://payments.internal",
-        now=now,
-        store=runtime.store,
-    )
-    audit_log = structlog.get_logger("exchange.audit")
-    fields = {
-        "request_id": "micro",
-        "decision": "granted",
-        "client_id": "bank-web",
-        "issuer": subject.issuer,
-        "sub": "alice",
-        "purpose": "payments.approve",
-        "audience": "https://payments.internal",
-        "jti": claims.jti,
-        "exp": claims.exp,
-        "rules": [{"rule": "mfa", "outcome": "allow"}] * 3,
-    }
-
-    async def timed(label: str, fn: object, *, batch: int = 1) -> tuple[str, float]:
-        for _ in range(max(1, n // 10)):  # warm
-            r = fn()  # type: ignore[operator]
-            if asyncio.iscoroutine(r):
-                await r
-        t0 = time.process_time()
-        for _ in range(n // batch):
-            r = fn()  # type: ignore[operator]
-            if asyncio.iscoroutine(r):
-                await r
-        return label, 1e6 * (time.process_time() - t0) / (n // batch * batch)
-
-    from schemas.records import AuditRecord, RuleOutcome
-
-    records = [
-        AuditRecord(
-            time=now,
-            request_id="micro",
-            decision="granted",
-            client_id="bank-web",
-            issuer=subject.issuer,
-            sub="alice",
-            purpose="payments.approve",
-            audience="https://payments.internal",
-            jti=claims.jti,
-            exp=claims.exp,
-            rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3,
+        done.set()
+        sampler.join()
+        audit, ok = ex.audit_check(phase, result.ok, args.concurrency)
+    span = samples[-1][0] if samples else 0.0
+    first = [rss for t, rss in samples if t <= window]
+    last = [rss for t, rss in samples if t >= span - window]
+    if not first or not last:
+        raise SystemExit("too few RSS samples: use a longer --soak")
+    a, b = statistics.mean(first), statistics.mean(last)
+    growth = (b - a) / a
+    flat = abs(growth) <= 0.10
+    print(
+        report.header(
+            f"RSS over a {args.soak:g} s /token run",
+            f"{procs.pinning_note(args.server_cpus)}; {store}; "
+            f"wrk {args.concurrency} connections; pool of {len(tokens):,} tokens; windows of {window:g} s; "
+            f"{len(samples)} samples of the server's process tree RSS.",
         )
-    ] * 64
-
-    async def concurrent_audits() -> None:
-        await asyncio.gather(*(runtime.auditor.record(r) for r in records))
-
-    async def nothing() -> None:
-        return None
-
-    async def gather_floor() -> None:
-        await asyncio.gather(*(nothing() for _ in range(64)))
-
-    async def concurrent_handles() -> None:
-        await asyncio.gather(*(ex.handle(request, None, "micro") for _ in range(64)))
-
-    out = [
-        await timed("parse_form (form body -> TokenRequest)", lambda: parse_form(body)),
-        await timed(
-            "SubjectTrust.validate (RS256 verify + checks)",
-            lambda: trust.validate(token, "urn:ietf:params:oauth:token-type:id_token", now=now),
-        ),
-        await timed("PurposePolicy.evaluate (3 rules)", lambda: policy.evaluate(ctx)),
-        await timed(
-            "RuleContext(...) construction (deep-freezes the claims)",
-            lambda: RuleContext(
-                subject=subject.claims,
-                issuer=subject.issuer,
-                client_id="bank-web",
-                purpose="payments.approve",
-                audience="https://payments.internal",
-                now=now,
-                store=runtime.store,
-            ),
-        ),
-        await timed(
-            "Minter.claims",
-            lambda: minter.claims(
-                subject=subject.claims,
-                audience="https://payments.internal",
-                client_id="bank-web",
-                purpose="payments.approve",
-                ttl=60,
-                now=now,
-            ),
-        ),
-        await timed("Minter.sign (ES256)", lambda: minter.sign(claims)),
-        await timed(
-            "structlog audit line (log.info, JSON to a file)",
-            lambda: audit_log.info("token_issued", **fields),
-        ),
-        await timed(
-            "store.append_audit, batch of 64 (per record)",
-            lambda: runtime.store.append_audit(records),
-            batch=64,
-        ),
-        await timed(
-            "Auditor.record, 64 concurrent: log line + group commit (per record)", concurrent_audits, batch=64
-        ),
-        await timed(
-            "TokenExchange.handle, 64 concurrent, incl. audit commit (per exchange)",
-            concurrent_handles,
-            batch=64,
-        ),
-        await timed(
-            "asyncio.gather of 64 trivial coroutines (per task: the harness floor)", gather_floor, batch=64
-        ),
-    ]
-    # The floor under the two signature steps: the bare cryptography calls (no JOSE framing).
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
-    msg = token.rsplit(".", 1)[0].encode()
-    ec_key, ed_key = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
-    ec_sig, ed_sig = ec_key.sign(msg, ec.ECDSA(hashes.SHA256())), ed_key.sign(msg)
-    keys = trust._issuers[subject.issuer].keys
-    rsa_key = cast("rsa.RSAPublicKey", (await keys.get_key(subject.kid)).get_op_key("verify"))
-    rsa_sig = base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
-    out += [
-        await timed("bare cryptography: ES256 sign", lambda: ec_key.sign(msg, ec.ECDSA(hashes.SHA256()))),
-        await timed("bare cryptography: Ed25519 sign", lambda: ed_key.sign(msg)),
-        await timed(
-            "bare cryptography: RS256 verify (2048-bit)",
-            lambda: rsa_key.verify(rsa_sig, msg, padding.PKCS1v15(), hashes.SHA256()),
-        ),
-        await timed(
-            "bare cryptography: ES256 verify",
-            lambda: ec_key.public_key().verify(ec_sig, msg, ec.ECDSA(hashes.SHA256())),
-        ),
-        await timed("bare cryptography: Ed25519 verify", lambda: ed_key.public_key().verify(ed_sig, msg)),
-    ]
-    out += await _prototypes(timed, runtime, claims, subject, log)
-    await runtime.auditor.stop()
-    await runtime.store.close()
-    return out
-
-
-async def _prototypes(
-    timed: Any, runtime: Any, claims: Any, subject: Any, log: Path
-) -> list[tuple[str, float]]:
-    """Sketches of cheaper ways to do three steps, timed the same way; bench-only, not the service's code."""
-    import msgspec
-    import structlog
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-    from rules.context import freeze
-
-    active = runtime.keyring.active
-    private = active.key.get_op_key("sign")
-    encode = msgspec.json.Encoder().encode
-    b64 = base64.urlsafe_b64encode
-    header_segment = b64(encode(active.header)).rstrip(b"=")  # once per key, not per token
-    ecdsa = ec.ECDSA(hashes.SHA256())
-
-    def sign_fast() -> str:
-        signing_input = header_segment + b"." + b64(encode(claims)).rstrip(b"=")
-        r, s_ = decode_dss_signature(private.sign(signing_input, ecdsa))
-        return (
-            signing_input + b"." + b64(r.to_bytes(32, "big") + s_.to_bytes(32, "big")).rstrip(b"=")
-        ).decode()
-
-    def freeze_fast(value: Any) -> Any:
-        kind = type(value)
-        if kind is dict or kind is MappingProxyType:
-            return MappingProxyType({str(k): freeze_fast(v) for k, v in value.items()})
-        if kind is list or kind is tuple:
-            return tuple(freeze_fast(v) for v in value)
-        if kind in (str, int, float, bool) or value is None:
-            return value
-        return freeze(value)  # anything unusual: the general path
-
-    from schemas.records import AuditRecord, RuleOutcome
-
-    record = AuditRecord(
-        time=time.time(),
-        request_id="micro",
-        decision="granted",
-        client_id="bank-web",
-        issuer=subject.issuer,
-        sub="alice",
-        purpose="payments.approve",
-        audience="https://payments.internal",
-        jti=claims.jti,
-        exp=claims.exp,
-        rules=[RuleOutcome(rule="mfa", outcome="allow")] * 3,
     )
-    audit_log = structlog.get_logger("exchange.audit")
-    fh = log.open("a")
-
-    def log_structlog() -> None:
-        fields = msgspec.to_builtins(record)
-        del fields["time"]
-        audit_log.info("token_issued", **fields)
-
-    def log_direct() -> None:
-        fh.write(
-            encode(
-                {"event": "token_issued", "level": "info", "timestamp": record.time, "record": record}
-            ).decode()
-            + "\n"
+    print(
+        report.table(
+            ["", "value"],
+            [
+                ["throughput", f"{result.rps:,.0f}/s ({result.errors} errors)"],
+                [f"RSS, first {window:g} s (mean)", f"{a / 2**20:.1f} MiB"],
+                [f"RSS, last {window:g} s (mean)", f"{b / 2**20:.1f} MiB"],
+                ["growth", f"{100 * growth:+.1f}% — " + ("within 10%" if flat else "**NOT within 10%**")],
+                ["audit", audit + (" — OK" if ok else " — **MISMATCH**")],
+            ],
         )
-
-    return [
-        await timed(
-            "sketch: ES256 sign with a cached header segment, bare cryptography (vs Minter.sign)", sign_fast
-        ),
-        await timed("current: rules.context.freeze(subject claims)", lambda: freeze(subject.claims)),
-        await timed("sketch: freeze with exact-type fast paths", lambda: freeze_fast(subject.claims)),
-        await timed("current: Auditor.record's log line (to_builtins + structlog)", log_structlog),
-        await timed("sketch: the audit record msgspec-encoded straight to the stream", log_direct),
-    ]
-
-
-def run_micro(
-    store: str, args: argparse.Namespace, token: str, jwks: dict[str, object], issuer: str, work: Path
-) -> list[str]:
-    folder = work / f"micro-{store}"
-    folder.mkdir()
-    env: dict[str, str] = {}
-    db_name = None
-    url = f"sqlite:///{folder / 'exchange.db'}"
-    if store == "postgres":
-        db_name = f"bench_micro_{os.getpid()}_{secrets.token_hex(3)}"
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{db_name}"'))
-        url = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
-        env["EXCHANGE_KEK"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-    config = write_config(folder, 8080, url, jwks, issuer, args.subject_alg)
-    form = urlencode(
-        {
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
-            "scope": "payments.approve",
-            "client_id": "bank-web",
-        }
     )
-    sys.path.insert(0, str(ROOT))
-    try:
-        rows = asyncio.run(_micro(config, form, token, args.micro, folder / "micro.log", env))
-    finally:
-        if db_name is not None:
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    text = [
-        f"# in-process CPU per call ({args.micro} calls each, {store} store, this process's CPU only"
-        f"{'; PostgreSQL server CPU not included' if store == 'postgres' else ''}):"
-    ]
-    text += [f"  {us:8.1f} us  {label}" for label, us in rows]
-    print("\n".join(text))
-    return text
-
-
-# ---------------------------------------------------------------------------------------------------
+    print(f"\n- server: `{server.command}`\n- load: `{result.command}`")
+    return 0 if ok and result.errors == 0 else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--stores", default="postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase (>= 1)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per warm-up phase; 0: none")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the measured phases; medians and ranges"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--latency-connections", type=int, default=4, help="connections of the p99 phase")
+    parser.add_argument("--pool", type=int, default=50_000, help="distinct subject tokens")
+    parser.add_argument("--repeat-token", action="store_true", help="one subject token for every request")
+    parser.add_argument("--subject-alg", choices=["ES256", "RS256"], default="ES256")
     parser.add_argument(
-        "--subject-alg",
-        choices=["RS256", "ES256"],
-        default="RS256",
-        help="the fake IdP's algorithm for the subject token (the service signs ES256)",
+        "--client-auth", choices=["client_secret_basic", "none"], default="client_secret_basic"
     )
     parser.add_argument(
-        "--profile", metavar="DIR", help="record py-spy collapsed stacks of the exchange phase"
+        "--launcher",
+        choices=["serve", "granian"],
+        default="serve",
+        help="`exchange serve`, or granian on the app factory exchange.app:app_from_env",
     )
-    parser.add_argument("--micro", type=int, metavar="N", help="only time each step in-process, N calls each")
-    parser.add_argument("--summarise", metavar="FILE", help="only summarise a collapsed-stacks file and exit")
-    parser.add_argument("--append-results", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server-cpus", help="CPUs of the server (default 0; 0,1 with --workers > 1)")
+    parser.add_argument(
+        "--peer",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: run the peer if it can be installed; on: fail if it cannot",
+    )
+    parser.add_argument("--pg-dsn", default=None, help="admin DSN of the PostgreSQL server")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy over the first round's /token phase")
+    parser.add_argument(
+        "--soak", type=float, metavar="SECONDS", help="RSS growth run instead (600: ten minutes)"
+    )
+    parser.add_argument("--micro", type=int, metavar="N", help="in-process costs per outcome instead, N each")
+    parser.add_argument("--summarise", metavar="FILE", help="summarise a saved py-spy profile and exit")
     args = parser.parse_args()
     if args.summarise:
-        print(summarise_profile(Path(args.summarise)))
+        print(profile.summarise(Path(args.summarise)))
         return 0
-    if not 1 <= args.concurrency <= 4096 or not 1 <= args.duration <= MAX_DURATION:
-        parser.error(f"concurrency 1..4096, duration 1..{MAX_DURATION:g}")
+    if not 1 <= args.duration <= 120 or not 1 <= args.rounds <= 10 or not 1 <= args.concurrency <= 1024:
+        parser.error("duration 1..120, rounds 1..10, concurrency 1..1024")
+    if args.soak is not None and not 5 <= args.soak <= load.MAX_DURATION:
+        parser.error(f"--soak 5..{load.MAX_DURATION}")
+    if not 1 <= args.pool <= 200_000 or not 1 <= args.workers <= 8:
+        parser.error("pool 1..200000, workers 1..8")
+    args.server_cpus = args.server_cpus or ("0,1" if args.workers > 1 else procs.SERVER_CPUS)
+    from harness.service import PG_ADMIN_DSN
 
-    generator = pick_generator(args.generator)
-    if has_taskset():
-        os.sched_setaffinity(
-            0, {LOAD_CPU}
-        )  # the Python generator (and this script) stay off the server's CPU
-    command = shlex.join([".venv/bin/python", "bench/exchange_bench.py", *sys.argv[1:]])
-    print(f"# {command}")
-    print(f"# load generator: {generator}" + _generator_note(generator, args.generator))
-    print(
-        f"# pinning: server CPU {SERVER_CPU}, generator CPU {LOAD_CPU}"
-        if has_taskset()
-        else "# pinning: none (taskset or a second CPU is missing)"
-    )
-    token, jwks, issuer = subject_token(args.subject_alg)
-
+    args.pg_dsn = args.pg_dsn or PG_ADMIN_DSN
+    procs.pin_self()
+    print(f"# {report.command()}", flush=True)
+    idp = FakeIdP("https://idp.bench.example", args.subject_alg)
     if args.micro:
-        if not 64 <= args.micro <= 100_000:
-            parser.error("--micro 64..100000")
-        text: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="exchange-micro-") as tmp:
-            for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
-                text += run_micro(store, args, token, jwks, issuer, Path(tmp))
-        if args.append_results:
-            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-            _append_section(
-                [f"### In-process step costs, {stamp}", "", f"`{command}`", "", "```", *text, "```", ""]
-            )
-        return 0
+        from harness import inproc
 
-    all_scenarios: list[Scenario] = []
-    server_cmds: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="exchange-micro-") as tmp:
+            print(inproc.micro(args, idp, Path(tmp)))
+        return 0
+    tokens = mint_pool(args, idp)
     with tempfile.TemporaryDirectory(prefix="exchange-bench-") as tmp:
-        for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
-            if store not in {"sqlite", "postgres"}:
-                parser.error(f"unknown store {store!r}")
-            scenarios, server_cmds[store] = run_store(store, args, generator, token, jwks, issuer, Path(tmp))
-            print(f"# server ({store}): {server_cmds[store]}")
-            for s in scenarios:
-                print(f"#   load: {s.result.command}")
-                print(s.line(args.concurrency))
-            all_scenarios += scenarios
-    profiles: list[str] = []
+        work = Path(tmp)
+        if args.soak:
+            return soak(args, tokens, idp, work)
+        pr, peer_note = None, ""
+        if args.peer != "off":
+            try:
+                pr = peer.Peer(cpus=args.server_cpus.split(",")[0])
+                print(f"# peer: {pr.server.command}", flush=True)
+            except peer.PeerUnavailable as exc:
+                if args.peer == "on":
+                    raise SystemExit(f"peer unavailable: {exc}") from None
+                peer_note = f"not run: {exc}"
+                print(f"# peer {peer_note}", flush=True)
+        try:
+            runs = [
+                run_store(args, s.strip(), tokens, idp, work, pr) for s in args.stores.split(",") if s.strip()
+            ]
+        finally:
+            if pr is not None:
+                pr.close()
+    print()
+    print(render(args, runs, pr, peer_note))
     if args.profile:
         for f in sorted(Path(args.profile).glob("*.collapsed")):
-            profiles += [
-                "",
-                f"Profile of the {f.stem} exchange phase (py-spy, collapsed stacks in `{f}`):",
-                "",
-                "```",
-                summarise_profile(f),
-                "```",
-            ]
-        print("\n".join(profiles))
-    if args.append_results:
-        all_scenarios[-1].notes = profiles
-        append_results(command, generator, args, all_scenarios, server_cmds)
-    return (
-        0
-        if all("MISMATCH" not in s.audit for s in all_scenarios)
-        and all(s.result.errors == 0 for s in all_scenarios)
-        else 1
+            print(f"\nProfile `{f}` (py-spy during the /token phase; profiling slows the server):\n")
+            print("```\n" + profile.summarise(f) + "\n```")
+    good = all(
+        r.audit_ok and r.token.errors == 0 and r.latency.errors == 0 for run in runs for r in run.rounds
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Profile summary, from py-spy's collapsed stacks ("frame;frame;... count").
-
-# Each sample is charged to one category: the first rule below that its stack matches (a rule names
-# frames, py-spy's "function (path)", anywhere in the stack), so "signing" holds all of Minter.sign
-# (JSON, base64 and ECDSA) wherever its leaf is. With --gil only samples holding the GIL are kept, and
-# time in C/Rust code (cryptography, msgspec, granian's send/receive) is charged to its Python caller.
-# Leftovers go to the deepest of our own code or litestar, else to the event loop.
-CATEGORIES = [
-    ("mint: sign the purpose token (Minter.sign: JSON + base64 + ES256)", ("Minter.sign (",)),
-    ("subject token: RS256 signature verify (joserfc verify_compact)", ("verify_compact (",)),
-    ("subject token: parse, header and claim checks (SubjectTrust.validate)", ("SubjectTrust.validate (",)),
-    ("audit: structlog JSON line (Auditor.record -> log.info)", ("structlog/",)),
-    (
-        "audit: group-commit writer and store (Auditor, store, driver)",
-        ("exchange/audit.py", "exchange/store/", "asyncpg/", "sqlite3"),
-    ),
-    ("rules engine (PurposePolicy.evaluate and rules/)", ("rules/",)),
-    ("mint: claims (Minter.claims)", ("Minter.claims (",)),
-    ("form parsing (parse_form, urllib.parse)", ("parse_form (",)),
-]
-_ASGI_IO = ("Request.stream (", "capture_response_started (", "send_wrapper (", "Request.body (")
-LEFTOVER = (
-    "ASGI I/O: granian receive/send awaited by litestar",
-    "service and handler code (service.py, app.py)",
-    "litestar routing, middleware, response building",
-    "asyncio event loop and granian glue",
-)
-
-
-def _category(frames: list[str]) -> str:
-    for label, needles in CATEGORIES:
-        if any(n in f for f in frames for n in needles):
-            return label
-    for f in reversed(frames):
-        if any(n in f for n in _ASGI_IO):
-            return LEFTOVER[0]
-        if ("exchange/" in f or "schemas/" in f) and "exchange/cli.py" not in f:
-            return LEFTOVER[1]
-        if "litestar/" in f:
-            return LEFTOVER[2]
-    return LEFTOVER[3]
-
-
-# Inclusive shares of a few functions, for orientation (a sample counts once per function).
-INCLUSIVE = [
-    ("POST /token handler (app.py token)", "token (exchange/app.py"),
-    ("TokenExchange.handle (service.py)", "handle (exchange/service.py"),
-    ("SubjectTrust.validate (trust.py)", "validate (exchange/trust.py"),
-    ("Minter.sign (tokens.py)", "sign (exchange/tokens.py"),
-    ("Auditor.record (audit.py)", "record (exchange/audit.py"),
-    ("PurposePolicy.evaluate (rules/engine.py)", "evaluate (rules/engine.py"),
-]
-
-
-def _frames(stack: str) -> list[str]:
-    # Drop py-spy's "process N:..." and "thread" pseudo-frames; shorten absolute paths.
-    out = []
-    for f in stack.split(";"):
-        if f.startswith(("process ", "thread ")):
-            continue
-        out.append(re.sub(r"\((?:/[^()]*?/(?:site-packages|lib/python3\.\d+|main)/)", "(", f))
-    return out
-
-
-def summarise_profile(path: Path, top: int = 10) -> str:
-    stacks: list[tuple[list[str], int]] = []
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if stack and n.isdigit():
-            stacks.append((_frames(stack), int(n)))
-    total = sum(c for _, c in stacks)
-    if not total:
-        return "(no samples)"
-    charged: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    leaf: Counter[str] = Counter()
-    for frames, count in stacks:
-        if frames:
-            leaf[frames[-1]] += count
-        for label, needle in INCLUSIVE:
-            if any(needle in f for f in frames):
-                inclusive[label] += count
-        charged[_category(frames)] += count
-    out = [f"{total} samples holding the GIL (server process tree); each charged to one category:"]
-    out += [f"  {100 * c / total:5.1f}%  {label}" for label, c in charged.most_common()]
-    out.append("inclusive (a sample counts once per function):")
-    out += [f"  {100 * inclusive[label] / total:5.1f}%  {label}" for label, _ in INCLUSIVE]
-    out.append(f"top {top} leaf frames (self time):")
-    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in leaf.most_common(top)]
-    return "\n".join(out)
-
-
-def append_results(
-    command: str,
-    generator: str,
-    args: argparse.Namespace,
-    scenarios: list[Scenario],
-    server_cmds: dict[str, str],
-) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"### Run of {stamp}",
-        "",
-        f"`{command}`",
-        "",
-        f"Load generator: {generator}; server pinned to CPU {SERVER_CPU}, generator to CPU {LOAD_CPU}; "
-        f"concurrency {args.concurrency}, {args.duration:g} s per phase, subject token {args.subject_alg}, "
-        "purpose token ES256, 3 rules.",
-        "",
-    ]
-    for store, cmd in server_cmds.items():
-        lines.append(f"- server ({store}): `{cmd}`")
-    lines += [
-        "",
-        "| store | scenario | throughput | per server CPU-second | p50 | p99 | errors "
-        "| server CPU (core busy, softirq) | generator CPU | audit check |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for s in scenarios:
-        r = s.result
-        lines.append(
-            f"| {s.store} | {'POST /token' if s.name == 'exchange' else 'GET /healthz'} | "
-            f"{r.rps:,.0f}/s | {'?' if r.per_core is None else f'{r.per_core:,.0f}'} | "
-            f"{r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.errors} | "
-            f"{_pct(r.server_cpu)} ({_pct(r.server_core_busy)}, {_pct(r.server_core_softirq)}) | "
-            f"{_pct(r.generator_cpu)} | {s.audit or '-'} |"
-        )
-    lines += ["", f"Load command per phase: `{scenarios[-1].result.command}` (script: POST form or GET)", ""]
-    if scenarios and scenarios[-1].notes:
-        lines += [
-            "Profiling slows the server: these throughput figures are not comparable with unprofiled runs.",
-            *scenarios[-1].notes,
-            "",
-        ]
-    _append_section(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "?" if value is None else f"{value:.0f}%"
-
-
-def _append_section(lines: list[str], section: str = SECTION) -> None:
-    """Add to this bench's own section of RESULTS.md (created at the end if absent); others' untouched."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = "\n".join(lines) + "\n"
-    if section not in text:
-        RESULTS.write_text(text.rstrip("\n") + f"\n\n{section}\n\n" + block)
-        return
-    head, _, tail = text.partition(section)
-    nxt = re.search(r"^## ", tail, flags=re.M)
-    mine, rest = (tail[: nxt.start()], tail[nxt.start() :]) if nxt else (tail, "")
-    RESULTS.write_text(head + section + mine.rstrip("\n") + "\n\n" + block + ("\n" + rest if rest else ""))
+    return 0 if good else 1
 
 
 if __name__ == "__main__":

@@ -9,26 +9,24 @@ made with `pip install --target DIR uvloop httptools` so the service's own venv 
 
 Usage:
     .venv/bin/python bench/server_choice.py [--duration 10] [--concurrency 64] [--rounds 2]
-        [--generator auto|wrk|python] [--extras /tmp/uvstd] [--append-results]
+        [--extras /tmp/uvstd] [--post]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import load, procs, report
+from harness.load import LoadResult
 from litestar import Litestar, Request, Response, asgi, get, post
 
 HERE = Path(__file__).resolve().parent
-SECTION = "## ASGI server choice"
-SECTION_POST = "## HTTP floor under POST /token (granian: litestar vs bare ASGI)"
 
 
 def create_hello_app() -> Litestar:
@@ -203,22 +201,6 @@ def _importable(modules: list[str], extras: str | None) -> bool:
 
 
 def main() -> int:
-    from exchange_bench import (
-        LOAD_CPU,
-        SERVER_CPU,
-        _append_section,
-        _generator_note,
-        _pct,
-        free_port,
-        has_taskset,
-        pick_generator,
-        pin,
-        run_load,
-        start,
-        stop,
-        wait_http,
-    )
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -228,7 +210,6 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternate the servers this many times (median)"
     )
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--extras", metavar="DIR", help="folder holding uvloop and httptools (pip install --target)"
     )
@@ -237,118 +218,91 @@ def main() -> int:
         action="store_true",
         help="instead: the POST /token HTTP floor, litestar vs a bare ASGI app, both under granian",
     )
-    parser.add_argument("--append-results", action="store_true")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 5 or not 1 <= args.duration <= 60 or not 1 <= args.concurrency <= 4096:
         parser.error("rounds 1..5, duration 1..60, concurrency 1..4096")
-
-    generator = pick_generator(args.generator)
-    if has_taskset():
-        os.sched_setaffinity(0, {LOAD_CPU})
-    command = shlex.join([".venv/bin/python", "bench/server_choice.py", *sys.argv[1:]])
-    print(f"# {command}")
-    print(
-        f"# load generator: {generator}"
-        + _generator_note(generator, args.generator)
-        + ("" if generator == "wrk" else "; it may saturate before granian does")
-    )
-    results: dict[str, list[Any]] = {}
+    procs.pin_self()
+    results: dict[str, list[LoadResult]] = {}
     commands: dict[str, str] = {}
-    load_cmd = ""
     with tempfile.TemporaryDirectory(prefix="server-choice-") as tmp:
         for _ in range(args.rounds):
-            port = free_port()
+            port = procs.free_port()
             servers = _post_servers(port) if args.post else _servers(port, args.extras)
             for name, argv, env in servers:
-                argv = [*pin(SERVER_CPU), *argv]
-                commands[name] = shlex.join(argv)
-                log = Path(tmp) / "server.log"
-                proc = start(argv, log, env=env, cwd=HERE)
-                try:
-                    url = f"http://127.0.0.1:{port}/token" if args.post else f"http://127.0.0.1:{port}/"
-                    wait_http(url, proc, log, method="POST" if args.post else "GET")
-                    load: dict[str, Any] = {
+                url = f"http://127.0.0.1:{port}/token" if args.post else f"http://127.0.0.1:{port}/"
+                with procs.Process(name, [*procs.pin(procs.SERVER_CPUS), *argv], env=env, cwd=HERE) as server:
+                    commands[name] = server.command
+                    server.wait_http(url, method="POST" if args.post else "GET")
+                    phase: dict[str, Any] = {
                         "concurrency": args.concurrency,
                         "workdir": Path(tmp),
-                        "server_pid": proc.pid,
+                        "server": server,
                     }
                     if args.post:
-                        load.update(
-                            method="POST",
-                            body=POST_BODY,
-                            headers={"Content-Type": "application/x-www-form-urlencoded"},
-                        )
-                    run_load(generator, url, duration=args.warmup, **load)
-                    r = run_load(generator, url, duration=args.duration, **load)
-                finally:
-                    stop(proc)
-                load_cmd = r.command
+                        phase |= {
+                            "method": "POST",
+                            "body": POST_BODY,
+                            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                        }
+                    if args.warmup >= 1:
+                        load.run(url, duration=args.warmup, **phase)
+                    r = load.run(url, duration=args.duration, **phase)
                 results.setdefault(name, []).append(r)
                 print(
-                    f"{name:28} {r.rps:9,.0f} req/s ({r.per_core or 0:,.0f} per server CPU-second)"
-                    f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  errors {r.errors}"
-                    f"  server CPU {r.server_cpu or 0:.0f}% (core {r.server_core_busy or 0:.0f}% busy,"
-                    f" softirq {r.server_core_softirq or 0:.0f}%)"
-                    f"  generator CPU {r.generator_cpu or 0:.0f}%"
+                    f"# {name:36} {r.rps:9,.0f} req/s  p99 {r.p99_ms:6.2f} ms  errors {r.errors}  "
+                    f"{r.cpu_note()}",
+                    flush=True,
                 )
-    med = {name: statistics.median(r.rps for r in rs) for name, rs in results.items()}
     first = next(iter(results))
-    base = med[first]
-    pc_base = statistics.median(r.per_core or 0 for r in results[first])
-    print(f"# median over rounds; ratio = {first} / server")
-    for name, rps in med.items():
-        pc = statistics.median(r.per_core or 0 for r in results[name])
-        print(
-            f"{name:28} {rps:9,.0f} req/s  first/this = {base / rps:.2f}x   per server CPU-second {pc:,.0f}"
-            f"  first/this = {pc_base / pc:.2f}x"
+    base = statistics.median(r.rps for r in results[first])
+    base_cpu = statistics.median(r.per_cpu_second or 0 for r in results[first])
+    rows = []
+    for name, rs in results.items():
+        med = statistics.median(r.rps for r in rs)
+        cpu = statistics.median(r.per_cpu_second or 0 for r in rs)
+        rows.append(
+            [
+                name,
+                f"{med:,.0f}/s",
+                ", ".join(f"{r.rps:,.0f}" for r in rs),
+                report.ratio(med / base),
+                f"{cpu:,.0f}",
+                report.ratio(cpu / base_cpu if cpu else None),
+                report.ms(rs[-1].p99_ms),
+                sum(r.errors for r in rs),
+            ]
         )
-    for name, cmd in commands.items():
-        print(f"# server {name}: {cmd}")
-    print(f"# load: {load_cmd}")
-
-    if args.append_results:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines = [
-            f"### Run of {stamp}",
-            "",
-            f"`{command}`",
-            "",
-            f"Load generator: {generator}, {args.concurrency} connections, {args.duration:g} s per server, "
-            f"{args.rounds} alternating rounds (median); server pinned to CPU {SERVER_CPU}, generator to "
-            f"CPU {LOAD_CPU}. "
-            + (
-                "App: POST /token floor (`create_post_app`, `create_asgi_route_post_app`, "
-                "`create_raw_post_app`): read a 1.1 KB form, answer a 0.75 KB JSON, one worker."
-                if args.post
-                else "App: litestar 'hello world' (`create_hello_app`), one worker."
-            ),
-            "",
-            f"| server | req/s (median) | rounds | {first} / this | req per server CPU-second (median) "
-            f"| {first} / this | p99 (last round) |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
-        ]
-        for name, rs in results.items():
-            pc = statistics.median(r.per_core or 0 for r in rs)
-            lines.append(
-                f"| {name} | {med[name]:,.0f} | {', '.join(f'{r.rps:,.0f}' for r in rs)} | "
-                f"{base / med[name]:.2f}x | {pc:,.0f} | {pc_base / pc:.2f}x | {rs[-1].p99_ms:.2f} ms |"
-            )
-        lines += [
-            "",
-            "| server | server CPU, last round (its core busy, softirq) | generator CPU |",
-            "| --- | ---: | ---: |",
-        ]
-        lines += [
-            f"| {name} | {_pct(rs[-1].server_cpu)} ({_pct(rs[-1].server_core_busy)}, "
-            f"{_pct(rs[-1].server_core_softirq)}) | {_pct(rs[-1].generator_cpu)} |"
-            for name, rs in results.items()
-        ]
-        lines += (
-            [""] + [f"- {name}: `{cmd}`" for name, cmd in commands.items()] + [f"- load: `{load_cmd}`", ""]
+    what = (
+        "POST /token floor: read a 1.1 KB form, answer a 0.75 KB JSON (`create_post_app`, "
+        "`create_asgi_route_post_app`, `create_raw_post_app`)"
+        if args.post
+        else "litestar 'hello world' (`create_hello_app`)"
+    )
+    print(
+        report.header(
+            "HTTP floor under POST /token" if args.post else "ASGI server choice",
+            f"{procs.pinning_note()}; wrk {args.concurrency} connections, {args.duration:g} s per server, "
+            f"{args.rounds} alternating round(s), median; one worker; app: {what}.",
         )
-
-        _append_section(lines, section=SECTION_POST if args.post else SECTION)
-    return 0
+    )
+    print(
+        report.table(
+            [
+                "server",
+                "req/s (median)",
+                "rounds",
+                "this / first",
+                "per server CPU-second",
+                "this / first",
+                "p99 (last round)",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    print("\n" + "\n".join(f"- {name}: `{cmd}`" for name, cmd in commands.items()))
+    print(f"- load: `{results[first][-1].command}`")
+    return 0 if all(r.errors == 0 for rs in results.values() for r in rs) else 1
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ Same run, same tokens, same keys, for ES256 and RS256:
   pyjwt      jwt.decode with key, algorithms, audience and issuer (signature + exp/iat/aud/iss)
   joserfc    jwt.decode + JWTClaimsRegistry.validate (the plain joserfc way)
 
-    .venv/bin/python bench/verify_bench.py [--number 2000] [--repeat 7] [--markdown]
+    .venv/bin/python bench/verify_bench.py [--number 2000] [--repeat 7]
+    .venv/bin/python bench/verify_bench.py --profile /tmp/verify-prof [--seconds 10]
 
 Per-operation time is the best of `repeat` runs of `number` calls (least disturbed by the machine);
-the candidates' runs are interleaved so a busy moment does not favour one of them.
+the candidates' runs are interleaved so a busy moment does not favour one of them. The bench runs on
+the server CPU (0) while nothing else of ours does. `--profile` runs py-spy over a loop of
+`exchange.verify` alone, per algorithm, and groups the samples by module.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 import timeit
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cryptography
@@ -30,6 +35,7 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from harness import procs, profile, report
 from joserfc import jws
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, Key, RSAKey
@@ -114,53 +120,94 @@ def measure(fns: dict[str, Callable[[], Any]], number: int, repeat: int) -> dict
     return best
 
 
+def tokens(now: int) -> dict[str, tuple[Key, str]]:
+    keys: dict[str, Key] = {
+        "ES256": ECKey.generate_key("P-256", auto_kid=True),
+        "RS256": RSAKey.generate_key(2048, auto_kid=True),
+    }
+    return {alg: (key, make_token(key, alg, now)) for alg, key in keys.items()}
+
+
+def loop(alg: str, seconds: float) -> None:
+    """--loop: only our verifier, for py-spy to sample (after a moment: imports are done)."""
+    key, token = tokens(int(time.time()))[alg]
+    ours = candidates(key, alg, token)["verifier"]
+    time.sleep(0.3)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(200):
+            ours()
+
+
+def run_profile(out_dir: Path, seconds: float) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for alg in ("ES256", "RS256"):
+        out = out_dir / f"verify-{alg}.collapsed"
+        target = [
+            *procs.pin(procs.SERVER_CPUS),
+            sys.executable,
+            __file__,
+            "--loop",
+            alg,
+            "--seconds",
+            str(seconds),
+        ]
+        argv = [*profile.record_argv(out, seconds + 5, mode="cpu"), "--", *target]
+        subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 120)
+        parts.append(f"{alg}: `{' '.join(argv)}`\n\n```\n{profile.summarise(out, steps=False)}\n```")
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=2000, help="calls per timed run (bounded)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs; the best is reported")
-    parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy over our verifier alone, per algorithm")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--profile: seconds per algorithm")
+    parser.add_argument("--loop", choices=["ES256", "RS256"], help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.loop:
+        loop(options.loop, min(options.seconds, 120))
+        return
+    if options.profile:
+        print(
+            report.header("Verifier profile (py-spy, on-CPU samples: the GIL-free signature call included)")
+        )
+        print(run_profile(Path(options.profile), min(options.seconds, 120)))
+        return
     number = min(options.number, 100_000)
     repeat = min(options.repeat, 50)
-
-    now = int(time.time())
-    keys = {
-        "ES256": ECKey.generate_key("P-256", auto_kid=True),
-        "RS256": RSAKey.generate_key(2048, auto_kid=True),
-    }
+    procs.pin_self(procs.SERVER_CPUS)
     rows: list[tuple[str, dict[str, float]]] = []
-    for alg, key in keys.items():
-        token = make_token(key, alg, now)
-        timings = measure(candidates(key, alg, token), number, repeat)
-        rows.append((alg, timings))
-
-    command = f".venv/bin/python bench/verify_bench.py --number {number} --repeat {repeat}"
+    for alg, (key, token) in tokens(int(time.time())).items():
+        rows.append((alg, measure(candidates(key, alg, token), number, repeat)))
     versions = (
-        f"Python {platform.python_version()}, cryptography {cryptography.__version__}, "
-        f"joserfc {joserfc.__version__}, PyJWT {pyjwt.__version__}, {platform.machine()}"
+        f"cryptography {cryptography.__version__}, joserfc {joserfc.__version__}, PyJWT {pyjwt.__version__}, "
+        f"{platform.machine()}; on CPU {procs.SERVER_CPUS}; best of {repeat} runs of {number} calls, "
+        "candidates interleaved; ratio = time / raw signature verify of the same token."
     )
-    if options.markdown:
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        print(f"## Purpose-token verification, cached key ({stamp})\n")
-        print(f"`{command}`\n")
-        print(f"{versions}; best of {repeat} runs of {number} calls; ratio = time / raw signature verify\n")
-        print("| alg | raw verify | exchange.verify | PyJWT decode | joserfc decode+validate |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for alg, t in rows:
-            cells = [f"{t['raw'] * 1e6:.1f} µs"] + [
-                f"{t[name] * 1e6:.1f} µs ({t[name] / t['raw']:.2f}x)"
+    print(report.header("Purpose-token verification, cached key", versions))
+    table = []
+    for alg, t in rows:
+        table.append(
+            [alg, report.us(t["raw"])]
+            + [
+                f"{report.us(t[name])} ({report.ratio(t[name] / t['raw'])})"
                 for name in ("verifier", "pyjwt", "joserfc")
             ]
-            print(f"| {alg} | " + " | ".join(cells) + " |")
-        return
-    print(command)
-    print(versions)
-    for alg, t in rows:
-        print(f"\n{alg}")
-        for name, seconds in t.items():
-            extra, ratio = (seconds - t["raw"]) * 1e6, seconds / t["raw"]
-            print(f"  {name:<9} {seconds * 1e6:8.1f} µs/op  {ratio:5.2f}x raw  (+{extra:.1f} µs)")
+        )
+    print(
+        report.table(
+            ["alg", "raw verify", "exchange.verify", "PyJWT decode", "joserfc decode+validate"], table
+        )
+    )
+    print(
+        "\nexchange.verify runs every check (typ, alg allow-list, kid, signature, iss, aud, exp/iat, "
+        "lifetime, "
+        "strict claims); PyJWT and joserfc check the signature, exp, aud and iss only."
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

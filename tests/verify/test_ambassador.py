@@ -271,8 +271,8 @@ def test_ambassador_process_streams_responses(upstream: str, tmp_path: Path, ec_
     routes_file.write_text(f'[[route]]\nprefix = "/stream"\npurpose = "{PURPOSE}"\n')
     port = free_port()
     process = start(
-        [sys.executable, "-m", "exchange.cli.ambassador", "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
-         "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(jwks_file),
+        [sys.executable, "-m", "exchange.cli.ambassador", "--listen", f"127.0.0.1:{port}",
+         "--upstream", upstream, "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(jwks_file),
          "--routes", str(routes_file), "--server", "uvicorn"],
         port,
     )  # fmt: skip
