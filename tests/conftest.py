@@ -91,6 +91,18 @@ ttl = 120
     return config
 
 
+def pg_config(
+    folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, url: str, extra: str = ""
+) -> Path:
+    """The shared test config on PostgreSQL, with short store timeouts so outage answers come quickly."""
+    config = write_config(folder, port, idp, idp_ec, store_url=url, extra=extra)
+    text = config.read_text().replace(
+        f'url = "{url}"', f'url = "{url}"\nconnect_timeout = 1.0\ncommand_timeout = 2.0\npool_max_size = 5'
+    )
+    config.write_text(text)
+    return config
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeIdP) -> Iterator[Server]:
     """One real service process for the HTTP tests (SQLite store, generated KEK)."""

@@ -22,21 +22,11 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from tests.conftest import exchange_form, new_kek, write_config
+from tests.conftest import exchange_form, new_kek, pg_config
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
 
 pytestmark = pytest.mark.postgres
-
-
-def pg_config(folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, url: str) -> Path:
-    """The shared test config on PostgreSQL, with short store timeouts so outage answers come quickly."""
-    config = write_config(folder, port, idp, idp_ec, store_url=url)
-    text = config.read_text().replace(
-        f'url = "{url}"', f'url = "{url}"\nconnect_timeout = 1.0\ncommand_timeout = 2.0\npool_max_size = 5'
-    )
-    config.write_text(text)
-    return config
 
 
 class Replicas:

@@ -307,14 +307,18 @@ class JWKSCache:
         return min(max(max_age, self._min_ttl), self._max_ttl)
 
 
-def require_secure_uri(uri: str, *, allow_insecure_http: bool = False) -> None:
-    """https only, except http to a loopback host (a sidecar or a test server). ValueError otherwise."""
+def require_secure_uri(uri: str, *, allow_insecure_http: bool = False, what: str = "JWKS URI") -> None:
+    """https only, except http to a loopback host (a sidecar or a test server). ValueError otherwise.
+
+    Whoever can alter what travels over plain http can forge keys (a JWKS) or steal credentials (a
+    token endpoint), so every URL the verifier or the client library talks to passes here.
+    """
     parts = urlsplit(uri)
     if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme == "http" and parts.hostname and (allow_insecure_http or _is_loopback(parts.hostname)):
         return
-    raise ValueError(f"JWKS URI must be https (http only to a loopback host): {uri!r}")
+    raise ValueError(f"{what} must be https (http only to a loopback host): {uri!r}")
 
 
 def _is_loopback(host: str | None) -> bool:
