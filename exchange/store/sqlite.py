@@ -12,29 +12,33 @@ import sqlite3
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import structlog
 
+from exchange.store import migrate as migrations
+from exchange.store import sql
 from exchange.store.base import StoreUnavailable
 from schemas.config import StoreConfig
-from schemas.records import AuditRecord, RuleOutcome, StoredKey
+from schemas.records import AuditRecord, StoredKey
 
 T = TypeVar("T")
 log = structlog.get_logger("exchange.store")
 
-_AUDIT_COLUMNS = (
-    "time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason, "
-    "jti, exp, actor, rules"
-)
-# Statements built from the constant column list above, once; values always go as parameters.
-_INSERT_AUDIT = f"INSERT INTO audit_records ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
-_SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit_records"  # noqa: S608
-_rules_encoder = msgspec.json.Encoder()
-_rules_decoder = msgspec.json.Decoder(list[RuleOutcome])
+# The shared statements in SQLite's parameter style, converted once.
+_INSERT_AUDIT = sql.for_sqlite(sql.INSERT_AUDIT)
+_LIST_AUDIT = sql.for_sqlite(sql.LIST_AUDIT)
+_INSERT_KEY = sql.for_sqlite(sql.INSERT_KEY)
+_LIST_KEYS = sql.for_sqlite(sql.LIST_KEYS)
+_KEY_EXISTS = sql.for_sqlite(sql.KEY_EXISTS)
+_DEMOTE_ACTIVE_KEY = sql.for_sqlite(sql.DEMOTE_ACTIVE_KEY)
+_PROMOTE_KEY = sql.for_sqlite(sql.PROMOTE_KEY)
+_RETIRE_KEYS = sql.for_sqlite(sql.RETIRE_KEYS)
+_CONSUME_JTI = sql.for_sqlite(sql.CONSUME_JTI)
+_INCREMENT_COUNTER = sql.for_sqlite(sql.INCREMENT_COUNTER)
+_PURGE_REPLAYS = sql.for_sqlite(sql.PURGE_REPLAYS)
+_PURGE_COUNTERS = sql.for_sqlite(sql.PURGE_COUNTERS)
 
 
 def sqlite_path(url: str) -> str:
@@ -44,16 +48,27 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("exchange.store") / "migrations" / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
-    return sorted(found)
+def connect(path: str, timeout: float) -> sqlite3.Connection:
+    """The read-write connection: autocommit (transactions are explicit), WAL, synchronous=FULL."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def connect_readonly(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write (python rules' queries, `exchange db status`)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
 
 
 class SQLiteStore:
+    """`exchange.store.base.Store` on one SQLite file."""
+
     def __init__(self, config: StoreConfig) -> None:
         self._path = sqlite_path(config.url)
         self._timeout = config.command_timeout
@@ -64,82 +79,69 @@ class SQLiteStore:
 
     # -- plumbing -------------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, limit: float | None = None) -> T:
+        """Run `fn` on the store's thread, bounded by the command timeout (or `limit` seconds)."""
         if self._executor is None or self._conn is None:
             raise StoreUnavailable("store is not open")
         conn = self._conn
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, fn, conn), self._timeout)
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, fn, conn), limit or self._timeout
+            )
         except sqlite3.IntegrityError as exc:  # a constraint, not an outage (as in PostgreSQL)
             raise ValueError(f"sqlite: {exc}") from exc
         except (sqlite3.OperationalError, sqlite3.DatabaseError, TimeoutError) as exc:
             raise StoreUnavailable(f"sqlite: {exc.__class__.__name__}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one BEGIN IMMEDIATE transaction (the write lock first): all of it or none."""
 
-    def _connect_readonly(self) -> sqlite3.Connection:
-        """A second connection that cannot write, for python rules' queries."""
-        conn = sqlite3.connect(
-            f"file:{self._path}?mode=ro", uri=True, timeout=self._timeout, check_same_thread=False
-        )
-        conn.execute("PRAGMA query_only = ON")
-        conn.row_factory = sqlite3.Row
-        return conn
+        def go(c: sqlite3.Connection) -> T:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return result
 
-    @staticmethod
-    def _apply_migrations(conn: sqlite3.Connection) -> list[str]:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
-        )
-        # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            applied = []
-            for version, name, sql in _migrations():
-                if version in done:
-                    continue
-                for statement in _split_sql(sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
-                applied.append(name)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return applied
+        return await self._run(go)
 
     async def open(self) -> None:
+        """Open (creating the file), then migrate when configured, else refuse a schema that is behind."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         loop = asyncio.get_running_loop()
         try:
-            self._conn = await loop.run_in_executor(self._executor, self._connect)
+            self._conn = await loop.run_in_executor(self._executor, connect, self._path, self._timeout)
             if self._migrate:
-                await self.migrate()
+                applied = await self.migrate()
+                if applied:
+                    log.info("schema_migrated", applied=applied)
+            else:
+                migrations.require_current(await self._run(migrations.sqlite_status), "sqlite")
             if self._path != ":memory:":
-                self._readonly = await loop.run_in_executor(self._executor, self._connect_readonly)
+                self._readonly = await loop.run_in_executor(
+                    self._executor, connect_readonly, self._path, self._timeout
+                )
         except sqlite3.Error as exc:
+            await self.close()
             raise StoreUnavailable(f"sqlite: cannot open {self._path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
 
     async def migrate(self) -> list[str]:
-        return await self._run(self._apply_migrations)
+        """Apply pending migrations (one BEGIN IMMEDIATE transaction); the names applied."""
+        # Waiting for another process's migration may take far longer than a request may.
+        return await self._run(migrations.migrate_sqlite, limit=migrations.MIGRATION_TIMEOUT)
 
     async def close(self) -> None:
         if self._executor is not None:
             for conn in (self._readonly, self._conn):
                 if conn is not None:
                     await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._executor, self._conn, self._readonly = None, None, None
 
@@ -149,73 +151,26 @@ class SQLiteStore:
     # -- keys -----------------------------------------------------------------------------------------
 
     async def insert_key(self, key: StoredKey) -> None:
-        def go(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO signing_keys (kid, alg, state, created_at, retired_at, public_jwk, private_jwk)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.kid,
-                    key.alg,
-                    key.state,
-                    key.created_at,
-                    key.retired_at,
-                    key.public_jwk,
-                    key.private_jwk,
-                ),
-            )
-
-        await self._run(go)
+        row = sql.key_row(key)
+        await self._run(lambda c: c.execute(_INSERT_KEY, row))
 
     async def list_keys(self) -> list[StoredKey]:
-        def go(c: sqlite3.Connection) -> list[StoredKey]:
-            rows = c.execute(
-                "SELECT kid, alg, state, created_at, retired_at, public_jwk, private_jwk"
-                " FROM signing_keys ORDER BY created_at DESC, kid"
-            ).fetchall()
-            return [
-                StoredKey(
-                    kid=r[0],
-                    alg=r[1],
-                    state=r[2],
-                    created_at=r[3],
-                    retired_at=r[4],
-                    public_jwk=r[5],
-                    private_jwk=bytes(r[6]),
-                )
-                for r in rows
-            ]
-
-        return await self._run(go)
+        rows = await self._run(lambda c: c.execute(_LIST_KEYS).fetchall())
+        return [sql.stored_key(r) for r in rows]
 
     async def activate_key(self, kid: str, now: float) -> None:
         def go(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                if c.execute("SELECT 1 FROM signing_keys WHERE kid = ?", (kid,)).fetchone() is None:
-                    raise KeyError(kid)
-                c.execute(
-                    "UPDATE signing_keys SET state = 'retiring', retired_at = ?"
-                    " WHERE state = 'active' AND kid <> ?",
-                    (now, kid),
-                )
-                c.execute("UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = ?", (kid,))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+            if c.execute(_KEY_EXISTS, (kid,)).fetchone() is None:
+                raise KeyError(kid)
+            c.execute(_DEMOTE_ACTIVE_KEY, (now, kid))
+            c.execute(_PROMOTE_KEY, (kid,))
 
-        await self._run(go)
+        # BEGIN IMMEDIATE serialises activations the way PostgreSQL's advisory lock does.
+        await self._transaction(go)
 
     async def retire_keys(self, before: float) -> list[str]:
-        def go(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute(
-                "UPDATE signing_keys SET state = 'retired'"
-                " WHERE state = 'retiring' AND retired_at < ? RETURNING kid",
-                (before,),
-            ).fetchall()
-            return sorted(r[0] for r in rows)
-
-        return await self._run(go)
+        rows = await self._run(lambda c: c.execute(_RETIRE_KEYS, (before,)).fetchall())
+        return sorted(r[0] for r in rows)
 
     async def keys_version(self) -> int:
         def go(c: sqlite3.Connection) -> int:
@@ -246,82 +201,31 @@ class SQLiteStore:
     # -- audit ----------------------------------------------------------------------------------------
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
-        rows = [
-            (
-                r.time,
-                r.request_id,
-                r.decision,
-                r.client_id,
-                r.issuer,
-                r.sub,
-                r.purpose,
-                r.audience,
-                r.error,
-                r.denial,
-                r.reason,
-                r.jti,
-                r.exp,
-                r.actor,
-                _rules_encoder.encode(r.rules).decode(),
-            )
-            for r in records
-        ]
-
-        def go(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany(_INSERT_AUDIT, rows)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-
-        await self._run(go)
+        rows = [sql.audit_row(r) for r in records]
+        await self._transaction(lambda c: c.executemany(_INSERT_AUDIT, rows))
 
     async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
-        def go(c: sqlite3.Connection) -> list[Any]:
-            if before is None:
-                return c.execute(
-                    _SELECT_AUDIT + " ORDER BY time DESC, id DESC LIMIT ?",
-                    (limit,),
-                ).fetchall()
-            return c.execute(
-                _SELECT_AUDIT + " WHERE time < ? ORDER BY time DESC, id DESC LIMIT ?",
-                (before, limit),
-            ).fetchall()
-
-        return [_audit_from_row(row) for row in await self._run(go)]
+        rows = await self._run(lambda c: c.execute(_LIST_AUDIT, (before, limit)).fetchall())
+        return [sql.audit_record(row) for row in rows]
 
     # -- single use, rate limits ----------------------------------------------------------------------
 
     async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
-        def go(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT INTO replay_records (issuer, jti, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (issuer, jti) DO NOTHING",
-                (issuer, jti, expires_at),
-            )
-            return cur.rowcount == 1
-
-        return await self._run(go)
+        row = await self._run(lambda c: c.execute(_CONSUME_JTI, (issuer, jti, expires_at)).fetchone())
+        return row is not None
 
     async def increment_counter(self, key: str, window_start: int, expires_at: float) -> int:
-        def go(c: sqlite3.Connection) -> int:
-            row = c.execute(
-                "INSERT INTO rate_counters (key, window_start, count, expires_at) VALUES (?, ?, 1, ?)"
-                " ON CONFLICT (key, window_start) DO UPDATE SET count = count + 1 RETURNING count",
-                (key, window_start, expires_at),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._run(go)
+        row = await self._run(
+            lambda c: c.execute(_INCREMENT_COUNTER, (key, window_start, expires_at)).fetchone()
+        )
+        return int(row[0])
 
     async def purge_expired(self, now: float) -> int:
         def go(c: sqlite3.Connection) -> int:
-            n = c.execute("DELETE FROM replay_records WHERE expires_at < ?", (now,)).rowcount
-            return n + c.execute("DELETE FROM rate_counters WHERE expires_at < ?", (now,)).rowcount
+            replays = c.execute(_PURGE_REPLAYS, (now,)).rowcount
+            return int(replays + c.execute(_PURGE_COUNTERS, (now,)).rowcount)
 
-        return await self._run(go)
+        return await self._transaction(go)
 
     # -- python rules ---------------------------------------------------------------------------------
 
@@ -336,45 +240,10 @@ class SQLiteStore:
 
         def go(_: sqlite3.Connection) -> list[Mapping[str, Any]]:
             try:
-                return [dict(row) for row in readonly.execute(sql, named).fetchmany(max_rows)]
+                cursor = readonly.execute(sql, named)
+                names = [column[0] for column in cursor.description or ()]
+                return [dict(zip(names, row, strict=True)) for row in cursor.fetchmany(max_rows)]
             except sqlite3.Error as exc:  # the query was refused (bad SQL, a write): not an outage
                 raise ValueError(f"rule query refused: {exc}") from None
 
         return await self._run(go)
-
-
-def _audit_from_row(row: Any) -> AuditRecord:
-    return AuditRecord(
-        time=row[0],
-        request_id=row[1],
-        decision=row[2],
-        client_id=row[3],
-        issuer=row[4],
-        sub=row[5],
-        purpose=row[6],
-        audience=row[7],
-        error=row[8],
-        denial=row[9],
-        reason=row[10],
-        jti=row[11],
-        exp=row[12],
-        actor=row[13],
-        rules=_rules_decoder.decode(row[14]),
-    )
-
-
-def _split_sql(sql: str) -> list[str]:
-    """Split a migration into statements; trigger bodies (BEGIN ... END;) stay whole."""
-    statements: list[str] = []
-    buffer: list[str] = []
-    for line in sql.splitlines():
-        if line.strip().startswith("--") and not buffer:
-            continue
-        buffer.append(line)
-        candidate = "\n".join(buffer)
-        if candidate.rstrip().endswith(";") and sqlite3.complete_statement(candidate):
-            statements.append(candidate.strip())
-            buffer = []
-    if "".join(buffer).strip():
-        statements.append("\n".join(buffer).strip())
-    return statements

@@ -61,45 +61,7 @@ def closed_port() -> int:
 
 
 class TestMigrations:
-    async def test_a_fresh_database_gets_every_migration_once(self, pg_url: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            assert await migrations.migrate(conn) == ["0001_init.sql"]
-            assert await migrations.migrate(conn) == []
-            states = await migrations.status(conn)
-            tables = {
-                r["tablename"]
-                for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-            }
-        finally:
-            await conn.close()
-        assert [(s.version, s.applied, s.checksum_ok) for s in states] == [(1, True, True)]
-        assert {
-            "schema_migrations",
-            "signing_keys",
-            "audit_records",
-            "replay_records",
-            "rate_counters",
-        } <= tables
-
-    async def test_concurrent_migrators_all_succeed_and_apply_once(self, pg_url: str) -> None:
-        conns = [await asyncpg.connect(pg_url) for _ in range(6)]
-        try:
-            results = await asyncio.gather(*(migrations.migrate(c) for c in conns))
-            rows = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
-        finally:
-            for c in conns:
-                await c.close()
-        assert sorted(results) == [[], [], [], [], [], ["0001_init.sql"]]
-        assert rows == 1
-
-    async def test_stores_opening_together_on_an_empty_database_all_open(self, pg_url: str) -> None:
-        stores = [PostgresStore(StoreConfig(url=pg_url, pool_min_size=1, pool_max_size=2)) for _ in range(4)]
-        await asyncio.gather(*(s.open() for s in stores))
-        try:
-            await asyncio.gather(*(s.ping() for s in stores))
-        finally:
-            await asyncio.gather(*(s.close() for s in stores))
+    """PostgreSQL-only migration behaviour; tests/store/test_migrations.py covers both backends."""
 
     async def test_a_replica_waits_out_a_long_migration_elsewhere_despite_short_timeouts(
         self, pg_url: str
@@ -118,30 +80,6 @@ class TestMigrations:
         finally:
             await store.close()
             await other.close()
-
-    async def test_status_of_an_empty_database_is_all_pending(self, pg_url: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            states = await migrations.status(conn)
-        finally:
-            await conn.close()
-        assert [(s.name, s.applied) for s in states] == [("0001_init.sql", False)]
-
-    async def test_an_edited_applied_migration_is_refused(self, pg_url: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await migrations.migrate(conn)
-            await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
-            with pytest.raises(migrations.MigrationError, match=r"0001_init\.sql was changed"):
-                await migrations.migrate(conn)
-            assert [s.checksum_ok for s in await migrations.status(conn)] == [False]
-        finally:
-            await conn.close()
-
-    async def test_without_migrate_on_start_an_unmigrated_database_is_unavailable(self, pg_url: str) -> None:
-        store = PostgresStore(StoreConfig(url=pg_url, migrate_on_start=False))
-        with pytest.raises(StoreUnavailable, match="1 pending migration"):
-            await store.open()
 
 
 class TestDbCommands:

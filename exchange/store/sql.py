@@ -1,0 +1,155 @@
+"""The SQL both stores speak: the tables' columns, the one mapping between records and rows, and the
+statements whose text is the same on SQLite and PostgreSQL.
+
+Statements are written once with PostgreSQL's `$n` parameters; `for_sqlite` turns them into SQLite's
+numbered `?n` (same positions, same values), so a column or a WHERE clause cannot drift between the
+two backends. Only what a dialect really does differently (PostgreSQL's batch insert through unnest,
+key-change notification, read-only rule transactions) lives in the backend modules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from schemas.records import AuditRecord, RuleOutcome, StoredKey
+
+AUDIT_COLUMNS = (
+    "time",
+    "request_id",
+    "decision",
+    "client_id",
+    "issuer",
+    "sub",
+    "purpose",
+    "audience",
+    "error",
+    "denial",
+    "reason",
+    "jti",
+    "exp",
+    "actor",
+    "rules",
+)
+KEY_COLUMNS = ("kid", "alg", "state", "created_at", "retired_at", "public_jwk", "private_jwk")
+
+_rules_encoder = msgspec.json.Encoder()
+_rules_decoder = msgspec.json.Decoder(list[RuleOutcome])
+_DOLLAR_PARAM = re.compile(r"\$(\d+)")
+
+
+def for_sqlite(sql: str) -> str:
+    """`$1, $2` → `?1, ?2`: SQLite's numbered parameters bind the same positional values."""
+    return _DOLLAR_PARAM.sub(r"?\1", sql)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(f"${n}" for n in range(1, count + 1))
+
+
+# Statements built from the constant column lists above, once; values always go as parameters.
+INSERT_AUDIT = (
+    f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({_placeholders(len(AUDIT_COLUMNS))})"  # noqa: S608
+)
+SELECT_AUDIT = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_records"  # noqa: S608
+# Newest first; the id (insertion order) breaks ties between records of the same second.
+LIST_AUDIT = (
+    SELECT_AUDIT
+    + " WHERE CAST($1 AS double precision) IS NULL OR time < $1 ORDER BY time DESC, id DESC LIMIT $2"
+)
+
+INSERT_KEY = f"INSERT INTO signing_keys ({', '.join(KEY_COLUMNS)}) VALUES ({_placeholders(len(KEY_COLUMNS))})"  # noqa: S608
+LIST_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM signing_keys ORDER BY created_at DESC, kid"  # noqa: S608
+KEY_EXISTS = "SELECT 1 FROM signing_keys WHERE kid = $1"
+# Activation is two statements in one transaction (each backend supplies its own locking around them).
+DEMOTE_ACTIVE_KEY = (
+    "UPDATE signing_keys SET state = 'retiring', retired_at = $1 WHERE state = 'active' AND kid <> $2"
+)
+PROMOTE_KEY = "UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = $1"
+RETIRE_KEYS = (
+    "UPDATE signing_keys SET state = 'retired' WHERE state = 'retiring' AND retired_at < $1 RETURNING kid"
+)
+
+# RETURNING yields a row only when the insert happened: one answer to "first time?" on both backends.
+CONSUME_JTI = (
+    "INSERT INTO replay_records (issuer, jti, expires_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (issuer, jti) DO NOTHING RETURNING 1"
+)
+INCREMENT_COUNTER = (
+    "INSERT INTO rate_counters (key, window_start, count, expires_at) VALUES ($1, $2, 1, $3)"
+    " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1 RETURNING count"
+)
+PURGE_REPLAYS = "DELETE FROM replay_records WHERE expires_at < $1"
+PURGE_COUNTERS = "DELETE FROM rate_counters WHERE expires_at < $1"
+
+
+def _text(value: str | None) -> str | None:
+    """Text columns hold no NUL (PostgreSQL text cannot): a denial caused by hostile input is still
+    audited, with U+FFFD where the NUL was."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def audit_row(r: AuditRecord) -> tuple[Any, ...]:
+    """One record as the values of AUDIT_COLUMNS, in that order."""
+    return (
+        r.time,
+        _text(r.request_id),
+        r.decision,
+        _text(r.client_id),
+        _text(r.issuer),
+        _text(r.sub),
+        _text(r.purpose),
+        _text(r.audience),
+        _text(r.error),
+        _text(r.denial),
+        _text(r.reason),
+        _text(r.jti),
+        r.exp,
+        _text(r.actor),
+        _text(_rules_encoder.encode(r.rules).decode()),
+    )
+
+
+def audit_record(row: Iterable[Any]) -> AuditRecord:
+    """A row selected as AUDIT_COLUMNS (an sqlite3 tuple or an asyncpg Record) back into a record."""
+    (time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason, jti,
+     exp, actor, rules) = row  # fmt: skip
+    return AuditRecord(
+        time=time,
+        request_id=request_id,
+        decision=decision,
+        client_id=client_id,
+        issuer=issuer,
+        sub=sub,
+        purpose=purpose,
+        audience=audience,
+        error=error,
+        denial=denial,
+        reason=reason,
+        jti=jti,
+        exp=exp,
+        actor=actor,
+        rules=_rules_decoder.decode(rules),
+    )
+
+
+def key_row(k: StoredKey) -> tuple[Any, ...]:
+    """One key as the values of KEY_COLUMNS, in that order."""
+    return (k.kid, k.alg, k.state, k.created_at, k.retired_at, k.public_jwk, k.private_jwk)
+
+
+def stored_key(row: Iterable[Any]) -> StoredKey:
+    """A row selected as KEY_COLUMNS back into a key (the ciphertext as bytes on both backends)."""
+    kid, alg, state, created_at, retired_at, public_jwk, private_jwk = row
+    return StoredKey(
+        kid=kid,
+        alg=alg,
+        state=state,
+        created_at=created_at,
+        retired_at=retired_at,
+        public_jwk=public_jwk,
+        private_jwk=bytes(private_jwk),
+    )
