@@ -80,7 +80,11 @@ class SQLiteStore:
     # -- plumbing -------------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, limit: float | None = None) -> T:
-        """Run `fn` on the store's thread, bounded by the command timeout (or `limit` seconds)."""
+        """Run `fn` on the store's thread, bounded by the command timeout (or `limit` seconds).
+
+        `fn` must return plain values, never a cursor: a cursor finalised on another thread while this
+        one uses the connection is an SQLite API misuse.
+        """
         if self._executor is None or self._conn is None:
             raise StoreUnavailable("store is not open")
         conn = self._conn
@@ -152,7 +156,11 @@ class SQLiteStore:
 
     async def insert_key(self, key: StoredKey) -> None:
         row = sql.key_row(key)
-        await self._run(lambda c: c.execute(_INSERT_KEY, row))
+
+        def go(c: sqlite3.Connection) -> None:
+            c.execute(_INSERT_KEY, row)
+
+        await self._run(go)
 
     async def list_keys(self) -> list[StoredKey]:
         rows = await self._run(lambda c: c.execute(_LIST_KEYS).fetchall())
@@ -202,7 +210,11 @@ class SQLiteStore:
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         rows = [sql.audit_row(r) for r in records]
-        await self._transaction(lambda c: c.executemany(_INSERT_AUDIT, rows))
+
+        def go(c: sqlite3.Connection) -> None:
+            c.executemany(_INSERT_AUDIT, rows)
+
+        await self._transaction(go)
 
     async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
         rows = await self._run(lambda c: c.execute(_LIST_AUDIT, (before, limit)).fetchall())
