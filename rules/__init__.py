@@ -20,6 +20,7 @@ from rules.denials import (
     PolicyError,
 )
 from rules.engine import Decision, PurposePolicy, RuleReport, compile_policies
+from rules.store import RuleStore, StoreUnavailable
 
 __all__ = [
     "INSUFFICIENT_USER_AUTHENTICATION",
@@ -37,6 +38,8 @@ __all__ = [
     "RuleContext",
     "RuleDatabase",
     "RuleReport",
+    "RuleStore",
+    "StoreUnavailable",
     "actor_chain",
     "compile_policies",
 ]

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from exchange.store.base import Store
+    from rules.store import RuleStore
 
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -112,7 +112,7 @@ class RuleDatabase:
 
     __slots__ = ("_store",)
 
-    def __init__(self, store: Store | None) -> None:
+    def __init__(self, store: RuleStore | None) -> None:
         self._store = store
 
     async def fetch(self, sql: str, *params: object) -> list[Mapping[str, Any]]:
@@ -140,8 +140,8 @@ class RuleContext:
 
     subject: the subject token's verified claims; details: the validated authorization_details;
     actor_chain: the actors acting for the subject, current actor first (from the `act` claim);
-    now: epoch seconds (injected, so decisions are reproducible); store: the exchange's store
-    (built-in rate_limit counts through it; python rules should use `ctx.db`).
+    now: epoch seconds (injected, so decisions are reproducible); store: what rules read and count
+    (`rules.store.RuleStore`; built-in rate_limit counts through it; python rules should use `ctx.db`).
     dry_run: `exchange rules explain` evaluates without side effects (rate_limit does not count).
     """
 
@@ -153,7 +153,7 @@ class RuleContext:
     details: Sequence[Mapping[str, Any]] = ()
     actor_chain: tuple[Mapping[str, Any], ...] = ()
     now: float = field(default_factory=time.time)
-    store: Store | None = None
+    store: RuleStore | None = None
     dry_run: bool = False
 
     def __post_init__(self) -> None:

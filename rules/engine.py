@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import structlog
 
-from exchange.store.base import StoreUnavailable
 from rules.attributes import compile_claim, compile_detail, compile_subject_binding
 from rules.authentication import compile_acr, compile_max_auth_age, compile_mfa
 from rules.context import Allow, Deny, RuleContext
@@ -31,6 +30,7 @@ from rules.details import DetailsSchema
 from rules.limits import compile_rate_limit, compile_time_window
 from rules.python import compile_python
 from rules.rule import Rule, Scope, purpose_key
+from rules.store import StoreUnavailable
 from schemas.config import Purpose, Settings
 from schemas.records import RuleOutcome
 from schemas.rules import (

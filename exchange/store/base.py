@@ -6,17 +6,19 @@ cannot be reached or times out, so the app can answer 503 instead of hanging or 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
+# One outage type for the whole stack: rules catch it too, so it lives with their protocol.
+from rules.store import RuleStore, StoreUnavailable
 from schemas.records import AuditRecord, StoredKey
 
-
-class StoreUnavailable(Exception):
-    """The database could not be reached, or did not answer in time."""
+__all__ = ["RuleStore", "Store", "StoreUnavailable"]
 
 
-class Store(Protocol):
+class Store(RuleStore, Protocol):
+    """Everything the exchange persists; `RuleStore` (what rules read and count) is part of it."""
+
     async def open(self) -> None:
         """Connect (and migrate, where configured)."""
 
@@ -59,18 +61,9 @@ class Store(Protocol):
     async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
         """Newest first."""
 
-    # Single use and rate limits
+    # Single use and rate limits (increment_counter is in RuleStore)
     async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
         """Record (issuer, jti) once: True the first time, False on every replay until it expires."""
 
-    async def increment_counter(self, key: str, window_start: int, expires_at: float) -> int:
-        """Add one to the counter for (key, window_start) and return the new count."""
-
     async def purge_expired(self, now: float) -> int:
         """Drop replay records and counters past their expiry; returns how many rows went."""
-
-    # Python rules (docs/RULES.md)
-    async def rule_query(
-        self, sql: str, params: Sequence[object], *, max_rows: int = 100
-    ) -> list[Mapping[str, Any]]:
-        """One read-only query for python rules: `$1..$n` parameters, a timeout, at most `max_rows` rows."""
