@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint
+.PHONY: serve test lint screenshots
 
 $(BIN)/exchange: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,5 +18,9 @@ test: $(BIN)/exchange
 	$(BIN)/pytest
 
 lint: $(BIN)/exchange
-	$(BIN)/ruff check exchange rules schemas tests bench
+	$(BIN)/ruff check exchange rules schemas tests examples bench
 	$(BIN)/mypy
+
+# Refresh the example app's screenshots in docs/img/ (the README shows them) from its browser test.
+screenshots: $(BIN)/exchange
+	BANK_APP_SCREENSHOTS=1 $(BIN)/pytest -q tests/examples/test_bank_app.py

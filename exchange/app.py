@@ -1,4 +1,5 @@
-"""The HTTP face: `create_app(settings)` wires the pieces built once at start-up to five routes.
+"""The HTTP face: `create_app(settings)` wires the pieces built once at start-up to five routes (and,
+with `[dev_issuer]` only, the dev identity provider's sign-in pages, exchange/devlogin.py).
 
 POST /token                              RFC 8693 exchange (exchange/service.py does the work)
 GET  /.well-known/jwks.json              public signing keys (RFC 7517), cacheable
@@ -26,7 +27,7 @@ from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
-from exchange import devidp
+from exchange import devidp, devlogin
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import InvalidRequest, OAuthError, ServerError
@@ -339,8 +340,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         log.error("unhandled_error", error=exc.__class__.__name__)
         return error_response(ServerError("internal error"))
 
+    handlers: list[Any] = [token, jwks, server_metadata, healthz, readyz]
+    if settings.dev_issuer is not None:
+        # The dev identity provider's sign-in pages: only with [dev_issuer], like its trust.
+        handlers.append(devlogin.routes(settings.dev_issuer, store_of=lambda app: app.state.runtime.store))
     return Litestar(
-        route_handlers=[token, jwks, server_metadata, healthz, readyz],
+        route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers={HTTPException: on_http_error, Exception: on_crash},
         request_max_body_size=settings.limits.max_body_bytes,

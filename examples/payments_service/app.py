@@ -20,7 +20,10 @@ from exchange.verify import JWKSCache, KeySource, PurposeTokenVerifier, StaticJW
 from exchange.verify.litestar import PurposeClaimsDependency, PurposeTokenPlugin, require_purpose
 
 # The service's own state: a few payments waiting for approval.
-PENDING = {"p-1001": {"amount": "250.00", "currency": "EUR", "to": "DE89370400440532013000"}}
+PENDING = {
+    "p-1001": {"amount": "250.00", "currency": "EUR", "to": "DE89370400440532013000"},
+    "p-1002": {"amount": "12500.00", "currency": "EUR", "to": "FR1420041010050500013M02606"},
+}
 
 
 @get("/health")
