@@ -183,6 +183,10 @@ class ClientAuthenticator:
             )
         except SubjectTokenInvalid as exc:
             raise InvalidClient("client authentication failed", reason=exc.reason) from None
+        # The keys were those of the assertion's `iss`: it is only this client's proof when that issuer
+        # is this client. Without this check any private_key_jwt client could sign as another.
+        if verified.issuer != client.client_id:
+            raise InvalidClient("client authentication failed", reason="client_assertion:wrong_issuer")
         claims: Any = verified.claims
         now = time.time() if now is None else now
         jti = claims.get("jti")
