@@ -25,7 +25,7 @@ def load_or_create_key(path: str | Path) -> ECKey:
     path = Path(path)
     if not path.exists():
         key = ECKey.generate_key("P-256")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(msgspec.json.encode(key.as_dict(private=True)))

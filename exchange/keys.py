@@ -81,17 +81,44 @@ def decode_kek(value: str, source: str) -> bytes:
     return raw
 
 
+def read_private_file(path: Path, what: str) -> str:
+    """The text of a secret file that only its owner may read; ConfigError (one sentence) otherwise.
+
+    The mode is checked on the opened file (symlinks, e.g. mounted secrets, are followed), so the check
+    and the read are about the same file. Any group or other permission bit is refused: a KEK readable by
+    a group is a KEK shared with everyone in it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError([f"{what}: {path} does not exist"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{what}: {path} cannot be read ({exc.strerror})"]) from None
+    with os.fdopen(fd, "r") as fh:
+        mode = os.fstat(fh.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                [
+                    f"{what}: {path} is accessible by group or others (mode {mode:04o}); "
+                    f"allow its owner only: chmod 600 {path}"
+                ]
+            )
+        return fh.read()
+
+
 def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
-    """EXCHANGE_KEK, else signing.kek_file, else (embedded store only) a generated file beside it."""
+    """EXCHANGE_KEK, else signing.kek_file, else (embedded store only) a generated file beside it.
+
+    A KEK file must be private to its owner (`read_private_file`); every command that loads the KEK
+    comes through here, so none can use a file that others could read.
+    """
     env = os.environ.get("EXCHANGE_KEK")
     if env:
         return KeyEncryption(decode_kek(env, "EXCHANGE_KEK"))
     if signing.kek_file:
         path = Path(signing.kek_file)
-        try:
-            return KeyEncryption(decode_kek(path.read_text(), f"signing.kek_file ({path})"))
-        except FileNotFoundError:
-            raise ConfigError([f"signing.kek_file: {path} does not exist"]) from None
+        what = "signing.kek_file"
+        return KeyEncryption(decode_kek(read_private_file(path, what), f"{what} ({path})"))
     if not store.url.startswith("sqlite:///") or store.url == "sqlite:///:memory:":
         raise ConfigError(
             [
@@ -100,15 +127,20 @@ def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
             ]
         )
     path = Path(store.url[len("sqlite:///") :]).with_suffix(".kek")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    what = "generated KEK file"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of two processes starting together, one creates the file and both read it.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
         with os.fdopen(fd, "w") as fh:
             fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
         log.warning(
             "kek_generated", path=str(path), hint="set EXCHANGE_KEK for anything but local development"
         )
-    return KeyEncryption(decode_kek(path.read_text(), f"generated KEK file ({path})"))
+    return KeyEncryption(decode_kek(read_private_file(path, what), f"{what} ({path})"))
 
 
 @dataclass(frozen=True, slots=True)

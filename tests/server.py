@@ -22,7 +22,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, port: int, env: dict[str, str] | None = None, *, umask: int = -1
+    ) -> None:
         self.config, self.port = config, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.with_suffix(f".{port}.log")
@@ -34,6 +36,7 @@ class Server:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            umask=umask,  # -1: inherit ours
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:

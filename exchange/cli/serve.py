@@ -6,8 +6,9 @@ import os
 
 import click
 
-from exchange.cli.console import config_option, settings_or_exit
+from exchange.cli.console import config_option, fail, settings_or_exit
 from exchange.config import config_path
+from exchange.errors import ConfigError
 
 
 @click.command()
@@ -20,8 +21,19 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
+    from exchange import devidp
+    from exchange.keys import load_kek
+
     path = config_path(config_file)
-    settings_or_exit(str(path), with_policies=True)
+    settings = settings_or_exit(str(path), with_policies=True)
+    # Here, once, before any worker: a KEK file others could read stops start-up with one sentence
+    # (not a worker's traceback), and generated files are not raced for by several workers.
+    try:
+        load_kek(settings.signing, settings.store)
+    except ConfigError as exc:
+        fail(*exc.problems)
+    if settings.dev_issuer is not None:
+        devidp.load_or_create_key(settings.dev_issuer.key_file)
     # Workers are separate processes: they find the config through the environment.
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
     Granian(

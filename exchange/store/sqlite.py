@@ -8,6 +8,7 @@ committed audit batch survives a crash; the auditor's group commit keeps that af
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,10 +49,23 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+def create_private(path: str) -> None:
+    """Create the database file 0600 (its folder 0700) unless it exists, whatever the umask.
+
+    SQLite would create it 0644 minus the umask; its -wal and -shm files take the database file's
+    mode, so making this one private makes all three private.
+    """
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def connect(path: str, timeout: float) -> sqlite3.Connection:
     """The read-write connection: autocommit (transactions are explicit), WAL, synchronous=FULL."""
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
