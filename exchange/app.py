@@ -30,7 +30,7 @@ from litestar.types import Receive, Scope, Send
 from exchange import devidp, devlogin
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
-from exchange.errors import InvalidRequest, OAuthError, ServerError
+from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidRequest, OAuthError, ServerError
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
 from exchange.logging import configure_logging
 from exchange.service import TokenExchange
@@ -179,6 +179,8 @@ def _error_headers(exc: OAuthError) -> dict[str, str]:
     headers = dict(NO_STORE)
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return headers
 
 
@@ -320,7 +322,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await asyncio.wait_for(runtime.store.ping(), settings.store.command_timeout)
         except Exception:
             return Response(
-                b'{"status":"unavailable","store":"down"}', status_code=503, media_type="application/json"
+                b'{"status":"unavailable","store":"down"}',
+                status_code=503,
+                media_type="application/json",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
             )
         return Response(b'{"status":"ready"}', media_type="application/json")
 

@@ -6,10 +6,16 @@ while the client sees the opaque `description` where telling more would help an 
 
 from __future__ import annotations
 
+# Seconds a client is told to wait after a 503 (store outage): long enough not to hammer a database
+# that is failing over, short enough for a client library's bounded retry (docs/CLIENTS.md).
+UNAVAILABLE_RETRY_AFTER = 2
+
 
 class OAuthError(Exception):
     error: str = "invalid_request"
     status: int = 400
+    # Seconds for the `Retry-After` header (RFC 9110 §10.2.3); None: no header.
+    retry_after: int | None = None
 
     def __init__(
         self,
@@ -19,6 +25,7 @@ class OAuthError(Exception):
         denial: str | None = None,
         acr_values: str | None = None,
         max_age: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(description)
         self.description = description
@@ -26,6 +33,8 @@ class OAuthError(Exception):
         self.denial = denial
         self.acr_values = acr_values
         self.max_age = max_age
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidRequest(OAuthError):
@@ -73,9 +82,20 @@ class InsufficientUserAuthentication(OAuthError):
     error = "insufficient_user_authentication"
 
 
+class RateLimited(InvalidRequest):
+    """A rate-limit denial: HTTP 429 (RFC 6585 §4) with `Retry-After`, error `invalid_request`.
+
+    The code stays `invalid_request` (RFC 8693 §2.2.2: a request unacceptable by policy) with the
+    denial code beside it; the status and the header are what say "later". See docs/RULES.md.
+    """
+
+    status = 429
+
+
 class TemporarilyUnavailable(OAuthError):
     error = "temporarily_unavailable"
     status = 503
+    retry_after = UNAVAILABLE_RETRY_AFTER
 
 
 class ServerError(OAuthError):

@@ -22,6 +22,7 @@ from exchange.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    RateLimited,
     ServerError,
     SubjectTokenInvalid,
     TemporarilyUnavailable,
@@ -252,12 +253,15 @@ class TokenExchange:
 def _denial_error(denial: Denial) -> OAuthError:
     # An unknown error code from a python rule is still a denial, never a crash.
     cls = error_class(denial.error) if denial.error in ERROR_CODES else InvalidRequest
+    if denial.retry_after is not None:
+        cls = RateLimited
     return cls(
         denial.description,
         denial=denial.code,
         reason=f"denied:{denial.code}",
         acr_values=denial.acr_values,
         max_age=denial.max_age,
+        retry_after=denial.retry_after,
     )
 
 

@@ -88,7 +88,8 @@ class Deny:
     """The rule refuses: `code` is the stable denial code (lower snake case), `description` says why.
 
     `acr_values` / `max_age` (or `step_up=True`) turn the answer into an RFC 9470 step-up:
-    the client may re-authenticate the user as hinted and retry.
+    the client may re-authenticate the user as hinted and retry. `retry_after` (whole seconds, at
+    least 1) makes it a rate limit: HTTP 429 with `Retry-After`, the time until the client may succeed.
     """
 
     code: str
@@ -96,10 +97,14 @@ class Deny:
     acr_values: str | None = None
     max_age: int | None = None
     step_up: bool = False
+    retry_after: int | None = None
 
     def __post_init__(self) -> None:
         if not _CODE.match(self.code):
             raise ValueError(f"denial code {self.code!r} must be lower snake case, at most 64 characters")
+        wait = self.retry_after
+        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int) or wait < 1):
+            raise ValueError(f"retry_after must be a whole number of seconds >= 1, got {self.retry_after!r}")
 
 
 class RuleDatabase:

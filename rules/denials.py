@@ -23,13 +23,17 @@ STORE_UNAVAILABLE = "store_unavailable"
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    """A business-rule refusal: the OAuth `error`, the stable `denial` code and step-up hints."""
+    """A business-rule refusal: the OAuth `error`, the stable `denial` code and step-up hints.
+
+    `retry_after` (seconds) is set for rate limits only: the exchange answers 429 with `Retry-After`.
+    """
 
     code: str
     description: str
     error: str = INVALID_REQUEST
     acr_values: str | None = None
     max_age: int | None = None
+    retry_after: int | None = None
 
 
 class DenialError(Exception):

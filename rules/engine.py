@@ -90,7 +90,7 @@ def _denial(deny: Deny) -> Denial:
             acr_values=deny.acr_values,
             max_age=deny.max_age,
         )
-    return Denial(code=deny.code, description=deny.description)
+    return Denial(code=deny.code, description=deny.description, retry_after=deny.retry_after)
 
 
 class PurposePolicy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -104,9 +105,12 @@ class RateLimitCheck:
         if ctx.store is None:
             raise RuntimeError("rate_limit needs a store")
         window_start = int(ctx.now // self.per) * self.per
-        count = await ctx.store.increment_counter(key, window_start, float(window_start + self.per))
+        window_end = window_start + self.per
+        count = await ctx.store.increment_counter(key, window_start, float(window_end))
         if count > self.max:
-            return Deny(self.code, f"rate limit reached: {self.describe()}")
+            # The count starts again with the next window: that is when a retry can succeed.
+            retry_after = max(1, math.ceil(window_end - ctx.now))
+            return Deny(self.code, f"rate limit reached: {self.describe()}", retry_after=retry_after)
         return Allow()
 
 

@@ -14,7 +14,7 @@ from exchange.clients import hash_secret
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
 
-pytest_plugins = ["tests.pg"]
+pytest_plugins = ["tests.pg", "tests.backends"]
 
 CLIENT_SECRET = "backoffice-secret-0123456789"
 RSA_ISSUER = "https://idp.example.com"

@@ -139,9 +139,11 @@ async def test_database_down_gives_bounded_503_readyz_fails_healthz_stays_and_it
             elapsed = time.monotonic() - started
             assert down.status_code == 503, down.text
             assert down.json()["error"] == "temporarily_unavailable"
+            assert down.headers["retry-after"] == "2"  # a short wait, within a client's bounded retry
             assert "access_token" not in down.json()
             assert elapsed < 5, f"/token took {elapsed:.1f}s with the database down"
-            assert (await client.get("/readyz")).status_code == 503
+            not_ready = await client.get("/readyz")
+            assert (not_ready.status_code, not_ready.headers["retry-after"]) == (503, "2")
             assert (await client.get("/healthz")).status_code == 200
 
             await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

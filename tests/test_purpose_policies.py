@@ -197,7 +197,8 @@ def test_rate_limit_counts_only_grants_and_stops_the_sixth(bank: Server, idp: Fa
     refused = ask(bank, erin, authorization_details=payment(owner="erin", account=ERIN, amount=50000))
     assert refused.json()["denial"] == "amount_too_high"  # refused before counting: not one of the 5
     answers = [ask(bank, erin, authorization_details=payment(owner="erin", account=ERIN)) for _ in range(6)]
-    assert [a.status_code for a in answers] == [200] * 5 + [400]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
     assert answers[-1].json()["denial"] == "rate_limited"
+    assert 1 <= int(answers[-1].headers["retry-after"]) <= 3600
     # Another subject has a count of its own.
     assert ask(bank, payer(idp, "alice"), authorization_details=payment()).status_code == 200

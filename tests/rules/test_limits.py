@@ -98,6 +98,21 @@ class TestRateLimit:
         assert (await policy.evaluate(context({"sub": "bob"}, now=now, store=store))).allowed
         assert (await policy.evaluate(context(now=now + 3600, store=store))).allowed
 
+    @pytest.mark.parametrize(("offset", "retry_after"), [(0.5, 60), (30.0, 30), (59.2, 1)])
+    async def test_the_denial_says_how_long_until_the_window_resets(
+        self, store: Store, offset: float, retry_after: int
+    ) -> None:
+        policy = rules_policy('rule = "rate_limit", max = 1, per = 60')
+        start = 1_800_000_000.0  # a window boundary (divisible by 60)
+        assert (await policy.evaluate(context(now=start, store=store))).allowed
+        decision = await policy.evaluate(context(now=start + offset, store=store))
+        assert decision.denial is not None
+        assert (decision.denial.code, decision.denial.retry_after) == ("rate_limited", retry_after)
+
+    async def test_other_denials_carry_no_retry_after(self, store: Store) -> None:
+        decision = await rules_policy('rule = "mfa"').evaluate(context({"amr": ["pwd"]}, store=store))
+        assert decision.denial is not None and decision.denial.retry_after is None
+
     async def test_the_count_is_shared_through_the_store(self, store: Store) -> None:
         # Two compiled copies of one policy stand for two replicas of the service.
         replica_a = rules_policy('rule = "rate_limit", max = 1, per = 60')
