@@ -55,3 +55,5 @@ class AuditRecord(Base, frozen=True, omit_defaults=True):
     exp: int | None = None
     actor: str | None = None
     rules: list[RuleOutcome] = msgspec.field(default_factory=list)
+    # The trail's sequence number, assigned by the store in commit order; None until it is written.
+    seq: int | None = None

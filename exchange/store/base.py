@@ -7,13 +7,39 @@ cannot be reached or times out, so the app can answer 503 instead of hanging or 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 # One outage type for the whole stack: rules catch it too, so it lives with their protocol.
 from rules.store import RuleStore, StoreUnavailable
 from schemas.records import AuditRecord, StoredKey
 
-__all__ = ["RuleStore", "Store", "StoreUnavailable"]
+__all__ = ["AuditCount", "AuditFilter", "RuleStore", "Store", "StoreUnavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit records to read: every field set must match exactly (`since` <= time < `until`)."""
+
+    sub: str | None = None
+    client_id: str | None = None
+    purpose: str | None = None
+    decision: str | None = None
+    denial: str | None = None
+    request_id: str | None = None
+    jti: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCount:
+    """How many records share one outcome: the decision, its OAuth error and its denial code."""
+
+    decision: str
+    error: str | None
+    denial: str | None
+    count: int
 
 
 class Store(RuleStore, Protocol):
@@ -58,8 +84,23 @@ class Store(RuleStore, Protocol):
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         """Append a batch in one transaction: all are committed when this returns, or none."""
 
-    async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
-        """Newest first."""
+    async def list_audit(
+        self, where: AuditFilter | None = None, *, limit: int = 100, before: int | None = None
+    ) -> list[AuditRecord]:
+        """Matching records, newest first (by `seq`); `before` is a seq: only records before it.
+
+        Every record read back carries its `seq`, the commit-ordered sequence number of the trail.
+        """
+
+    async def export_audit(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records with seq > `after`, oldest first: the cursor `exchange audit export` follows.
+
+        Seq is handed out in commit order on both backends, so a reader that resumes after the last seq
+        it saw misses nothing committed later (see docs/OPERATIONS.md, "Audit trail").
+        """
+
+    async def count_audit(self, where: AuditFilter | None = None) -> list[AuditCount]:
+        """Matching records counted per (decision, error, denial), most frequent first."""
 
     # Single use and rate limits (increment_counter is in RuleStore)
     async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:

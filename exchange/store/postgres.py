@@ -38,7 +38,7 @@ import structlog
 
 from exchange.store import migrate as migrations
 from exchange.store import sql
-from exchange.store.base import StoreUnavailable
+from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
 from exchange.store.pgpool import OUTAGE_SQLSTATE_CLASSES, UNAVAILABLE, Pool, connect, describe
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, StoredKey
@@ -198,10 +198,24 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             await conn.execute(_INSERT_AUDIT, *columns)
 
-    async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
+    async def list_audit(
+        self, where: AuditFilter | None = None, *, limit: int = 100, before: int | None = None
+    ) -> list[AuditRecord]:
+        query, params = sql.list_audit_query(where, limit, before)
         async with self._pool.connection() as conn:
-            rows = await conn.fetch(sql.LIST_AUDIT, before, limit)
+            rows = await conn.fetch(query, *params)
         return [sql.audit_record(r) for r in rows]
+
+    async def export_audit(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        async with self._pool.connection() as conn:
+            rows = await conn.fetch(sql.EXPORT_AUDIT, after, limit)
+        return [sql.audit_record(r) for r in rows]
+
+    async def count_audit(self, where: AuditFilter | None = None) -> list[AuditCount]:
+        query, params = sql.count_audit_query(where)
+        async with self._pool.connection() as conn:
+            rows = await conn.fetch(query, *params)
+        return sql.audit_counts(rows)
 
     # -- python rules --------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from exchange.store.base import AuditCount, AuditFilter
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
 AUDIT_COLUMNS = (
@@ -54,12 +55,68 @@ def _placeholders(count: int) -> str:
 INSERT_AUDIT = (
     f"INSERT INTO audit_records ({', '.join(AUDIT_COLUMNS)}) VALUES ({_placeholders(len(AUDIT_COLUMNS))})"  # noqa: S608
 )
-SELECT_AUDIT = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_records"  # noqa: S608
-# Newest first; the id (insertion order) breaks ties between records of the same second.
-LIST_AUDIT = (
-    SELECT_AUDIT
-    + " WHERE CAST($1 AS double precision) IS NULL OR time < $1 ORDER BY time DESC, id DESC LIMIT $2"
-)
+# Read back with the trail's sequence number first.
+SELECT_AUDIT = f"SELECT seq, {', '.join(AUDIT_COLUMNS)} FROM audit_records"  # noqa: S608
+# The filterable columns, by AuditFilter field: the only names a WHERE clause is ever built from.
+_FILTER_COLUMNS = {
+    "sub": "sub",
+    "client_id": "client_id",
+    "purpose": "purpose",
+    "decision": "decision",
+    "denial": "denial",
+    "request_id": "request_id",
+    "jti": "jti",
+}
+
+
+def _where(where: AuditFilter | None, params: list[Any]) -> list[str]:
+    """Conditions for `where` (each value appended to `params` as the next `$n`)."""
+    if where is None:
+        return []
+    clauses = []
+    for field, column in _FILTER_COLUMNS.items():
+        value = getattr(where, field)
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} = ${len(params)}")
+    if where.since is not None:
+        params.append(where.since)
+        clauses.append(f"time >= ${len(params)}")
+    if where.until is not None:
+        params.append(where.until)
+        clauses.append(f"time < ${len(params)}")
+    return clauses
+
+
+def list_audit_query(where: AuditFilter | None, limit: int, before: int | None) -> tuple[str, list[Any]]:
+    """Newest first by seq, the trail's one order; `before` is the paging cursor (a seq)."""
+    params: list[Any] = []
+    clauses = _where(where, params)
+    if before is not None:
+        params.append(before)
+        clauses.append(f"seq < ${len(params)}")
+    params.append(limit)
+    condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    return f"{SELECT_AUDIT}{condition} ORDER BY seq DESC LIMIT ${len(params)}", params
+
+
+# The follower's cursor: everything committed after `after`, in commit order.
+EXPORT_AUDIT = SELECT_AUDIT + " WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+
+def count_audit_query(where: AuditFilter | None) -> tuple[str, list[Any]]:
+    params: list[Any] = []
+    clauses = _where(where, params)
+    condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    grouped = "decision, error, denial"
+    return f"SELECT {grouped}, count(*) FROM audit_records{condition} GROUP BY {grouped}", params  # noqa: S608
+
+
+def audit_counts(rows: Iterable[Iterable[Any]]) -> list[AuditCount]:
+    """Most frequent first; ties in a fixed order (the backends sort NULLs differently)."""
+    counts = [AuditCount(decision, error, denial, int(n)) for decision, error, denial, n in rows]
+    return sorted(counts, key=lambda c: (-c.count, c.decision, c.error or "", c.denial or ""))
+
 
 INSERT_KEY = f"INSERT INTO signing_keys ({', '.join(KEY_COLUMNS)}) VALUES ({_placeholders(len(KEY_COLUMNS))})"  # noqa: S608
 LIST_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM signing_keys ORDER BY created_at DESC, kid"  # noqa: S608
@@ -114,10 +171,11 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
 
 
 def audit_record(row: Iterable[Any]) -> AuditRecord:
-    """A row selected as AUDIT_COLUMNS (an sqlite3 tuple or an asyncpg Record) back into a record."""
-    (time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason, jti,
-     exp, actor, rules) = row  # fmt: skip
+    """A row selected by SELECT_AUDIT (an sqlite3 tuple or an asyncpg Record) back into a record."""
+    (seq, time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason,
+     jti, exp, actor, rules) = row  # fmt: skip
     return AuditRecord(
+        seq=seq,
         time=time,
         request_id=request_id,
         decision=decision,

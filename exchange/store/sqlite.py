@@ -21,7 +21,7 @@ import structlog
 
 from exchange.store import migrate as migrations
 from exchange.store import sql
-from exchange.store.base import StoreUnavailable
+from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, StoredKey
 
@@ -30,7 +30,7 @@ log = structlog.get_logger("exchange.store")
 
 # The shared statements in SQLite's parameter style, converted once.
 _INSERT_AUDIT = sql.for_sqlite(sql.INSERT_AUDIT)
-_LIST_AUDIT = sql.for_sqlite(sql.LIST_AUDIT)
+_EXPORT_AUDIT = sql.for_sqlite(sql.EXPORT_AUDIT)
 _INSERT_KEY = sql.for_sqlite(sql.INSERT_KEY)
 _LIST_KEYS = sql.for_sqlite(sql.LIST_KEYS)
 _KEY_EXISTS = sql.for_sqlite(sql.KEY_EXISTS)
@@ -247,9 +247,21 @@ class SQLiteStore:
 
         await self._transaction(go)
 
-    async def list_audit(self, *, limit: int = 100, before: float | None = None) -> list[AuditRecord]:
-        rows = await self._run(lambda c: c.execute(_LIST_AUDIT, (before, limit)).fetchall())
+    async def list_audit(
+        self, where: AuditFilter | None = None, *, limit: int = 100, before: int | None = None
+    ) -> list[AuditRecord]:
+        query, params = sql.list_audit_query(where, limit, before)
+        rows = await self._run(lambda c: c.execute(sql.for_sqlite(query), params).fetchall())
         return [sql.audit_record(row) for row in rows]
+
+    async def export_audit(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        rows = await self._run(lambda c: c.execute(_EXPORT_AUDIT, (after, limit)).fetchall())
+        return [sql.audit_record(row) for row in rows]
+
+    async def count_audit(self, where: AuditFilter | None = None) -> list[AuditCount]:
+        query, params = sql.count_audit_query(where)
+        rows = await self._run(lambda c: c.execute(sql.for_sqlite(query), params).fetchall())
+        return sql.audit_counts(rows)
 
     # -- single use, rate limits ----------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from exchange.store import Store, StoreUnavailable, open_store
+from exchange.store.base import AuditFilter
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
@@ -152,6 +154,11 @@ class TestKeyWatch:
             await store.insert_key(make_key("dup"))
 
 
+def written(records: list[AuditRecord]) -> list[AuditRecord]:
+    """Records as they were handed to the store (read back, they also carry their seq)."""
+    return [msgspec.structs.replace(r, seq=None) for r in records]
+
+
 class TestAudit:
     async def test_a_batch_round_trips_every_field(self, store: Store) -> None:
         full = make_record(
@@ -176,24 +183,93 @@ class TestAudit:
 
         await store.append_audit([full, denied])
 
-        assert await store.list_audit() == [denied, full]
+        listed = await store.list_audit()
+        assert written(listed) == [denied, full]
+        assert listed[0].seq is not None and listed[1].seq is not None and listed[0].seq > listed[1].seq
 
-    async def test_listing_is_newest_first_and_batch_order_breaks_ties(self, store: Store) -> None:
+    async def test_listing_is_newest_committed_first_and_batch_order_is_kept(self, store: Store) -> None:
         await store.append_audit([make_record(1, time=T0), make_record(2, time=T0 + 2)])
         await store.append_audit([make_record(3, time=T0 + 1), make_record(4, time=T0 + 1)])
 
-        listed = [r.request_id for r in await store.list_audit()]
+        listed = await store.list_audit()
 
-        assert listed == ["req-2", "req-4", "req-3", "req-1"]
+        # The trail's order is commit order (seq), whatever the records' own times say.
+        assert [r.request_id for r in listed] == ["req-4", "req-3", "req-2", "req-1"]
+        assert [r.seq for r in listed] == sorted((r.seq for r in listed), reverse=True)
 
-    async def test_limit_and_before_page_through_the_trail(self, store: Store) -> None:
-        await store.append_audit([make_record(i, time=T0 + i) for i in range(10)])
+    async def test_before_pages_through_the_trail_without_losing_records_of_the_same_second(
+        self, store: Store
+    ) -> None:
+        # Ten records in the same second: paging by time would lose or repeat some, paging by seq cannot.
+        await store.append_audit([make_record(i, time=T0) for i in range(10)])
 
-        first = await store.list_audit(limit=3)
-        second = await store.list_audit(limit=3, before=first[-1].time)
+        first = await store.list_audit(limit=4)
+        second = await store.list_audit(limit=4, before=first[-1].seq)
+        third = await store.list_audit(limit=4, before=second[-1].seq)
 
-        assert [r.request_id for r in first] == ["req-9", "req-8", "req-7"]
-        assert [r.request_id for r in second] == ["req-6", "req-5", "req-4"]
+        pages = [r.request_id for r in first + second + third]
+        assert pages == [f"req-{i}" for i in range(9, -1, -1)]
+
+    async def test_every_filter_matches_exactly_and_filters_combine(self, store: Store) -> None:
+        await store.append_audit(
+            [
+                make_record(1, sub="alice", client_id="web", purpose="pay", jti="j1"),
+                make_record(2, sub="bob", client_id="web", purpose="pay", decision="denied", denial="mfa"),
+                make_record(3, sub="alice", client_id="batch", purpose="export", decision="denied"),
+                make_record(4, sub="alice%", client_id="web", purpose="pay"),  # LIKE wildcards are data
+            ]
+        )
+
+        async def ids(**where: object) -> list[str]:
+            return [r.request_id for r in await store.list_audit(AuditFilter(**where))]  # type: ignore[arg-type]
+
+        assert await ids(sub="alice") == ["req-3", "req-1"]
+        assert await ids(client_id="web") == ["req-4", "req-2", "req-1"]
+        assert await ids(purpose="export") == ["req-3"]
+        assert await ids(decision="denied") == ["req-3", "req-2"]
+        assert await ids(denial="mfa") == ["req-2"]
+        assert await ids(request_id="req-4") == ["req-4"]
+        assert await ids(jti="j1") == ["req-1"]
+        assert await ids(sub="alice", client_id="web") == ["req-1"]
+        assert await ids(sub="alice'; --") == []
+
+    async def test_since_is_inclusive_and_until_exclusive(self, store: Store) -> None:
+        await store.append_audit([make_record(i, time=T0 + i) for i in range(5)])
+
+        listed = await store.list_audit(AuditFilter(since=T0 + 1, until=T0 + 3))
+
+        assert [r.request_id for r in listed] == ["req-2", "req-1"]
+
+    async def test_export_follows_the_trail_in_commit_order_from_a_cursor(self, store: Store) -> None:
+        await store.append_audit([make_record(i, time=T0 - i) for i in range(3)])
+        first = await store.export_audit(after=0, limit=2)
+        await store.append_audit([make_record(3), make_record(4)])
+
+        rest = await store.export_audit(after=first[-1].seq or 0)
+        again = await store.export_audit(after=rest[-1].seq or 0)
+
+        assert [r.request_id for r in first + rest] == [f"req-{i}" for i in range(5)]
+        assert again == []
+
+    async def test_counts_group_by_decision_error_and_denial(self, store: Store) -> None:
+        await store.append_audit(
+            [
+                make_record(1),
+                make_record(2),
+                make_record(3, decision="denied", error="invalid_request", denial="mfa_required"),
+                make_record(4, decision="denied", error="invalid_client", time=T0 + 100),
+            ]
+        )
+
+        counts = await store.count_audit()
+        recent = await store.count_audit(AuditFilter(since=T0 + 50))
+
+        assert [(c.decision, c.error, c.denial, c.count) for c in counts] == [
+            ("granted", None, None, 2),
+            ("denied", "invalid_client", None, 1),
+            ("denied", "invalid_request", "mfa_required", 1),
+        ]
+        assert [(c.decision, c.count) for c in recent] == [("denied", 1)]
 
     async def test_an_empty_batch_is_a_no_op(self, store: Store) -> None:
         await store.append_audit([])
@@ -210,14 +286,21 @@ class TestAudit:
 
         assert await store.list_audit() == []
 
-    async def test_concurrent_batches_all_land(self, store: Store) -> None:
+    async def test_concurrent_batches_all_land_with_distinct_increasing_seqs(self, store: Store) -> None:
         await asyncio.gather(
             *(
                 store.append_audit([make_record(b * 10 + i, time=T0 + b) for i in range(10)])
                 for b in range(10)
             )
         )
-        assert len(await store.list_audit(limit=1000)) == 100
+        exported = await store.export_audit(limit=1000)
+        assert len(exported) == 100
+        seqs = [r.seq for r in exported]
+        assert len(set(seqs)) == 100 and seqs == sorted(seqs)  # type: ignore[type-var]
+        # Each batch is contiguous in the trail: its records committed together, in batch order.
+        for b in range(10):
+            ids = [r.request_id for r in exported if int(r.request_id[4:]) // 10 == b]
+            assert ids == [f"req-{b * 10 + i}" for i in range(10)]
 
 
 class TestSingleUse:

@@ -99,7 +99,7 @@ class TestDbCommands:
         after = runner.invoke(db_group, ["status", "--json", "--config", config])
 
         assert (before.exit_code, first.exit_code, second.exit_code, after.exit_code) == (0, 0, 0, 0)
-        assert "1 pending" in before.output
+        assert f"{len(migrations.migrations('postgres'))} pending" in before.output
         assert "applied 0001_init.sql" in first.output
         assert "nothing to apply" in second.output
         assert '"name":"0001_init.sql","applied":true' in after.output
@@ -115,7 +115,7 @@ class TestDbCommands:
         config = self.write_config(tmp_path, f"sqlite:///{tmp_path}/x.db")
         result = CliRunner().invoke(db_group, ["migrate", "--config", config])
         assert result.exit_code == 0, result.output
-        assert "sqlite: 1 migration(s) applied" in result.output
+        assert f"sqlite: {len(migrations.migrations('sqlite'))} migration(s) applied" in result.output
 
 
 class TestUnavailable:
@@ -190,6 +190,48 @@ class TestUnavailable:
         finally:
             await blocker.close()
             await store.close()
+
+
+class TestAuditOrder:
+    async def test_a_batch_that_waits_on_another_gets_a_later_seq_than_everything_committed_before_it(
+        self, pg_store: PostgresStore, pg_url: str
+    ) -> None:
+        # Another replica's batch is mid-transaction when ours arrives. Were seqs handed out at insert
+        # time, ours would take the next one and a follower could read it before the other commits,
+        # then never see the other's lower seq. The trail's lock makes ours wait and number after it.
+        other = await asyncpg.connect(pg_url)
+        try:
+            tx = other.transaction()
+            await tx.start()
+            insert = "INSERT INTO audit_records (time, request_id, decision) VALUES ($1, $2, 'granted')"
+            await other.execute(insert, T0, "other-1")
+            ours = asyncio.create_task(
+                pg_store.append_audit([AuditRecord(time=T0, request_id="ours", decision="granted")])
+            )
+            await wait_until_blocked_on_a_lock(other, application_name="purpose-exchange")
+            await other.execute(insert, T0, "other-2")  # after ours started: still numbered before it
+            assert await pg_store.export_audit() == []  # nothing is visible until a commit
+            await tx.commit()
+            await ours
+        finally:
+            await other.close()
+
+        exported = await pg_store.export_audit()
+        assert [r.request_id for r in exported] == ["other-1", "other-2", "ours"]
+        assert [r.seq for r in exported] == sorted(r.seq for r in exported)  # type: ignore[type-var]
+
+
+async def wait_until_blocked_on_a_lock(conn: asyncpg.Connection, *, application_name: str) -> None:
+    """Return once a session of `application_name` is waiting for a lock (a guard, not a timing)."""
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            application_name,
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {application_name} session ever waited for a lock")
 
 
 class TestIntegrity:
