@@ -27,7 +27,7 @@ from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
-from exchange import devidp, devlogin
+from exchange import devlogin
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidRequest, OAuthError, ServerError
@@ -37,10 +37,9 @@ from exchange.service import TokenExchange
 from exchange.store import make_store
 from exchange.store.base import Store
 from exchange.tokens import Minter
-from exchange.trust import KeySource, SubjectTrust, key_source
-from exchange.verify.jwks import StaticJWKS
+from exchange.trust import subject_trust
 from rules import compile_policies
-from schemas.config import Settings, TrustedIssuer
+from schemas.config import Settings
 from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, TokenRequest
 
 log = structlog.get_logger("exchange.app")
@@ -93,18 +92,13 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         # Read before loading the keys, so a rotation racing with start-up is still noticed.
         keys_version = await store.keys_version()
         await keyring.ensure_active()
-        sources: list[tuple[TrustedIssuer, KeySource]] = [
-            (t, key_source(t)) for t in settings.trusted_issuers
-        ]
+        trust = subject_trust(settings)
         if settings.dev_issuer is not None:
-            key = devidp.load_or_create_key(settings.dev_issuer.key_file)
-            sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticJWKS(devidp.public_jwks(key))))
             log.warning(
                 "dev_issuer_trusted",
                 issuer=settings.dev_issuer.issuer,
                 warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted",
             )
-        trust = SubjectTrust(sources, max_token_bytes=settings.limits.max_token_bytes)
         clients = ClientAuthenticator(
             settings.clients,
             token_endpoint=f"{settings.issuer}/token",

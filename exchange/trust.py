@@ -20,15 +20,16 @@ from joserfc.errors import JoseError
 # JWSAlgModel is public in joserfc.jws, though missing from its __all__.
 from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
+from exchange import devidp
 from exchange.errors import SubjectTokenInvalid
 from exchange.verify.compact import CompactError, HeaderMemo, split_compact
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
 from schemas.claims import AT_JWT_TYPS
-from schemas.config import TrustedIssuer
+from schemas.config import Settings, TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
-__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source"]
+__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "key_source", "subject_trust"]
 
 _claims_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -158,3 +159,13 @@ def key_source(issuer: TrustedIssuer) -> KeySource:
         return StaticJWKS.from_file(issuer.jwks_file)
     assert issuer.jwks_uri is not None, "config check guarantees one of jwks_file / jwks_uri"
     return JWKSCache(issuer.jwks_uri, cooldown=issuer.jwks_cooldown)
+
+
+def subject_trust(settings: Settings) -> SubjectTrust:
+    """The subject trust exactly as the service builds it at start-up: every trusted issuer with its key
+    source, and the dev issuer when configured. `exchange rules explain` verifies through this too."""
+    sources: list[tuple[TrustedIssuer, KeySource]] = [(t, key_source(t)) for t in settings.trusted_issuers]
+    if settings.dev_issuer is not None:
+        key = devidp.load_or_create_key(settings.dev_issuer.key_file)
+        sources.append((devidp.trusted_issuer(settings.dev_issuer), StaticJWKS(devidp.public_jwks(key))))
+    return SubjectTrust(sources, max_token_bytes=settings.limits.max_token_bytes)

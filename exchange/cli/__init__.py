@@ -24,6 +24,10 @@ from exchange.cli.verify import verify_command
 @click.version_option(package_name="purpose-exchange")
 def main() -> None:
     """Purpose Exchange: RFC 8693 purpose-bound token exchange."""
+    from exchange.logging import configure_logging
+
+    # Log lines (a migration at store open, a generated KEK) go to stderr: stdout carries only data.
+    configure_logging()
 
 
 for command in (

@@ -21,7 +21,8 @@ from exchange.ambassador import AmbassadorConfig, run
 @click.option("--routes", "routes_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML route table (method + path prefix -> purpose or open).")  # fmt: skip
 @click.option("--purpose", default=None, help="Without --routes: the purpose every request needs.")
-@click.option("--connect-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01, 60))
+@click.option("--connect-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Upstream connect timeout, seconds.")  # fmt: skip
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.01, 600),
               help="Upstream read/write timeout, seconds.")  # fmt: skip
 @click.option(
@@ -29,8 +30,10 @@ from exchange.ambassador import AmbassadorConfig, run
     help="Upstream connection pool size; more requests in flight queue for a connection.",
 )  # fmt: skip
 @click.option("--insecure-jwks-http", is_flag=True, help="Allow plain http to a non-loopback JWKS host.")
-@click.option("--server", type=click.Choice(["granian", "uvicorn"]), default="granian", show_default=True)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--server", type=click.Choice(["granian", "uvicorn"]), default="granian", show_default=True,
+              help="ASGI server to run the proxy in.")  # fmt: skip
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes.")  # fmt: skip
 def ambassador_command(
     listen: str,
     upstream: str,

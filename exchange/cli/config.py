@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from exchange.cli.console import settings_or_exit
+from exchange.cli.console import config_option, json_option, settings_or_exit
+from exchange.cli.output import emit_object
 from exchange.config import config_path
+from schemas.output import ConfigSummary
 
 
 @click.group()
@@ -14,12 +16,26 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("config_file", required=False)
-def config_check(config_file: str | None) -> None:
+@config_option
+# Before --config existed the file was an argument; it still works, but --config is the one way.
+@click.argument("legacy_file", metavar="[CONFIG_FILE]", required=False)
+@json_option
+def config_check(config_file: str | None, legacy_file: str | None, as_json: bool) -> None:
     """Validate a config file without starting (exit 1 listing every problem)."""
-    path = config_path(config_file)
+    if config_file and legacy_file and config_file != legacy_file:
+        raise click.UsageError("give the config file once: --config FILE")
+    path = config_path(config_file or legacy_file)
     settings = settings_or_exit(str(path), with_policies=True)
+    summary = ConfigSummary(
+        file=str(path),
+        purposes=len(settings.purposes),
+        clients=len(settings.clients),
+        trusted_issuers=len(settings.trusted_issuers) + (settings.dev_issuer is not None),
+    )
+    if as_json:
+        emit_object(summary)
+        return
     click.echo(
-        f"{path}: ok ({len(settings.purposes)} purposes, {len(settings.clients)} clients, "
-        f"{len(settings.trusted_issuers) + (settings.dev_issuer is not None)} trusted issuers)"
+        f"{path}: ok ({summary.purposes} purposes, {summary.clients} clients, "
+        f"{summary.trusted_issuers} trusted issuers)"
     )

@@ -28,6 +28,14 @@ config_option = click.option(
 )
 
 
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: a list as one object per line, a single result as one object (docs/OPERATIONS.md).",
+)
+
+
 def fail(*problems: str) -> NoReturn:
     for problem in problems:
         click.echo(f"error: {problem}", err=True)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-import msgspec
 
-from exchange.cli.console import config_option, fail, settings_or_exit
+from exchange.cli.console import config_option, fail, json_option, settings_or_exit
+from exchange.cli.output import emit_lines, emit_object, table, utc, utc_seconds
 from exchange.store import backend_of, database_status, migrate_database
 from exchange.store import migrate as migrations
 from exchange.store.base import StoreUnavailable
+from schemas.output import MigrateResult, MigrationLine
 
 T = TypeVar("T")
 
@@ -47,12 +47,15 @@ def db_group() -> None:
 
 @db_group.command("migrate")
 @config_option
-def db_migrate(config_file: str | None) -> None:
-    """Apply pending migrations (PostgreSQL: one transaction, under an advisory lock)."""
+@json_option
+def db_migrate(config_file: str | None, as_json: bool) -> None:
+    """Apply pending migrations (one transaction, under a lock); safe to run from several places."""
     settings = settings_or_exit(config_file)
     applied = _run(migrate_database(settings.store))
     backend = "postgresql" if backend_of(settings.store.url) == "postgres" else "sqlite"
-    if applied:
+    if as_json:
+        emit_object(MigrateResult(backend=backend, applied=applied))
+    elif applied:
         for name in applied:
             click.echo(f"applied {name}")
         click.echo(f"{backend}: {len(applied)} migration(s) applied; schema is up to date")
@@ -62,37 +65,43 @@ def db_migrate(config_file: str | None) -> None:
 
 @db_group.command("status")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per migration.")
+@json_option
 def db_status(config_file: str | None, as_json: bool) -> None:
     """List migrations and whether each is applied; exit 1 if an applied file was changed."""
     settings = settings_or_exit(config_file)
     states = _run(database_status(settings.store))
     if as_json:
-        for s in states:
-            click.echo(
-                msgspec.json.encode(
-                    {
-                        "version": s.version,
-                        "name": s.name,
-                        "applied": s.applied,
-                        "applied_at": None if s.applied_at is None else _utc(s.applied_at),
-                        "checksum_ok": s.checksum_ok,
-                    }
-                ).decode()
+        emit_lines(
+            MigrationLine(
+                version=s.version,
+                name=s.name,
+                applied=s.applied,
+                applied_at=None if s.applied_at is None else utc(s.applied_at.timestamp()),
+                checksum_ok=s.checksum_ok,
             )
+            for s in states
+        )
     else:
-        click.echo(f"{'VERSION':<8} {'STATE':<9} {'APPLIED AT':<26} NAME")
-        for s in states:
-            state = "applied" if s.applied else "pending"
-            if not s.checksum_ok:
-                state = "CHANGED"
-            when = "-" if s.applied_at is None else _utc(s.applied_at)
-            click.echo(f"{s.version:<8} {state:<9} {when:<26} {s.name}")
+        table(
+            ["VERSION", "STATE", "APPLIED AT", "NAME"],
+            (
+                [
+                    s.version,
+                    _state(s),
+                    "-" if s.applied_at is None else utc_seconds(s.applied_at.timestamp()),
+                    s.name,
+                ]
+                for s in states
+            ),
+            widths=[None, None, None, None],
+        )
         behind = migrations.pending(states)
         click.echo(f"{len(behind)} pending" if behind else "schema is up to date")
     if any(not s.checksum_ok for s in states):
         fail("an applied migration file was changed after it was applied")
 
 
-def _utc(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _state(s: migrations.MigrationState) -> str:
+    if not s.checksum_ok:
+        return "CHANGED"
+    return "applied" if s.applied else "pending"

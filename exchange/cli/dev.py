@@ -14,9 +14,15 @@ from exchange.cli.console import config_option, fail, settings_or_exit
 @config_option
 @click.option("--sub", required=True, help="Subject (user id).")
 @click.option("--amr", multiple=True, help="Authentication method (repeatable), e.g. pwd, mfa.")
-@click.option("--acr", default=None)
+@click.option("--acr", default=None, help="Authentication context class (`acr` claim).")
 @click.option("--claim", "claims", multiple=True, help="Extra claim as NAME=JSON_OR_TEXT (repeatable).")
-@click.option("--ttl", default=600, show_default=True, type=click.IntRange(1, 86400))
+@click.option(
+    "--ttl",
+    default=600,
+    show_default=True,
+    type=click.IntRange(1, 86400),
+    help="Lifetime of the token, seconds.",
+)
 @click.option("--access-token", is_flag=True, help="Mint an RFC 9068 access token (typ at+jwt).")
 def dev_token(
     config_file: str | None,

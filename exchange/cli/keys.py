@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
-import msgspec
 
-from exchange.cli.console import config_option, run, settings_or_exit
+from exchange.cli.console import config_option, json_option, run, settings_or_exit
+from exchange.cli.output import emit_lines, emit_object, table, utc, utc_seconds
 from schemas.config import Settings
+from schemas.output import KeyLine, RotatedKey
 
 
 @click.group()
@@ -28,7 +28,7 @@ async def _keyring(settings: Settings) -> Any:
 
 @keys.command("list")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def keys_list(config_file: str | None, as_json: bool) -> None:
     """List signing keys and their state (active signs; active and retiring are published)."""
     settings = settings_or_exit(config_file)
@@ -44,30 +44,28 @@ def keys_list(config_file: str | None, as_json: bool) -> None:
 
     rows = run(go)
     if as_json:
-        click.echo(
-            msgspec.json.encode(
-                [
-                    {
-                        "kid": k.kid,
-                        "alg": k.alg,
-                        "state": k.state,
-                        "created_at": k.created_at,
-                        "retired_at": k.retired_at,
-                    }
-                    for k in rows
-                ]
-            ).decode()
+        emit_lines(
+            KeyLine(
+                kid=k.kid,
+                alg=k.alg,
+                state=k.state,
+                created_at=utc(k.created_at) or "",
+                retired_at=utc(k.retired_at),
+            )
+            for k in rows
         )
         return
-    click.echo(f"{'KID':<45} {'ALG':<8} {'STATE':<9} CREATED")
-    for k in rows:
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(k.created_at))
-        click.echo(f"{k.kid:<45} {k.alg:<8} {k.state:<9} {created}")
+    table(
+        ["KID", "ALG", "STATE", "CREATED", "STOPPED SIGNING"],
+        ([k.kid, k.alg, k.state, utc_seconds(k.created_at), utc_seconds(k.retired_at)] for k in rows),
+        widths=[None, None, None, None, None],
+    )
 
 
 @keys.command("rotate")
 @config_option
-def keys_rotate(config_file: str | None) -> None:
+@json_option
+def keys_rotate(config_file: str | None, as_json: bool) -> None:
     """Make a new active key; the old one stays published until its tokens have expired."""
     settings = settings_or_exit(config_file)
 
@@ -79,4 +77,7 @@ def keys_rotate(config_file: str | None) -> None:
             await store.close()
 
     kid = run(go)
-    click.echo(f"rotated: new active key {kid}")
+    if as_json:
+        emit_object(RotatedKey(kid=kid, state="active"))
+    else:
+        click.echo(f"rotated: new active key {kid}")

@@ -13,9 +13,15 @@ from exchange.errors import ConfigError
 
 @click.command()
 @config_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (each with its own store pool and audit writer).",
+)
 def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
     """Run the service (granian, ASGI)."""
     from granian import Granian
