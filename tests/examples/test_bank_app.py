@@ -180,7 +180,7 @@ def drive(person: Person, bank_url: str) -> None:
 def audit(db: Path) -> list[tuple[str, str | None]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            "SELECT decision, denial FROM audit_records WHERE purpose = 'payments.approve' ORDER BY time, id"
+            "SELECT decision, denial FROM audit_records WHERE purpose = 'payments.approve' ORDER BY seq"
         ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
