@@ -29,7 +29,7 @@ import structlog
 from exchange.logging import configure_logging
 from exchange.verify.asgi import Receive, Refusal, Scope, Send, check_request, send_refusal
 from exchange.verify.claims import VerifiedClaims
-from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
+from exchange.verify.jwks import key_source
 from exchange.verify.routes import RouteTable, has_dot_segments
 from exchange.verify.verifier import PurposeTokenVerifier
 
@@ -311,13 +311,11 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 def build_ambassador(config: AmbassadorConfig) -> Ambassador:
     """The app for `config`: key source, verifier and route table built once, here."""
-    keys: KeySource = (
-        StaticJWKS.from_file(config.jwks_file)
-        if config.jwks_file
-        else JWKSCache(
-            config.jwks_uri or config.issuer.rstrip("/") + "/.well-known/jwks.json",
-            allow_insecure_http=config.allow_insecure_http,
-        )
+    keys = key_source(
+        jwks_file=config.jwks_file,
+        jwks_uri=config.jwks_uri,
+        issuer=config.issuer,
+        allow_insecure_http=config.allow_insecure_http,
     )
     verifier = PurposeTokenVerifier(issuer=config.issuer, audience=config.audience, jwks=keys)
     routes = (

@@ -30,7 +30,7 @@ from litestar.types import Receive, Scope, Send
 from exchange import devlogin
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
-from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidRequest, OAuthError, ServerError
+from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidClient, InvalidRequest, OAuthError, ServerError
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
 from exchange.logging import configure_logging
 from exchange.service import TokenExchange
@@ -63,7 +63,11 @@ class Runtime:
 
 
 def metadata(settings: Settings) -> ServerMetadata:
-    methods = sorted({c.auth_method for c in settings.clients} or {"none"})
+    methods_used: set[str] = {c.auth_method for c in settings.clients} or {"none"}
+    if methods_used & {"client_secret_basic", "client_secret_post"}:
+        # A secret client may send its secret either way (exchange/clients.py).
+        methods_used |= {"client_secret_basic", "client_secret_post"}
+    methods = sorted(methods_used)
     return ServerMetadata(
         issuer=settings.issuer,
         token_endpoint=f"{settings.issuer}/token",
@@ -105,6 +109,7 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
             issuer=settings.issuer,
             store=store,
             max_token_bytes=settings.limits.max_token_bytes,
+            max_assertion_lifetime=settings.limits.max_assertion_lifetime,
         )
         auditor = Auditor(store)
         exchange = TokenExchange(
@@ -171,7 +176,7 @@ def _error_body(exc: OAuthError) -> bytes:
 
 def _error_headers(exc: OAuthError) -> dict[str, str]:
     headers = dict(NO_STORE)
-    if exc.status == 401:
+    if isinstance(exc, InvalidClient) and exc.basic:
         headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)

@@ -1,36 +1,64 @@
-"""Client authentication (RFC 6749 §2.3, RFC 7523 private_key_jwt) and secret hashing.
+"""Client authentication (RFC 6749 §2.3, RFC 7521, RFC 7523 private_key_jwt) and secret hashing.
 
-Secrets are stored as scrypt hashes. scrypt is deliberately slow, so a successful check is remembered
-for the process as an HMAC under a per-process random key (not a reusable hash of the secret): the
-hot path pays one HMAC, a wrong secret always pays full scrypt.
+Who is calling is decided by the credentials, never by a name the request merely states:
+- a secret client (client_secret_basic or client_secret_post) authenticates with its secret, sent
+  either way; Basic credentials are form-decoded (RFC 6749 §2.3.1), and because many stock clients
+  send them raw, the raw spelling is accepted too when the two differ;
+- a private_key_jwt client authenticates with an assertion that ITS registered keys verify, whose
+  `iss` and `sub` are both its client_id (RFC 7523 §3). The key source is chosen from the client the
+  assertion names and nothing else; `client_id` in the body is optional (RFC 7521 §4.2) and must
+  name the same client when present;
+- a public client ("none") names itself and proves nothing; it may not present a secret.
+
+Secrets are stored as scrypt hashes. scrypt is deliberately slow, so it runs in a small thread pool,
+never on the event loop, and a successful check is remembered for the process as an HMAC under a
+per-process random key (not a reusable hash of the secret): the hot path pays one HMAC, a wrong secret
+always pays full scrypt, and so does a secret for an unknown client (against a dummy hash), so client
+ids cannot be told apart by timing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_plus
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from exchange.errors import InvalidClient, InvalidRequest, SubjectTokenInvalid
+from exchange.errors import InvalidClient, InvalidRequest
 from exchange.store.base import Store
-from exchange.trust import SubjectTrust, key_source
-from schemas.config import Client, SubjectAlgorithm, TrustedIssuer
-from schemas.wire import CLIENT_ASSERTION_TYPE_JWT, TOKEN_TYPE_JWT, TokenRequest
+from exchange.verify.compact import Compact, JWSError, split_compact
+from exchange.verify.jwks import KeySource, key_source
+from exchange.verify.jws import JWSVerifier
+from exchange.verify.strictjson import AmbiguousJSON, decode_object, is_numeric_date
+from schemas.algorithms import DEFAULT_ALGORITHMS
+from schemas.config import Client
+from schemas.wire import CLIENT_ASSERTION_TYPE_JWT, TokenRequest
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-# What a private_key_jwt client may sign its assertions with (asymmetric only; advertised in metadata).
-ASSERTION_ALGORITHMS: tuple[SubjectAlgorithm, ...] = ("ES256", "Ed25519", "EdDSA", "RS256", "PS256")
-# RFC 7523 assertions are one-shot and short-lived; anything claiming a longer life is refused.
-MAX_ASSERTION_LIFETIME = 300
+#: What a private_key_jwt client may sign its assertions with (asymmetric only; advertised in metadata).
+ASSERTION_ALGORITHMS: Final = DEFAULT_ALGORITHMS
+#: Clock skew allowed on an assertion's exp, nbf and iat (seconds).
+ASSERTION_LEEWAY: Final = 30
+# An assertion is a plain JWT, or says what it is (draft-ietf-oauth-rfc7523bis); never an access token.
+_ASSERTION_TYPS: Final = (
+    None,
+    "jwt",
+    "application/jwt",
+    "client-authentication+jwt",
+    "application/client-authentication+jwt",
+)
+_SECRET_METHODS: Final = frozenset({"client_secret_basic", "client_secret_post"})
+_FAILED: Final = "client authentication failed"
 
 
 def _b64(raw: bytes) -> str:
@@ -61,32 +89,44 @@ def verify_secret(secret: str, stored: str) -> bool:
         return False
 
 
+# What an unknown client's secret is checked against: same parameters, so the same cost.
+_DUMMY_HASH: Final = hash_secret(base64.b64encode(os.urandom(24)).decode())
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """What the request presented, before any check."""
+    """What the request presented, before any check.
+
+    `alternatives`: (client_id, secret) spellings to try, decoded first (only Basic has two). `basic`:
+    the Authorization header was used (the 401 then carries a Basic challenge).
+    """
 
     client_id: str | None
     secret: str | None
     method: str
+    basic: bool = False
+    alternatives: tuple[tuple[str, str], ...] = ()
 
 
 def presented_credentials(request: TokenRequest, authorization: str | None) -> Credentials:
     """Find the one authentication method the request uses (RFC 6749 §2.3: never more than one)."""
     methods = []
-    basic_id = basic_secret = None
+    pairs: list[tuple[str, str]] = []
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "basic":
-            raise InvalidClient("unsupported Authorization scheme")
+            raise InvalidClient(_FAILED, basic=True, reason="unsupported_authorization_scheme")
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise InvalidClient("malformed Basic credentials") from None
+            raise InvalidClient(_FAILED, basic=True, reason="malformed_basic_credentials") from None
         user, sep, password = decoded.partition(":")
-        if not sep:
-            raise InvalidClient("malformed Basic credentials")
-        # RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
-        basic_id, basic_secret = unquote_plus(user), unquote_plus(password)
+        if not sep or not user:
+            raise InvalidClient(_FAILED, basic=True, reason="malformed_basic_credentials")
+        # RFC 6749 §2.3.1: both halves are form-urlencoded before base64; many clients skip that.
+        pairs.append((unquote_plus(user), unquote_plus(password)))
+        if pairs[0] != (user, password):
+            pairs.append((user, password))
         methods.append("client_secret_basic")
     if request.client_secret is not None:
         methods.append("client_secret_post")
@@ -94,12 +134,18 @@ def presented_credentials(request: TokenRequest, authorization: str | None) -> C
         methods.append("private_key_jwt")
     if len(methods) > 1:
         raise InvalidRequest("use exactly one client authentication method")
-    if basic_id is not None:
-        if request.client_id is not None and request.client_id != basic_id:
-            raise InvalidRequest("client_id does not match the Authorization header")
-        return Credentials(basic_id, basic_secret, "client_secret_basic")
+    if pairs:
+        if request.client_id is not None:
+            # client_id beside Basic must name the client Basic names (in either spelling).
+            pairs = [pair for pair in pairs if pair[0] == request.client_id]
+            if not pairs:
+                raise InvalidClient(_FAILED, basic=True, reason="client_id_mismatch")
+        return Credentials(pairs[0][0], pairs[0][1], "client_secret_basic", True, tuple(pairs))
     if methods == ["client_secret_post"]:
-        return Credentials(request.client_id, request.client_secret, "client_secret_post")
+        secret = request.client_secret or ""
+        return Credentials(
+            request.client_id, secret, "client_secret_post", alternatives=((request.client_id or "", secret),)
+        )
     if methods == ["private_key_jwt"]:
         return Credentials(request.client_id, request.client_assertion, "private_key_jwt")
     return Credentials(request.client_id, None, "none")
@@ -116,52 +162,70 @@ class ClientAuthenticator:
         issuer: str,
         store: Store,
         max_token_bytes: int = 8192,
+        max_assertion_lifetime: int = 3600,
     ) -> None:
         self._clients = {c.client_id: c for c in clients}
         self._pepper = os.urandom(32)
         self._verified: dict[str, bytes] = {}
         self._store = store
-        self._audiences = [token_endpoint, issuer]
-        # Each private_key_jwt client is its own "issuer" of assertions (iss = sub = client_id), so
-        # assertions get exactly the checks subject tokens get.
-        assertion_issuers = [
-            TrustedIssuer(
-                issuer=c.client_id,
-                audiences=[token_endpoint, issuer],
-                leeway=30,
-                algorithms=list(ASSERTION_ALGORITHMS),
-                require_at_jwt_typ=False,
-                jwks_file=c.jwks_file,
-                jwks_uri=c.jwks_uri,
-            )
+        self._audiences = frozenset({token_endpoint, issuer})
+        self._max_lifetime = max_assertion_lifetime
+        self._max_bytes = max_token_bytes
+        # Each private_key_jwt client's own registered keys: the only keys that can authenticate it.
+        self._keys: dict[str, KeySource] = {
+            c.client_id: key_source(jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
             for c in clients
             if c.auth_method == "private_key_jwt"
-        ]
-        self._assertions = SubjectTrust(
-            [(t, key_source(t)) for t in assertion_issuers], max_token_bytes=max_token_bytes
+        }
+        # One header policy for every assertion (the key is bound per client, after the header check).
+        self._jws = JWSVerifier(
+            algorithms=ASSERTION_ALGORITHMS, typ=_ASSERTION_TYPS, require_kid=False, max_bytes=max_token_bytes
         )
+        # scrypt is CPU-bound and ~50 ms: two threads (the machines have two cores) keep it off the loop.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     async def authenticate(
         self, creds: Credentials, request: TokenRequest, now: float | None = None
     ) -> Client:
+        def fail(reason: str) -> InvalidClient:
+            return InvalidClient(_FAILED, basic=creds.basic, reason=reason)
+
+        if creds.method == "private_key_jwt":
+            return await self._check_assertion(creds, request, time.time() if now is None else now, fail)
+        if creds.method in _SECRET_METHODS:
+            return await self._check_secret(creds, fail)
         client = self._clients.get(creds.client_id or "")
         if client is None:
-            raise InvalidClient("client authentication failed", reason="unknown_client")
-        if client.auth_method != creds.method:
-            raise InvalidClient(
-                "client authentication failed", reason=f"expected {client.auth_method}, got {creds.method}"
-            )
-        if creds.method in {"client_secret_basic", "client_secret_post"}:
-            if not creds.secret or not self._check_secret(client, creds.secret):
-                raise InvalidClient("client authentication failed", reason="bad_secret")
-        elif creds.method == "private_key_jwt":
-            await self._check_assertion(client, request, now)
+            raise fail("unknown_client")
+        if client.auth_method != "none":
+            raise fail(f"expected {client.auth_method}, got none")
         return client
 
-    def _check_secret(self, client: Client, secret: str) -> bool:
+    async def _check_secret(self, creds: Credentials, fail: Any) -> Client:
+        found = False
+        for client_id, secret in creds.alternatives:
+            client = self._clients.get(client_id)
+            if client is None or client.auth_method not in _SECRET_METHODS:
+                continue
+            found = True
+            if secret and await self._secret_matches(client, secret):
+                return client
+        if not found:
+            # Unknown client, or one that has no secret: pay what a wrong secret costs, then refuse.
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, verify_secret, creds.secret or "", _DUMMY_HASH
+            )
+            known = self._clients.get(creds.client_id or "")
+            raise fail("unknown_client" if known is None else f"expected {known.auth_method}, got a secret")
+        raise fail("bad_secret")
+
+    async def _secret_matches(self, client: Client, secret: str) -> bool:
         stored = client.secret_hash or ""
         tag = hmac.new(
             self._pepper, f"{client.client_id}\0{secret}\0{stored}".encode(), hashlib.sha256
@@ -169,30 +233,67 @@ class ClientAuthenticator:
         known = self._verified.get(client.client_id)
         if known is not None and hmac.compare_digest(known, tag):
             return True
-        if verify_secret(secret, stored):
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self._pool, verify_secret, secret, stored):
             self._verified[client.client_id] = tag
             return True
         return False
 
-    async def _check_assertion(self, client: Client, request: TokenRequest, now: float | None) -> None:
+    async def _check_assertion(
+        self, creds: Credentials, request: TokenRequest, now: float, fail: Any
+    ) -> Client:
         if request.client_assertion_type != CLIENT_ASSERTION_TYPE_JWT or not request.client_assertion:
-            raise InvalidClient("client authentication failed", reason="bad_client_assertion_type")
+            raise fail("bad_client_assertion_type")
         try:
-            verified = await self._assertions.validate(
-                request.client_assertion, TOKEN_TYPE_JWT, which="client_assertion", now=now
+            parts: Compact = split_compact(request.client_assertion, self._max_bytes)
+            # Read before the signature only to learn which client's keys may check it.
+            claims = decode_object(parts.payload)
+        except JWSError as exc:
+            raise fail(f"client_assertion:{exc.problem}") from None
+        except AmbiguousJSON as exc:
+            raise fail("client_assertion:" + ("duplicate_member" if exc.duplicate else "malformed")) from None
+        iss, sub = claims.get("iss"), claims.get("sub")
+        if not isinstance(sub, str) or not sub or iss != sub:
+            raise fail("client_assertion:iss_sub_mismatch")
+        if creds.client_id is not None and creds.client_id != sub:
+            raise fail("client_assertion:client_id_mismatch")
+        client = self._clients.get(sub)
+        keys = self._keys.get(sub)
+        if client is None or keys is None:
+            raise fail(
+                "unknown_client" if client is None else f"expected {client.auth_method}, got an assertion"
             )
-        except SubjectTokenInvalid as exc:
-            raise InvalidClient("client authentication failed", reason=exc.reason) from None
-        # The keys were those of the assertion's `iss`: it is only this client's proof when that issuer
-        # is this client. Without this check any private_key_jwt client could sign as another.
-        if verified.issuer != client.client_id:
-            raise InvalidClient("client authentication failed", reason="client_assertion:wrong_issuer")
-        claims: Any = verified.claims
-        now = time.time() if now is None else now
+        try:
+            await self._jws.verify(parts, keys)
+        except JWSError as exc:
+            raise fail(f"client_assertion:{exc.problem}") from None
+        exp = self._check_assertion_claims(claims, now, fail)
+        if not await self._store.consume_jti(
+            f"client:{client.client_id}", claims["jti"], exp + ASSERTION_LEEWAY
+        ):
+            raise fail("client_assertion:replayed")
+        return client
+
+    def _check_assertion_claims(self, claims: dict[str, Any], now: float, fail: Any) -> float:
+        """RFC 7523 §3: audience, time window, lifetime cap and a jti. Returns exp."""
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(isinstance(a, str) and a in self._audiences for a in auds):
+            raise fail("client_assertion:wrong_audience")
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if not is_numeric_date(exp):
+            raise fail("client_assertion:missing_exp")
+        if any(v is not None and not is_numeric_date(v) for v in (nbf, iat)):
+            raise fail("client_assertion:bad_numeric_date")
+        if now >= exp + ASSERTION_LEEWAY:
+            raise fail("client_assertion:expired")
+        if nbf is not None and now < nbf - ASSERTION_LEEWAY:
+            raise fail("client_assertion:not_yet_valid")
+        if iat is not None and iat > now + ASSERTION_LEEWAY:
+            raise fail("client_assertion:issued_in_future")
+        if exp - (iat if iat is not None else now) > self._max_lifetime:
+            raise fail("client_assertion:lifetime_too_long")
         jti = claims.get("jti")
-        if claims.get("sub") != client.client_id or not isinstance(jti, str) or not jti:
-            raise InvalidClient("client authentication failed", reason="client_assertion:bad_sub_or_jti")
-        if claims["exp"] - claims.get("iat", now) > MAX_ASSERTION_LIFETIME:
-            raise InvalidClient("client authentication failed", reason="client_assertion:lifetime_too_long")
-        if not await self._store.consume_jti(f"client:{client.client_id}", jti, float(claims["exp"]) + 60):
-            raise InvalidClient("client authentication failed", reason="client_assertion:replayed")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise fail("client_assertion:missing_jti")
+        return float(exp)

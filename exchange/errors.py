@@ -42,8 +42,16 @@ class InvalidRequest(OAuthError):
 
 
 class InvalidClient(OAuthError):
+    """Client authentication failed. `basic`: the client tried the Authorization header, so the 401
+    carries `WWW-Authenticate: Basic` (RFC 6749 §5.2); otherwise it carries none, since stock clients
+    treat a challenge they did not answer as a protocol error rather than `invalid_client`."""
+
     error = "invalid_client"
     status = 401
+
+    def __init__(self, description: str, *, basic: bool = False, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason)
+        self.basic = basic
 
 
 class InvalidGrant(OAuthError):

@@ -24,6 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
 from exchange.errors import ConfigError
 from exchange.store.base import Store
+from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
 from schemas.claims import PURPOSE_TOKEN_TYP
 from schemas.config import SigningConfig, StoreConfig
 from schemas.records import StoredKey
@@ -33,7 +34,7 @@ log = structlog.get_logger("exchange.keys")
 SigningKey = ECKey | OKPKey | RSAKey
 # A retiring key stays published this long after it stopped signing: the longest purpose-token
 # lifetime plus room for clock skew, so no token it signed fails verification for want of its key.
-PUBLISH_AFTER_RETIRE = 900 + 120
+PUBLISH_AFTER_RETIRE = MAX_TOKEN_LIFETIME + MAX_LEEWAY
 _json = msgspec.json.Encoder()
 
 

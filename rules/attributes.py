@@ -1,7 +1,7 @@
 """Rules that compare values: a subject claim (`claim`), a detail field (`detail`), or one to the
 other (`subject_binding`).
 
-Comparison is strict (see `rules.context.same`): a token's `true` never satisfies `equals = 1`.
+Comparison is strict (see `schemas.equality.same`): a token's `true` never satisfies `equals = 1`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 import msgspec
 
-from rules.context import MISSING, Allow, Deny, RuleContext, lookup, same
+from rules.context import MISSING, Allow, Deny, RuleContext, lookup
 from rules.details import FieldSpec
 from rules.rule import Rule, Scope, Stage
+from schemas.equality import same
 from schemas.rules import ClaimRule, DetailRule, Scalar, SubjectBindingRule
 
 

@@ -69,15 +69,6 @@ def lookup(claims: Mapping[str, Any], path: str) -> Any:
     return MISSING
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equality without Python's coercions: True is not 1, "1" is not 1; 1 and 1.0 are equal numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return bool(a == b)
-    return type(a) is type(b) and bool(a == b)
-
-
 @dataclass(frozen=True, slots=True)
 class Allow:
     """The rule is satisfied."""

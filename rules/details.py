@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from rules.context import same
 from rules.denials import INVALID_AUTHORIZATION_DETAILS, Denial, DenialError
+from schemas.equality import same
 from schemas.rules import DetailField, Scalar
 
 if TYPE_CHECKING:

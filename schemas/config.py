@@ -9,14 +9,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.algorithms import AsymmetricAlgorithm, SigningAlgorithm
 from schemas.base import Base, Identifier, Leeway, NonEmptyStr, TokenTTL
 from schemas.rules import Delegation, DetailField, RuleConfig
 
-SigningAlgorithm = Literal["ES256", "Ed25519", "RS256", "PS256"]
 # Subject tokens come from asymmetric issuers only: never "none", never HS*.
-SubjectAlgorithm = Literal[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "Ed25519", "EdDSA"
-]
+SubjectAlgorithm = AsymmetricAlgorithm
 AuthMethod = Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
 PoolSize = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=60)]
@@ -91,6 +89,9 @@ class Limits(Base, frozen=True):
     # Largest subject/actor token accepted; anything longer is refused before any parsing.
     max_token_bytes: Annotated[int, msgspec.Meta(ge=512, le=65536)] = 8192
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1048576)] = 65536
+    # Longest client assertion (RFC 7523) accepted, exp minus iat: stock clients sign for an hour.
+    # Its jti is remembered until it expires, so a longer cap costs replay-table rows, not safety.
+    max_assertion_lifetime: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 3600
 
 
 class Settings(Base, frozen=True):

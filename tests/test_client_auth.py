@@ -13,19 +13,30 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from tests.conftest import exchange_form, new_kek, pg_config, write_config
+from exchange.clients import hash_secret
+from tests.conftest import CLIENT_SECRET, basic, exchange_form, new_kek, pg_config, write_config
 from tests.idp import FakeIdP, load_key
 from tests.server import Server, free_port
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-# A second private_key_jwt client with a key of its own, beside the shared config's "signer".
+# A secret that form-encoding changes: a stock client may send it raw or encoded in Basic.
+ODD_SECRET = "s3cr+t%2Fwith/odd:chars and spaces-0123"
+
+# A second private_key_jwt client with a key of its own, beside the shared config's "signer", and a
+# secret client whose secret form-encoding changes.
 SECOND_SIGNER = """
 [[clients]]
 client_id = "signer-b"
 auth_method = "private_key_jwt"
 jwks_file = "{jwks}"
 purposes = ["customer.export", "payments.approve"]
+
+[[clients]]
+client_id = "odd-secret"
+auth_method = "client_secret_basic"
+secret_hash = "{odd_hash}"
+purposes = ["customer.export"]
 """
 
 
@@ -33,7 +44,7 @@ def client_config(
     folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_url: str | None = None
 ) -> Path:
     jwks = FakeIdP("signer-b", "client_b_ec", "ES256").write_jwks(folder / "client-b-jwks.json")
-    extra = SECOND_SIGNER.format(jwks=jwks)
+    extra = SECOND_SIGNER.format(jwks=jwks, odd_hash=hash_secret(ODD_SECRET))
     if store_url is None:
         return write_config(folder, port, idp, idp_ec, extra=extra)
     return pg_config(folder, port, idp, idp_ec, store_url, extra=extra)
@@ -92,9 +103,22 @@ def post(server: Server, form: dict[str, Any], headers: dict[str, str] | None = 
     return httpx.post(f"{server.url}/token", data=form, headers=headers, timeout=10)
 
 
-def assert_invalid_client(resp: httpx.Response) -> None:
+def assert_invalid_client(resp: httpx.Response, *, challenge: bool = False) -> None:
     assert resp.status_code == 401, resp.text
     assert resp.json() == {"error": "invalid_client", "error_description": "client authentication failed"}
+    # RFC 6749 §5.2: a Basic challenge exactly when the client tried the Authorization header.
+    assert ("www-authenticate" in resp.headers) is challenge, resp.headers
+    if challenge:
+        assert resp.headers["www-authenticate"].startswith("Basic ")
+
+
+def granted_to(resp: httpx.Response) -> str:
+    assert resp.status_code == 200, resp.text
+    return str(pyjwt.decode(resp.json()["access_token"], options={"verify_signature": False})["client_id"])
+
+
+def export_form(idp: FakeIdP, **params: Any) -> dict[str, Any]:
+    return exchange_form(idp.token(), scope="customer.export", audience="https://crm.internal", **params)
 
 
 def impersonation_attempts(server: Server, idp: FakeIdP) -> None:
@@ -144,3 +168,160 @@ class TestImpersonation:
             impersonation_attempts(server, idp)
         finally:
             server.stop()
+
+
+class TestAssertions:
+    """RFC 7521/7523 as stock clients use it."""
+
+    def test_client_id_in_the_body_is_optional_when_the_assertion_names_the_client(
+        self, auth_server: Server, idp: FakeIdP
+    ) -> None:
+        own = assertion("client_b_ec", iss="signer-b", sub="signer-b", aud=f"{auth_server.url}/token")
+        assert granted_to(post(auth_server, assertion_form(idp, own, client_id=None))) == "signer-b"
+
+    def test_kid_is_optional(self, auth_server: Server, idp: FakeIdP) -> None:
+        own = assertion("client_ec", iss="signer", sub="signer", aud=f"{auth_server.url}/token", kid=None)
+        assert granted_to(post(auth_server, assertion_form(idp, own, client_id="signer"))) == "signer"
+
+    @pytest.mark.parametrize("aud", ["issuer", "token", ["issuer"], ["https://elsewhere", "token"]])
+    def test_audience_may_be_the_issuer_or_the_token_endpoint(
+        self, auth_server: Server, idp: FakeIdP, aud: Any
+    ) -> None:
+        names = {"issuer": auth_server.url, "token": f"{auth_server.url}/token"}
+        value = [names.get(a, a) for a in aud] if isinstance(aud, list) else names[aud]
+        own = assertion("client_ec", iss="signer", sub="signer", aud=value)
+        assert granted_to(post(auth_server, assertion_form(idp, own, client_id="signer"))) == "signer"
+
+    @pytest.mark.parametrize(
+        ("reason", "overrides"),
+        [
+            ("wrong_audience", {"aud": "https://elsewhere/token"}),
+            ("wrong_audience", {"aud": "URL/token/"}),
+            ("iss_sub_mismatch", {"iss": "someone"}),
+            ("lifetime_too_long", {"lifetime": 3600 + 61}),
+            ("expired", {"lifetime": -31}),
+            ("missing_jti", {"jti": ""}),
+            ("bad_numeric_date", {"iat": 1.5}),
+        ],
+    )
+    def test_assertions_outside_rfc_7523_are_refused(
+        self, auth_server: Server, idp: FakeIdP, reason: str, overrides: dict[str, Any]
+    ) -> None:
+        aud = overrides.pop("aud", f"{auth_server.url}/token").replace("URL", auth_server.url)
+        iss = overrides.pop("iss", "signer")
+        lifetime = overrides.pop("lifetime", 60)
+        bad = assertion("client_ec", iss=iss, sub="signer", aud=aud, lifetime=lifetime, **overrides)
+        rid = f"assert-{secrets.token_hex(4)}"
+        resp = post(auth_server, assertion_form(idp, bad, client_id="signer"), {"X-Request-ID": rid})
+        assert_invalid_client(resp)
+        assert auth_server.audit(rid)["reason"].endswith(reason)
+
+    def test_an_hour_long_assertion_from_authlib_is_accepted_once(
+        self, auth_server: Server, idp: FakeIdP
+    ) -> None:
+        from authlib.integrations.httpx_client import OAuth2Client
+        from authlib.oauth2.rfc7523 import PrivateKeyJWT
+
+        token_endpoint = f"{auth_server.url}/token"
+        key = load_key("client_ec")  # authlib imports a PEM as RSA only; it takes a joserfc key as is
+        with OAuth2Client(
+            "signer", key, token_endpoint_auth_method=PrivateKeyJWT(token_endpoint, alg="ES256")
+        ) as client:
+            token = client.fetch_token(
+                token_endpoint,
+                grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+                subject_token=idp.token(),
+                subject_token_type="urn:ietf:params:oauth:token-type:id_token",
+                scope="customer.export",
+                audience="https://crm.internal",
+            )
+        assert (
+            pyjwt.decode(token["access_token"], options={"verify_signature": False})["client_id"] == "signer"
+        )
+
+    def test_a_replayed_assertion_is_refused(self, auth_server: Server, idp: FakeIdP) -> None:
+        own = assertion("client_ec", iss="signer", sub="signer", aud=f"{auth_server.url}/token")
+        assert granted_to(post(auth_server, assertion_form(idp, own, client_id="signer"))) == "signer"
+        assert_invalid_client(post(auth_server, assertion_form(idp, own, client_id="signer")))
+
+
+class TestSecrets:
+    def test_a_secret_client_may_use_basic_or_the_form_body(self, auth_server: Server, idp: FakeIdP) -> None:
+        # "backoffice" is registered for Basic, "batch" for the form body: each works both ways.
+        for client_id in ("backoffice", "batch"):
+            via_basic = post(auth_server, export_form(idp, client_id=None), basic(client_id, CLIENT_SECRET))
+            assert granted_to(via_basic) == client_id
+            via_form = post(auth_server, export_form(idp, client_id=client_id, client_secret=CLIENT_SECRET))
+            assert granted_to(via_form) == client_id
+
+    def test_basic_credentials_are_accepted_form_encoded_or_raw(
+        self, auth_server: Server, idp: FakeIdP
+    ) -> None:
+        import base64
+        from urllib.parse import quote_plus
+
+        form = export_form(idp, client_id=None)
+        # RFC 6749 §2.3.1 spelling (what authlib sends) ...
+        encoded = base64.b64encode(f"odd-secret:{quote_plus(ODD_SECRET)}".encode()).decode()
+        assert granted_to(post(auth_server, form, {"Authorization": f"Basic {encoded}"})) == "odd-secret"
+        # ... and the raw spelling many other clients send.
+        assert granted_to(
+            post(auth_server, export_form(idp, client_id=None), basic("odd-secret", ODD_SECRET))
+        )
+        # Neither spelling of a wrong secret.
+        assert_invalid_client(
+            post(auth_server, export_form(idp, client_id=None), basic("odd-secret", ODD_SECRET + "x")),
+            challenge=True,
+        )
+
+    def test_a_challenge_only_when_basic_was_used(self, auth_server: Server, idp: FakeIdP) -> None:
+        wrong = "wrong-secret-0000000000"
+        assert_invalid_client(
+            post(auth_server, export_form(idp, client_id=None), basic("batch", wrong)), challenge=True
+        )
+        assert_invalid_client(post(auth_server, export_form(idp, client_id="batch", client_secret=wrong)))
+        assert_invalid_client(post(auth_server, export_form(idp, client_id="nobody", client_secret=wrong)))
+        assert_invalid_client(
+            post(auth_server, export_form(idp, client_id=None), basic("nobody", wrong)), challenge=True
+        )
+        assert_invalid_client(
+            post(auth_server, export_form(idp, client_id=None), {"Authorization": "Bearer abc"}),
+            challenge=True,
+        )
+
+
+class TestCrossUse:
+    """Every way of presenting one client's credentials for another, or the wrong kind for a client."""
+
+    def test_basic_for_one_client_with_client_id_of_another(self, auth_server: Server, idp: FakeIdP) -> None:
+        resp = post(auth_server, export_form(idp, client_id="batch"), basic("backoffice", CLIENT_SECRET))
+        assert_invalid_client(resp, challenge=True)
+
+    def test_a_secret_client_cannot_use_an_assertion(self, auth_server: Server, idp: FakeIdP) -> None:
+        # Signed by a registered key, but of another client: the secret client has no keys at all.
+        forged = assertion("client_ec", iss="batch", sub="batch", aud=f"{auth_server.url}/token")
+        assert_invalid_client(post(auth_server, assertion_form(idp, forged, client_id="batch")))
+
+    def test_a_public_client_cannot_present_a_secret(self, auth_server: Server, idp: FakeIdP) -> None:
+        form = exchange_form(idp.token(), client_id="bank-web", client_secret=CLIENT_SECRET)
+        assert_invalid_client(post(auth_server, form))
+        assert_invalid_client(
+            post(auth_server, exchange_form(idp.token(), client_id=None), basic("bank-web", "x")),
+            challenge=True,
+        )
+
+    def test_an_assertion_client_cannot_use_a_secret_or_nothing(
+        self, auth_server: Server, idp: FakeIdP
+    ) -> None:
+        assert_invalid_client(
+            post(auth_server, export_form(idp, client_id="signer", client_secret=CLIENT_SECRET))
+        )
+        assert_invalid_client(post(auth_server, export_form(idp, client_id="signer")))
+
+    def test_a_secret_client_cannot_go_without_its_secret(self, auth_server: Server, idp: FakeIdP) -> None:
+        assert_invalid_client(post(auth_server, export_form(idp, client_id="backoffice")))
+
+    def test_a_subject_token_is_not_a_client_assertion(self, auth_server: Server, idp: FakeIdP) -> None:
+        # Signed by a trusted issuer, naming a client: still not that client's key.
+        token = idp.token(iss="signer", sub="signer", aud=f"{auth_server.url}/token")
+        assert_invalid_client(post(auth_server, assertion_form(idp, token, client_id="signer")))

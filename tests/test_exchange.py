@@ -422,6 +422,11 @@ class TestRequestRejected:
     def test_unknown_client(self, server: Server, idp: FakeIdP) -> None:
         resp = post(server, exchange_form(idp.token(), client_id="stranger"))
         assert_error(resp, 401, "invalid_client")
+        # RFC 6749 §5.2: a Basic challenge only for a client that tried Basic.
+        assert "www-authenticate" not in resp.headers
+        form = exchange_form(idp.token(), client_id=None)
+        resp = post(server, form, basic("stranger", "some-secret-0000000"))
+        assert_error(resp, 401, "invalid_client")
         assert resp.headers["www-authenticate"].startswith("Basic")
 
     def test_bad_client_secret(self, server: Server, idp: FakeIdP) -> None:

@@ -14,8 +14,9 @@ import click
 import msgspec
 
 from exchange.verify.errors import VerificationError
-from exchange.verify.jwks import JWKSCache, KeySource, StaticJWKS
-from exchange.verify.verifier import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, PurposeTokenVerifier
+from exchange.verify.jwks import key_source
+from exchange.verify.verifier import PurposeTokenVerifier
+from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
 
 
 @click.command("verify")
@@ -28,7 +29,7 @@ from exchange.verify.verifier import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, P
 )
 @click.option("--purpose", default=None, help="Require this purpose (the token's scope).")
 @click.option(
-    "--algorithm", "algorithms", multiple=True, type=click.Choice(sorted(SUPPORTED_ALGORITHMS)),
+    "--algorithm", "algorithms", multiple=True, type=click.Choice(sorted(ASYMMETRIC_ALGORITHMS)),
     help="Allowed algorithm (repeatable; default: ES256, Ed25519, EdDSA, RS256, PS256).",
 )  # fmt: skip
 @click.option(
@@ -50,11 +51,7 @@ def verify_command(
     if token == "-":
         token = sys.stdin.read().strip()
     try:
-        keys: KeySource = (
-            StaticJWKS.from_file(jwks_file)
-            if jwks_file
-            else JWKSCache(jwks_uri or issuer.rstrip("/") + "/.well-known/jwks.json")
-        )
+        keys = key_source(jwks_file=jwks_file, jwks_uri=jwks_uri, issuer=issuer)
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

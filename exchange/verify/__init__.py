@@ -4,15 +4,18 @@
     claims = await verifier.averify(token, purpose="payments.approve")
 
 This package imports joserfc, msgspec, httpx and cryptography only: never litestar, asyncpg or the
-exchange server. Framework glue lives in the opt-in modules `exchange.verify.litestar` and
-`exchange.verify.asgi`.
+exchange server. `JWSVerifier` (exchange/verify/jws.py) is the one verification core every token kind
+goes through; `key_source` the one factory for where keys come from. Framework glue lives in the
+opt-in modules `exchange.verify.litestar` and `exchange.verify.asgi`.
 """
 
 from __future__ import annotations
 
 from exchange.verify.claims import VerifiedClaims
+from exchange.verify.compact import JWSError
 from exchange.verify.errors import REASONS, Reason, VerificationError
-from exchange.verify.jwks import JWKSCache, JWKSError, KeySource, StaticJWKS, parse_jwks
+from exchange.verify.jwks import JWKSCache, JWKSError, KeySource, StaticJWKS, key_source, parse_jwks
+from exchange.verify.jws import JWSVerifier, VerifiedJWS
 from exchange.verify.replay import InMemoryReplayGuard, PostgresReplayGuard, ReplayGuard, SyncReplayGuard
 from exchange.verify.verifier import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, PurposeTokenVerifier
 
@@ -23,6 +26,8 @@ __all__ = [
     "InMemoryReplayGuard",
     "JWKSCache",
     "JWKSError",
+    "JWSError",
+    "JWSVerifier",
     "KeySource",
     "PostgresReplayGuard",
     "PurposeTokenVerifier",
@@ -32,5 +37,7 @@ __all__ = [
     "SyncReplayGuard",
     "VerificationError",
     "VerifiedClaims",
+    "VerifiedJWS",
+    "key_source",
     "parse_jwks",
 ]

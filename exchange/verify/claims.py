@@ -8,12 +8,15 @@ constraint it would silently skip (a future `cnf` binding, say), so failing clos
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from exchange.verify.errors import VerificationError
+from schemas.base import NumericDate
+from schemas.equality import same
+
+Subject = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class VerifiedClaims(
@@ -22,16 +25,16 @@ class VerifiedClaims(
     """What a verified purpose token says. Only ever built by the verifier, after every check passed."""
 
     issuer: str = msgspec.field(name="iss")
-    sub: str
+    sub: Subject
     audience: str = msgspec.field(name="aud")
-    exp: int
-    iat: int
+    exp: NumericDate
+    iat: NumericDate
     jti: str
     client_id: str
     purpose: str = msgspec.field(name="scope")
     acr: str | None = None
     amr: tuple[str, ...] | None = None
-    auth_time: int | None = None
+    auth_time: NumericDate | None = None
     authorization_details: tuple[dict[str, Any], ...] | None = None
     act: dict[str, Any] | None = None
     single_use: bool | None = None
@@ -53,7 +56,7 @@ class VerifiedClaims(
         for detail in self.authorization_details or ():
             if detail.get("type") != type:
                 continue
-            if all(name in detail and _same(detail[name], value) for name, value in expected.items()):
+            if all(name in detail and same(detail[name], value) for name, value in expected.items()):
                 return detail
         raise VerificationError("wrong_purpose", f"no authorization_details of type {type!r} matches")
 
@@ -75,21 +78,6 @@ class VerifiedClaims(
 
 
 _MAX_ACTOR_DEPTH: Final = 16
-
-
-def _same(actual: Any, wanted: Any) -> bool:
-    # bool is an int in Python: True must not satisfy amount=1, nor 1 satisfy flag=True.
-    if isinstance(actual, bool) or isinstance(wanted, bool):
-        return type(actual) is type(wanted) and actual == wanted
-    # JSON numbers arrive as int or float; services often hold Decimal. Compare by decimal value so
-    # 10.5, 10.50 and Decimal("10.5") agree.
-    if isinstance(actual, _NUMBER) and isinstance(wanted, _NUMBER):
-        return Decimal(str(actual)) == Decimal(str(wanted))
-    # No coercion between kinds: "10" is not 10.
-    return type(actual) is type(wanted) and bool(actual == wanted)
-
-
-_NUMBER: Final = (int, float, Decimal)
 
 
 CLAIMS_DECODER: Final = msgspec.json.Decoder(VerifiedClaims)

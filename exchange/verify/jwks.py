@@ -1,8 +1,11 @@
 """Where verification keys come from: a JWKS fetched over HTTPS and cached, or a static JWKS file.
 
-Both sources answer the same two questions: `await get_key(kid)` (may fetch) and `get_cached_key(kid)`
-(never does I/O, for the synchronous hot path). The exchange server uses `JWKSCache` for its identity
-providers' keys too, so nothing here is specific to purpose tokens.
+Both sources answer the same questions: `await get_key(kid)` (may fetch) and `get_cached_key(kid)`
+(never does I/O, for the synchronous hot path), and for a token without a kid `await get_keys()` /
+`cached_keys()`: every key of the set, which is bounded by `max_keys`. The exchange uses these sources
+for its identity providers' and its clients' keys too, so nothing here is specific to purpose tokens.
+`key_source(...)` is the one factory that turns configuration (a file, a URI, or an issuer whose
+`/.well-known/jwks.json` holds its keys) into a source.
 
 Cache policy, in one place:
 - a fetched set is fresh for the response's Cache-Control max-age, clamped to [min_ttl, max_ttl];
@@ -28,9 +31,11 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 from joserfc.errors import JoseError
-from joserfc.jwk import JWKRegistry, Key, RSAKey
+from joserfc.jwk import JWKRegistry, Key
 
+from exchange.verify.compact import b64url_decode
 from exchange.verify.errors import VerificationError
+from exchange.verify.strictjson import AmbiguousJSON, refuse_duplicates
 
 log = logging.getLogger("exchange.verify")
 
@@ -38,6 +43,12 @@ DEFAULT_MAX_KEYS: Final = 32
 DEFAULT_MAX_BYTES: Final = 64 * 1024
 # RFC 7518 §3.3 requires 2048-bit RSA keys or larger; a shorter one in a JWKS is ignored, not trusted.
 MIN_RSA_BITS: Final = 2048
+# A modulus past this costs a verifier seconds per signature check: a denial of service, not a key.
+MAX_RSA_BITS: Final = 8192
+# Every real signing key uses F4; a small exponent (3) invites forgery against sloppy verifiers, and a
+# huge one is a cost attack. Anything else is ignored.
+RSA_EXPONENTS: Final = frozenset({65537})
+MAX_KID_LENGTH: Final = 256
 
 
 class KeySource(Protocol):
@@ -49,6 +60,14 @@ class KeySource(Protocol):
 
     def get_cached_key(self, kid: str) -> Key | None:
         """Return the key for `kid` if it is already at hand and usable; never does I/O."""
+        ...
+
+    async def get_keys(self) -> tuple[Key, ...]:
+        """Every usable key (for a token without a kid), fetching a stale or missing set first."""
+        ...
+
+    def cached_keys(self) -> tuple[Key, ...]:
+        """Every usable key already at hand; never does I/O."""
         ...
 
 
@@ -68,15 +87,19 @@ def parse_jwks(document: bytes | Mapping[str, Any], *, max_keys: int = DEFAULT_M
     """Import the public signature keys of a JWKS, by kid. Raises JWKSError if none is usable.
 
     Keys we must never verify with are dropped, not trusted: symmetric (`oct`) keys, keys that carry
-    private material, keys marked for encryption, and RSA keys under 2048 bits. Unknown key types
-    are ignored (RFC 7517 §5).
+    private material, keys marked for encryption, RSA keys outside 2048-8192 bits or with an exponent
+    other than 65537, and kids longer than 256 characters. Unknown key types are ignored (RFC 7517 §5).
+    A document that repeats a member name anywhere is refused: which of two `n` would we trust?
     """
     try:
         if isinstance(document, bytes | bytearray | memoryview):
-            raw_keys = _DOCUMENT_DECODER.decode(document).keys
+            raw = bytes(document)
+            decoded = _DOCUMENT_DECODER.decode(raw)
+            refuse_duplicates(raw, msgspec.json.decode(raw))
+            raw_keys = decoded.keys
         else:
             raw_keys = msgspec.convert(document, _JWKSDocument).keys
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, AmbiguousJSON) as exc:
         raise JWKSError(f"not a JWKS document: {exc}") from exc
     if len(raw_keys) > max_keys:
         raise JWKSError(f"JWKS has {len(raw_keys)} keys, more than the cap of {max_keys}")
@@ -87,17 +110,19 @@ def parse_jwks(document: bytes | Mapping[str, Any], *, max_keys: int = DEFAULT_M
         if kty == "oct" or data.get("use", "sig") != "sig" or "d" in data:
             log.warning("jwks_key_ignored kty=%s kid=%s", kty, data.get("kid"))
             continue
+        if kty == "RSA" and not _acceptable_rsa(data):
+            log.warning(
+                "jwks_key_ignored kty=RSA kid=%s error=modulus or exponent not accepted", data.get("kid")
+            )
+            continue
         try:
             key = JWKRegistry.import_key(data)
         except (JoseError, ValueError, TypeError) as exc:
             log.warning("jwks_key_ignored kty=%s kid=%s error=%s", kty, data.get("kid"), exc)
             continue
-        if isinstance(key, RSAKey) and key.public_key.key_size < MIN_RSA_BITS:
-            log.warning(
-                "jwks_key_ignored kty=RSA kid=%s error=key shorter than %d bits",
-                data.get("kid"),
-                MIN_RSA_BITS,
-            )
+        kid_member = data.get("kid")
+        if kid_member is not None and (not isinstance(kid_member, str) or len(kid_member) > MAX_KID_LENGTH):
+            log.warning("jwks_key_ignored kty=%s error=kid is not a short string", kty)
             continue
         key.ensure_kid()
         kid = key.kid
@@ -113,22 +138,32 @@ def parse_jwks(document: bytes | Mapping[str, Any], *, max_keys: int = DEFAULT_M
     return keys
 
 
+def _acceptable_rsa(data: Mapping[str, Any]) -> bool:
+    """2048-8192 bit modulus, exponent 65537; judged before import, so joserfc never builds the key."""
+    n, e = data.get("n"), data.get("e")
+    if not isinstance(n, str) or not isinstance(e, str) or len(n) > 2 * MAX_RSA_BITS // 8:
+        return False
+    try:
+        modulus = int.from_bytes(b64url_decode(n.encode("ascii")), "big")
+        exponent = int.from_bytes(b64url_decode(e.encode("ascii")), "big")
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return MIN_RSA_BITS <= modulus.bit_length() <= MAX_RSA_BITS and exponent in RSA_EXPONENTS
+
+
 class StaticJWKS:
     """A fixed key set, for air-gapped services and tests: `StaticJWKS.from_file("jwks.json")`."""
 
-    def __init__(self, jwks: Mapping[str, Any], *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(self, jwks: Mapping[str, Any] | bytes, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._keys = parse_jwks(jwks, max_keys=max_keys)
+        self._all = tuple(self._keys.values())
 
     @classmethod
     def from_file(cls, path: str | Path, *, max_keys: int = DEFAULT_MAX_KEYS) -> StaticJWKS:
         """Load a JWKS JSON file; a bad file is a ValueError naming the file."""
         try:
-            data = Path(path).read_bytes()
-            document = msgspec.json.decode(data)
-            if not isinstance(document, dict):
-                raise JWKSError("top level is not a JSON object")
-            return cls(document, max_keys=max_keys)
-        except (OSError, msgspec.MsgspecError, JWKSError) as exc:
+            return cls(Path(path).read_bytes(), max_keys=max_keys)
+        except (OSError, JWKSError) as exc:
             raise ValueError(f"{path}: cannot load JWKS: {exc}") from exc
 
     @property
@@ -143,6 +178,12 @@ class StaticJWKS:
 
     def get_cached_key(self, kid: str) -> Key | None:
         return self._keys.get(kid)
+
+    async def get_keys(self) -> tuple[Key, ...]:
+        return self._all
+
+    def cached_keys(self) -> tuple[Key, ...]:
+        return self._all
 
 
 class JWKSCache:
@@ -209,6 +250,22 @@ class JWKSCache:
         if self._clock() >= self._usable_until:
             return None
         return self._keys.get(kid)
+
+    def cached_keys(self) -> tuple[Key, ...]:
+        if self._clock() >= self._usable_until:
+            return ()
+        return tuple(self._keys.values())
+
+    async def get_keys(self) -> tuple[Key, ...]:
+        # No kid to miss: refresh only a set that is stale or was never fetched (cooldown after a failure).
+        now = self._clock()
+        if now >= self._fresh_until and (
+            self._inflight is not None
+            or self.last_error is None
+            or now - self._last_attempt >= self._cooldown
+        ):
+            await self.refresh()
+        return self.cached_keys()
 
     async def get_key(self, kid: str) -> Key:
         now = self._clock()
@@ -330,3 +387,34 @@ def _is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def key_source(
+    *,
+    jwks_file: str | Path | None = None,
+    jwks_uri: str | None = None,
+    jwks: Mapping[str, Any] | KeySource | None = None,
+    issuer: str | None = None,
+    **cache: Any,
+) -> KeySource:
+    """The one way configuration becomes a KeySource: exactly one of `jwks_file` (read once),
+    `jwks_uri` (fetched and cached), `jwks` (a JWKS dict, or a ready KeySource) or, failing all three,
+    `issuer`, whose keys are at `{issuer}/.well-known/jwks.json`. `cache` goes to JWKSCache
+    (cooldown, allow_insecure_http, clock, client, ...). ValueError when it does not add up.
+    """
+    given = [
+        name for name, value in (("jwks_file", jwks_file), ("jwks_uri", jwks_uri), ("jwks", jwks)) if value
+    ]
+    if len(given) > 1:
+        raise ValueError(f"pass one of jwks_file, jwks_uri or jwks, not {' and '.join(given)}")
+    if jwks_file:
+        return StaticJWKS.from_file(jwks_file)
+    if isinstance(jwks, Mapping):
+        return StaticJWKS(jwks)
+    if jwks is not None:
+        return jwks
+    if not jwks_uri:
+        if not issuer:
+            raise ValueError("no key source: pass jwks_file, jwks_uri, jwks or issuer")
+        jwks_uri = issuer.rstrip("/") + "/.well-known/jwks.json"
+    return JWKSCache(jwks_uri, **cache)

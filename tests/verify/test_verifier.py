@@ -200,8 +200,8 @@ class TestSignatureAndHeader:
     def test_header_memo_stays_bounded(self, ec_key: Key) -> None:
         verifier = verifier_for(ec_key)
         for n in range(200):
-            verifier.verify(mint(ec_key, cty=f"x{n}"), now=NOW)
-        assert len(verifier._headers) <= 64
+            verifier.verify(mint(ec_key, x5t=f"x{n}"), now=NOW)
+        assert len(verifier._jws._headers) <= 64
 
     def test_header_that_is_not_an_object_is_malformed(self, ec_key: Key) -> None:
         token = f"{b64(b'[1, 2]')}.{b64(b'{}')}.{b64(b'sig')}"

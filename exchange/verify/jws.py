@@ -1,0 +1,215 @@
+"""The one JWS verification core: every signature the exchange or a downstream service accepts is
+checked here, for subject and actor tokens, client assertions and purpose tokens alike.
+
+The pipeline (panva/jose's `compactVerify`, with MultiFernet's "which keys" kept apart from "how to
+check"):
+
+1. strict compact parse (`exchange.verify.compact`): size cap, three base64url segments, no JSON
+   serialisation, no JWE;
+2. header policy: one unambiguous JSON object without `crit`/`jwk`/`jku`/`x5u`/`x5c`/`b64`/`cty`/`zip`,
+   `alg` in the caller's explicit allow-list, `typ` as the caller requires, `kid` required or optional;
+3. the key, taken ONLY from the KeySource the caller bound to the identity it is checking (the issuer
+   a subject token names, the client an assertion authenticates, the exchange a purpose token comes
+   from). With a kid, that key; without one, when the policy allows it, each key of that source in
+   turn (bounded by the source's key count, itself capped);
+4. the signature, by joserfc's algorithm object after `check_key` (the key's type, curve and own `alg`
+   must fit: an RSA public key never becomes an HMAC secret, an ES256 key never checks ES384).
+
+What comes back is the verified header and the payload bytes. Claims are the caller's: each token kind
+has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verify.verifier`), sharing
+`exchange.verify.strictjson` for unambiguous decoding.
+
+    core = JWSVerifier(algorithms=["ES256"], typ={"at+jwt"})
+    verified = await core.verify(token, keys)        # may fetch (JWKSCache)
+    verified = core.verify_cached(token, keys)       # never does I/O: for sync frameworks
+    claims = decode_object(verified.payload)
+
+A JWSVerifier is built once (algorithm objects looked up once) and remembers the headers it has fully
+checked, byte for byte: the steady state of one issuer key skips the header parse. The memo is per
+instance, so a header is only ever skipped under the policy that checked it. Failures are JWSError with
+a stable `problem` code; callers map it to their own error (opaque to the client, precise in the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, Final, NamedTuple
+
+from joserfc.errors import JoseError
+from joserfc.jwk import Key
+
+# JWSAlgModel is public in joserfc.jws, though missing from its __all__.
+from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
+
+from exchange.verify.compact import Compact, JWSError, decode_header, split_compact
+from exchange.verify.errors import VerificationError
+from exchange.verify.jwks import MAX_KID_LENGTH, KeySource
+from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
+
+__all__ = ["Compact", "JWSError", "JWSVerifier", "VerifiedJWS", "algorithm_models"]
+
+DEFAULT_MAX_TOKEN_BYTES: Final = 8192
+# Distinct headers remembered per verifier: one per (alg, kid, typ) in practice, so a handful; the bound
+# only stops a stream of junk headers from growing the memo.
+_HEADER_MEMO_SIZE: Final = 64
+
+
+class VerifiedJWS(NamedTuple):
+    """A JWS whose signature verified under the caller's policy and key source."""
+
+    header: Mapping[str, Any]
+    payload: bytes
+    key: Key
+
+
+class _Header(NamedTuple):
+    members: Mapping[str, Any]
+    alg: JWSAlgModel
+    kid: str | None
+
+
+def algorithm_models(names: Collection[str]) -> dict[str, JWSAlgModel]:
+    """joserfc's algorithm objects for an explicit allow-list of asymmetric algorithms (built once).
+
+    Looked up from the class-level table rather than via get_alg(), which re-checks the allow-list and
+    warns about EdDSA on every call. ValueError for a symmetric, unknown or unimplemented name.
+    """
+    if isinstance(names, str):
+        raise TypeError("algorithms is a collection of names, e.g. ['ES256']")
+    unsupported = set(names) - ASYMMETRIC_ALGORITHMS
+    if unsupported or not names:
+        raise ValueError(
+            f"unsupported algorithms {sorted(unsupported)}; choose from {sorted(ASYMMETRIC_ALGORITHMS)}"
+        )
+    known = JWSRegistry.algorithms
+    missing = [name for name in names if name not in known]
+    # A joserfc older than RFC 9864 lacks "Ed25519": the default list then goes without it (EdDSA
+    # covers the same keys); an explicit request for it is an error.
+    if missing and names is not DEFAULT_ALGORITHMS:
+        raise ValueError(f"this joserfc does not implement {missing}")
+    return {name: known[name] for name in names if name in known}
+
+
+class JWSVerifier:
+    """Verifies compact JWS under one header policy, with keys from the source each call names.
+
+    `algorithms`: the explicit allow-list. `typ`: the accepted `typ` values compared lower-cased, None
+    in the collection meaning "absent is fine"; `typ=None` leaves `typ` to the caller (any or none).
+    `require_kid`: refuse a header without a kid (otherwise every key of the source is tried).
+    """
+
+    __slots__ = ("_algorithms", "_headers", "_max_bytes", "_require_kid", "_typ")
+
+    def __init__(
+        self,
+        *,
+        algorithms: Collection[str],
+        typ: Collection[str | None] | None = None,
+        require_kid: bool = True,
+        max_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+    ) -> None:
+        if max_bytes < 256:
+            raise ValueError("max_bytes must be at least 256")
+        self._algorithms = algorithm_models(algorithms)
+        self._typ = None if typ is None else frozenset(t.lower() if isinstance(t, str) else None for t in typ)
+        self._require_kid = require_kid
+        self._max_bytes = max_bytes
+        self._headers: dict[bytes, _Header] = {}
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(self._algorithms)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    def split(self, token: str | bytes) -> Compact:
+        """Step 1 alone, for a caller that must read the (unverified) payload to choose the key source."""
+        return split_compact(token, self._max_bytes)
+
+    def header(self, segment: bytes) -> _Header:
+        """Step 2: the checked header of a header segment (memoised per verifier)."""
+        checked = self._headers.get(segment)
+        if checked is None:
+            checked = self._check_header(decode_header(segment))
+            if len(self._headers) >= _HEADER_MEMO_SIZE:
+                self._headers.clear()
+            self._headers[segment] = checked
+        return checked
+
+    def _check_header(self, header: dict[str, Any]) -> _Header:
+        name = header["alg"]  # decode_header guarantees a string
+        alg = self._algorithms.get(name)
+        if alg is None:
+            raise JWSError("algorithm_not_allowed", f"algorithm {name!r} is not allowed")
+        if self._typ is not None:
+            typ = header.get("typ")
+            if (
+                not (typ is None or isinstance(typ, str))
+                or (typ.lower() if isinstance(typ, str) else None) not in self._typ
+            ):
+                raise JWSError("wrong_type", f"typ {typ!r} is not accepted here")
+        kid = header.get("kid")
+        if kid is None:
+            if self._require_kid:
+                raise JWSError("missing_kid", "JWS header has no kid")
+        elif not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
+            raise JWSError("missing_kid", "JWS header kid is not a short non-empty string")
+        return _Header(header, alg, kid)
+
+    async def verify(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
+        """Verify `token` with a key of `keys` (fetching when the source needs to). Raises JWSError."""
+        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
+        header = self.header(parts.header_segment)
+        if header.kid is None:
+            return _signed(parts, header, await keys.get_keys())
+        try:
+            key = await keys.get_key(header.kid)
+        except VerificationError:
+            raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the keys") from None
+        return _signed_by(parts, header, key)
+
+    def verify_cached(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
+        """Verify with keys already cached by `keys`; never does I/O. Raises JWSError."""
+        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
+        header = self.header(parts.header_segment)
+        if header.kid is None:
+            return _signed(parts, header, keys.cached_keys())
+        key = keys.get_cached_key(header.kid)
+        if key is None:
+            raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the cached keys")
+        return _signed_by(parts, header, key)
+
+
+def _signed_by(parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
+    """The one key the kid named (the hot path)."""
+    alg = header.alg
+    try:
+        alg.check_key(key)
+    except (JoseError, ValueError, TypeError):
+        raise JWSError("algorithm_key_mismatch", f"key {header.kid!r} does not fit {alg.name}") from None
+    try:
+        good = alg.verify(parts.signing_input, parts.signature, key)
+    except (JoseError, ValueError, TypeError):
+        good = False
+    if not good:
+        raise JWSError("bad_signature", "the signature does not verify")
+    return VerifiedJWS(header.members, parts.payload, key)
+
+
+def _signed(parts: Compact, header: _Header, keys: tuple[Key, ...]) -> VerifiedJWS:
+    """No kid: each key of the source that fits the algorithm, in turn (bounded by the set's size)."""
+    alg = header.alg
+    for key in keys:
+        try:
+            alg.check_key(key)
+        except (JoseError, ValueError, TypeError):
+            continue
+        try:
+            good = alg.verify(parts.signing_input, parts.signature, key)
+        except (JoseError, ValueError, TypeError):
+            good = False
+        if good:
+            return VerifiedJWS(header.members, parts.payload, key)
+    raise JWSError("bad_signature", "no key of the source verifies the signature")
