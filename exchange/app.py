@@ -24,8 +24,9 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, asgi, get
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange import devlogin
 from exchange.audit import Auditor
@@ -45,7 +46,8 @@ from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, To
 log = structlog.get_logger("exchange.app")
 _encode = msgspec.json.Encoder().encode
 _FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {"audience", "resource"})
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# What a caller's X-Request-ID may be: it is written to logs, the audit trail and a response header.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PURGE_SECONDS = 60.0
 
@@ -186,6 +188,43 @@ def _error_headers(exc: OAuthError) -> dict[str, str]:
 _NO_STORE_RAW = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 
 
+def request_id(given: str | None) -> str:
+    """The caller's X-Request-ID when it is a safe token (1-64 of `A-Za-z0-9._:-`), else a fresh one.
+
+    Validated before anything else sees it: a header may carry any byte a server lets through (bytes
+    over 0x7F, tabs, kilobytes), and this value lands in terminals, JSON logs and audit queries.
+    """
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return secrets.token_hex(8)
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Every HTTP request gets its id here, once: bound to the log context (every log line of the
+    request carries it), kept in the request state for handlers, and echoed as `X-Request-ID`."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = request_id(None if given is None else given.decode("latin-1"))
+        scope.setdefault("state", {})["request_id"] = rid
+        # Each request is its own task, but start clean anyway: no id may leak into another request.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        echo = (b"x-request-id", rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), echo]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     # Header names arrive lower-cased (ASGI spec); latin-1 is how HTTP header bytes map to text.
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -281,8 +320,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                 )
                 return
             headers = _headers(scope)
-            rid = headers.get("x-request-id", "")
-            rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+            rid: str = scope["state"]["request_id"]  # validated by request_id_middleware
             try:
                 ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/x-www-form-urlencoded":
@@ -352,6 +390,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers={HTTPException: on_http_error, Exception: on_crash},
+        middleware=[request_id_middleware],
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=None,
         debug=False,
