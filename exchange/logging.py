@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import msgspec
 import structlog
 
+from exchange.text import json_printable, printable
+
 _encoder = msgspec.json.Encoder()
 
 
 def _dumps(obj: Any, **_: Any) -> str:
-    return _encoder.encode(obj).decode()
+    # Log lines carry request-supplied text (client_id, sub, scope): whoever tails them in a terminal
+    # must not receive a control sequence. JSON escapes keep the values exact (exchange/text.py).
+    return json_printable(_encoder.encode(obj).decode())
+
+
+def _printable_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """For the console renderer, which prints strings raw (containers it reprs, which escapes)."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -28,6 +38,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *(() if use_json else (_printable_strings,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -10,7 +10,8 @@ The JSON convention (docs/OPERATIONS.md, "CLI conventions"), for every command's
 
 Tables are for people: columns aligned to their content, a value too wide for its column is cut with
 a visible `…`, never silently; control characters in stored text are shown escaped, never sent to the
-terminal (a request-supplied value could otherwise move the cursor or rewrite the screen).
+terminal (a request-supplied value could otherwise move the cursor or rewrite the screen), in tables
+as Python escapes and in JSON as `\\uXXXX` escapes (`exchange/text.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import click
 import msgspec
+
+from exchange.text import json_printable, printable
 
 _encoder = msgspec.json.Encoder()
 CUT = "…"
@@ -40,27 +43,25 @@ def utc_seconds(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _json(value: Any) -> str:
+    # Same values for a program; no raw C1 control or bidi override for a terminal (exchange/text.py).
+    return json_printable(_encoder.encode(value).decode())
+
+
 def emit_object(value: Any) -> None:
     """A single result: one compact JSON object on one line."""
-    click.echo(_encoder.encode(value).decode())
+    click.echo(_json(value))
 
 
 def emit_lines(values: Iterable[Any]) -> None:
     """A list: JSON Lines, one compact object per line, written as they come (streams stay streams)."""
     for value in values:
-        click.echo(_encoder.encode(value).decode())
+        click.echo(_json(value))
 
 
 def note(message: str) -> None:
     """A remark for the person at the terminal, on stderr (stdout carries only data)."""
     click.echo(message, err=True)
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (C0, DEL, C1) and other non-printables shown as escapes."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def cell(value: object, width: int | None = None) -> str:

@@ -23,6 +23,7 @@ from exchange.cli.audit import MAX_PAGE, audit_line, with_store
 from exchange.cli.console import config_option, fail, json_option, run, settings_or_exit
 from exchange.cli.output import emit_object, table
 from exchange.store.base import AuditFilter, Store
+from exchange.text import printable
 from rules import DenialError, PurposePolicy, RuleContext, actor_chain, compile_policies
 from schemas.config import Settings
 from schemas.output import Explanation, RuleLine
@@ -270,18 +271,21 @@ def _show(e: Explanation, as_json: bool) -> None:
     if as_json:
         emit_object(e)
         return
+    # Subjects, clients and purposes may come from a request (a recorded decision): escaped for the terminal.
     if e.recorded is not None:
         r = e.recorded
         click.echo(
-            f"request {r.request_id} (seq {r.seq}) at {r.time}: "
-            f"{r.decision} for client {r.client_id or '-'}, purpose {r.purpose or '-'}, sub {r.sub or '-'}"
+            printable(
+                f"request {r.request_id} (seq {r.seq}) at {r.time}: {r.decision} for client "
+                f"{r.client_id or '-'}, purpose {r.purpose or '-'}, sub {r.sub or '-'}"
+            )
         )
     elif e.source == "claims":
-        click.echo(f"subject: {e.sub or '-'} from {e.issuer} (given claims: nothing verified)")
+        click.echo(printable(f"subject: {e.sub or '-'} from {e.issuer} (given claims: nothing verified)"))
     elif e.refused is None or e.issuer is not None:
-        click.echo(f"subject: {e.sub or '-'} from {e.issuer} (token verified)")
+        click.echo(printable(f"subject: {e.sub or '-'} from {e.issuer} (token verified)"))
     if e.refused is not None:
-        click.echo(f"refused before the rules: {e.refused}")
+        click.echo(printable(f"refused before the rules: {e.refused}"))
     table(
         ["RULE", "OUTCOME", "CODE", "REQUIREMENT"],
         ([line.rule, line.outcome, line.code, line.requirement] for line in e.rules),
