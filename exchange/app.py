@@ -1,4 +1,4 @@
-"""The HTTP face: `create_app(settings)` wires the pieces built once at start-up to five routes (and,
+"""The HTTP face: `create_app(settings)` wires the pieces built once at start-up to six routes (and,
 with `[dev_issuer]` only, the dev identity provider's sign-in pages, exchange/devlogin.py).
 
 POST /token                              RFC 8693 exchange (exchange/service.py does the work)
@@ -6,6 +6,7 @@ GET  /.well-known/jwks.json              public signing keys (RFC 7517), cacheab
 GET  /.well-known/oauth-authorization-server   RFC 8414 metadata
 GET  /healthz                            the process is up
 GET  /readyz                             the store answers and a signing key is loaded
+GET  /openapi.json                       the OpenAPI document of these routes (exchange/openapi.py)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from exchange import devlogin
+from exchange import devlogin, openapi
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidClient, InvalidRequest, OAuthError, ServerError
@@ -305,6 +306,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await runtime.store.close()
 
     jwks_headers = {"Cache-Control": f"public, max-age={settings.signing.jwks_max_age}"}
+    openapi_document = _encode(openapi.document(settings))
 
     # /token is a bare ASGI route: it is the hot path, and litestar's request parsing and response
     # machinery cost about as much as the exchange's own work. Everything else stays idiomatic.
@@ -382,7 +384,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         log.error("unhandled_error", error=exc.__class__.__name__)
         return error_response(ServerError("internal error"))
 
-    handlers: list[Any] = [token, jwks, server_metadata, healthz, readyz]
+    @get("/openapi.json")
+    async def openapi_json() -> Response[bytes]:
+        return Response(openapi_document, media_type="application/json", headers=jwks_headers)
+
+    handlers: list[Any] = [token, jwks, server_metadata, healthz, readyz, openapi_json]
     if settings.dev_issuer is not None:
         # The dev identity provider's sign-in pages: only with [dev_issuer], like its trust.
         handlers.append(devlogin.routes(settings.dev_issuer, store_of=lambda app: app.state.runtime.store))

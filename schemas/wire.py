@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from schemas.base import Base
@@ -72,3 +74,57 @@ class ServerMetadata(Base, frozen=True, omit_defaults=True):
     response_types_supported: list[str] = msgspec.field(default_factory=list)
     authorization_details_types_supported: list[str] | None = None
     service_documentation: str | None = None
+
+
+class _PublicKey(Base, frozen=True, tag_field="kty"):
+    """A published signing key (RFC 7517): public members only, never `d` or other private parts."""
+
+    kid: str
+    alg: str
+    use: Literal["sig"]
+
+
+class ECPublicKey(_PublicKey, frozen=True, tag="EC"):
+    crv: str
+    x: str
+    y: str
+
+
+class RSAPublicKey(_PublicKey, frozen=True, tag="RSA"):
+    n: str
+    e: str
+
+
+class OKPPublicKey(_PublicKey, frozen=True, tag="OKP"):
+    crv: str
+    x: str
+
+
+class JWKSet(Base, frozen=True):
+    """GET /.well-known/jwks.json (RFC 7517 §5)."""
+
+    keys: list[ECPublicKey | RSAPublicKey | OKPPublicKey]
+
+
+class Liveness(Base, frozen=True):
+    """GET /healthz: the process answers."""
+
+    status: Literal["ok"]
+
+
+# The readiness body is meant to grow (more checks, more detail), so unlike the other wire types it
+# does not forbid members it does not name: a probe reads `status` and may show the rest.
+class HealthCheck(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One named dependency of readiness and its state."""
+
+    name: str
+    status: Literal["ok", "degraded", "down"]
+    detail: str | None = None
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /readyz: `ready` and `degraded` answer 200 (keep routing traffic here), `unavailable` 503;
+    `checks` names each dependency checked and what is wrong with it."""
+
+    status: Literal["ready", "degraded", "unavailable"]
+    checks: list[HealthCheck] = msgspec.field(default_factory=list)
