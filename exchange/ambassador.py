@@ -342,25 +342,27 @@ def run(
     config: AmbassadorConfig, *, listen: str = "127.0.0.1:8081", server: str = "granian", workers: int = 1
 ) -> None:
     """Serve the ambassador on `listen` ("host:port") with granian (default) or uvicorn."""
-    host, _, port_text = listen.rpartition(":")
-    if not host or not port_text.isdigit():
-        raise ValueError(f"--listen must be host:port, not {listen!r}")
-    host = host.strip("[]")
+    from exchange.listen import ensure_free, split_host_port
+
+    host, port = split_host_port(listen, what="--listen")
     build_ambassador(config)  # fail fast in the parent on a bad routes file, key file or URL
+    ensure_free(host, port, what="--listen")  # PortInUse: granian would share it silently
     # Worker processes rebuild the app from the environment: no pickling, same path for both servers.
     os.environ[CONFIG_ENV] = msgspec.json.encode(config).decode()
     if server == "uvicorn":
         import uvicorn
 
         uvicorn.run(
-            "exchange.ambassador:app_from_env", factory=True, host=host, port=int(port_text), workers=workers,
+            "exchange.ambassador:app_from_env", factory=True, host=host, port=port, workers=workers,
             log_level="warning", access_log=False, lifespan="on",
         )  # fmt: skip
         return
     from granian import Granian
     from granian.constants import Interfaces
 
+    from exchange.logging import granian_log_config
+
     Granian(
         "exchange.ambassador:app_from_env", factory=True, interface=Interfaces.ASGI, address=host,
-        port=int(port_text), workers=workers, log_access=False,
+        port=port, workers=workers, log_access=False, log_dictconfig=granian_log_config(),
     ).serve()  # fmt: skip

@@ -5,7 +5,8 @@ POST /token                              RFC 8693 exchange (exchange/service.py 
 GET  /.well-known/jwks.json              public signing keys (RFC 7517), cacheable
 GET  /.well-known/oauth-authorization-server   RFC 8414 metadata
 GET  /healthz                            the process is up
-GET  /readyz                             the store answers and a signing key is loaded
+GET  /readyz                             ready, degraded or unavailable, naming each check (health.py)
+GET  /metrics                            Prometheus metrics (telemetry.py), unless on a management port
 GET  /openapi.json                       the OpenAPI document of these routes (exchange/openapi.py)
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,21 +29,33 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, asgi, get
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from exchange import devlogin, openapi
+from exchange import devlogin, health, openapi
 from exchange.audit import Auditor
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
-from exchange.errors import UNAVAILABLE_RETRY_AFTER, InvalidClient, InvalidRequest, OAuthError, ServerError
+from exchange.errors import (
+    UNAVAILABLE_RETRY_AFTER,
+    ConfigError,
+    InvalidClient,
+    InvalidRequest,
+    OAuthError,
+    ServerError,
+)
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
-from exchange.logging import configure_logging
+from exchange.logging import DEBUG_ENV, configure_from
+from exchange.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from exchange.metrics import merge, render
+from exchange.rundir import RUN_DIR_ENV, RunDir, WorkerState, alive
 from exchange.service import TokenExchange
 from exchange.store import make_store
-from exchange.store.base import Store
+from exchange.store.base import Store, StoreUnavailable
+from exchange.telemetry import ServiceMetrics
 from exchange.tokens import Minter
+from exchange.tracing import RequestTrace, Tracing
 from exchange.trust import subject_trust
-from rules import compile_policies
+from rules import PolicyError, compile_policies
 from schemas.config import Settings
 from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, TokenRequest
 
@@ -51,6 +66,9 @@ _FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PURGE_SECONDS = 60.0
+SNAPSHOT_SECONDS = 1.0
+# Probes and scrapes come every few seconds: their lines are debug unless they fail.
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass
@@ -63,6 +81,8 @@ class Runtime:
     auditor: Auditor
     metadata: bytes
     keys_version: int
+    metrics: ServiceMetrics | None = None
+    tracing: Tracing | None = None
 
 
 def metadata(settings: Settings) -> ServerMetadata:
@@ -92,6 +112,11 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
     """Open the store, load keys, and build trust, clients, policies and the exchange once."""
     policies = compile_policies(settings)  # config problems stop start-up before any I/O
     kek = load_kek(settings.signing, settings.store)
+    metrics = (
+        ServiceMetrics(purposes=settings.purposes, clients=(c.client_id for c in settings.clients))
+        if settings.metrics.enabled
+        else None
+    )
     store = make_store(settings.store)
     await store.open()
     try:
@@ -114,7 +139,7 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
             max_token_bytes=settings.limits.max_token_bytes,
             max_assertion_lifetime=settings.limits.max_assertion_lifetime,
         )
-        auditor = Auditor(store)
+        auditor = Auditor(store, metrics=metrics)
         exchange = TokenExchange(
             trust=trust,
             clients=clients,
@@ -123,7 +148,13 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
             auditor=auditor,
             store=store,
             clock=clock,
+            metrics=metrics,
         )
+        if metrics is not None:
+            metrics.watch_audit_queue(lambda: auditor.queue_depth)
+            metrics.watch_signing_keys(lambda: keyring.published, time.time)
+            metrics.info.set((_version(),), 1.0)
+            metrics.config_loaded.set((), time.time())
     except BaseException:
         await store.close()
         raise
@@ -134,6 +165,8 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         auditor=auditor,
         metadata=_encode(metadata(settings)),
         keys_version=keys_version,
+        metrics=metrics,
+        tracing=Tracing(settings.tracing) if settings.tracing.enabled else None,
     )
 
 
@@ -261,8 +294,10 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, exc: OAuthError) -> None:
+async def _send_error(send: Send, exc: OAuthError, trace: RequestTrace | None = None) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _error_headers(exc).items()]
+    if trace is not None:
+        headers.append(trace.response_header)
     await _send(send, exc.status, _error_body(exc), headers)
 
 
@@ -276,18 +311,33 @@ def error_response(exc: OAuthError) -> Response[bytes]:
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Litestar:
     """The ASGI app for these settings. Nothing is opened until the lifespan starts."""
 
+    run_dir = RunDir(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        configure_logging()
-        runtime = await build_runtime(settings, clock=clock)
+        configure_from(settings.logging)
+        try:
+            runtime = await build_runtime(settings, clock=clock)
+        except (ConfigError, PolicyError, StoreUnavailable, OSError, ValueError) as exc:
+            problems = getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]
+            for problem in problems:
+                log.error("startup_failed", error=problem)
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            # The sentence is said; the server's tracebacks of a failed lifespan would add nothing
+            # but noise. Leave now: the server sees its worker gone and exits 1.
+            sys.stderr.flush()
+            os._exit(1)
         await runtime.auditor.start()
         background = [
             asyncio.create_task(
                 runtime.store.watch_keys(runtime.keyring.refresh, known_version=runtime.keys_version),
                 name="key-watch",
             ),
-            asyncio.create_task(_purge(runtime.store), name="purge"),
+            asyncio.create_task(_purge(runtime), name="purge"),
         ]
+        if run_dir is not None and runtime.metrics is not None:
+            background.append(asyncio.create_task(_snapshots(runtime.metrics, run_dir), name="snapshots"))
         app.state.runtime = runtime
         log.info(
             "service_started",
@@ -304,6 +354,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await asyncio.gather(*background, return_exceptions=True)
             await runtime.auditor.stop()
             await runtime.store.close()
+            if runtime.tracing is not None:
+                runtime.tracing.shutdown()
 
     jwks_headers = {"Cache-Control": f"public, max-age={settings.signing.jwks_max_age}"}
     openapi_document = _encode(openapi.document(settings))
@@ -323,52 +375,72 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                 return
             headers = _headers(scope)
             rid: str = scope["state"]["request_id"]  # validated by request_id_middleware
+            runtime: Runtime = scope["app"].state.runtime
             try:
                 ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/x-www-form-urlencoded":
                     raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-                body = await _read_body(receive, settings.limits.max_body_bytes)
-                runtime: Runtime = scope["app"].state.runtime
-                answer = await runtime.exchange.handle(parse_form(body), headers.get("authorization"), rid)
-            except OAuthError as exc:
+                form = parse_form(await _read_body(receive, settings.limits.max_body_bytes))
+            except OAuthError as exc:  # refused before the exchange: no decision, so no audit record
+                log.info("http_request", method="POST", path="/token", status=exc.status, error=exc.error,
+                         error_description=exc.description, request_id=rid)  # fmt: skip
                 await _send_error(send, exc)
                 return
-            await _send(send, 200, _encode(answer), _NO_STORE_RAW)
+            trace = runtime.tracing.start(headers) if runtime.tracing is not None else None
+            try:
+                answer = await runtime.exchange.handle(form, headers.get("authorization"), rid, trace=trace)
+            except OAuthError as exc:
+                await _send_error(send, exc, trace)
+                return
+            extra = _NO_STORE_RAW if trace is None else [*_NO_STORE_RAW, trace.response_header]
+            await _send(send, 200, _encode(answer), extra)
         except Exception as exc:  # never a stack trace, never an HTML page
             log.error("unhandled_error", error=exc.__class__.__name__)
             await _send_error(send, ServerError("internal error"))
 
-    @get("/.well-known/jwks.json")
+    @get("/.well-known/jwks.json", middleware=[_request_line])
     async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
         return Response(
             runtime.keyring.jwks_bytes, media_type="application/jwk-set+json", headers=jwks_headers
         )
 
-    @get("/.well-known/oauth-authorization-server")
+    @get("/.well-known/oauth-authorization-server", middleware=[_request_line])
     async def server_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
         return Response(runtime.metadata, media_type="application/json", headers=jwks_headers)
 
-    @get("/healthz")
+    @get("/healthz", middleware=[_request_line])
     async def healthz() -> Response[bytes]:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @get("/readyz")
+    @get("/readyz", middleware=[_request_line])
     async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
-        try:
-            await asyncio.wait_for(runtime.store.ping(), settings.store.command_timeout)
-        except Exception:
-            return Response(
-                b'{"status":"unavailable","store":"down"}',
-                status_code=503,
-                media_type="application/json",
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
-            )
-        return Response(b'{"status":"ready"}', media_type="application/json")
+        store = await health.store_check(runtime.store.ping, settings.store.command_timeout)
+        if store.status != "ok":
+            _store_error(runtime, "ping")
+        readiness = health.verdict([store, _signing_key_check(runtime.keyring)])
+        # Unavailable is temporary (an outage): say when to ask again, like /token's 503 does.
+        retry = (
+            {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)} if health.http_status(readiness) == 503 else None
+        )
+        return Response(
+            health.body(readiness),
+            status_code=health.http_status(readiness),
+            media_type="application/json",
+            headers=retry,
+        )
 
-    def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    @get("/metrics", middleware=[_request_line])
+    async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: Runtime = request.app.state.runtime
+        assert runtime.metrics is not None, "the route exists only when metrics are enabled"
+        return Response(scrape(runtime.metrics, run_dir), media_type=METRICS_CONTENT_TYPE)
+
+    def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+        if isinstance(exc, NotFoundException | MethodNotAllowedException):  # no route: no line yet
+            log.info("http_request", method=request.method, path=request.url.path, status=exc.status_code)
         if exc.status_code == 413:
             return error_response(InvalidRequest("request body too large"))
         status = exc.status_code if 400 <= exc.status_code < 600 else 500
@@ -388,12 +460,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def openapi_json() -> Response[bytes]:
         return Response(openapi_document, media_type="application/json", headers=jwks_headers)
 
-    handlers: list[Any] = [token, jwks, server_metadata, healthz, readyz, openapi_json]
+    routes: list[Any] = [token, jwks, server_metadata, healthz, readyz, openapi_json]
+    if settings.metrics.enabled and settings.metrics.listen is None:
+        routes.append(metrics_route)
     if settings.dev_issuer is not None:
         # The dev identity provider's sign-in pages: only with [dev_issuer], like its trust.
-        handlers.append(devlogin.routes(settings.dev_issuer, store_of=lambda app: app.state.runtime.store))
+        routes.append(devlogin.routes(settings.dev_issuer, store_of=lambda app: app.state.runtime.store))
     return Litestar(
-        route_handlers=handlers,
+        route_handlers=routes,
         lifespan=[lifespan],
         exception_handlers={HTTPException: on_http_error, Exception: on_crash},
         middleware=[request_id_middleware],
@@ -403,9 +477,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     )
 
 
-async def _purge(store: Store) -> None:
+async def _purge(runtime: Runtime) -> None:
     """Now and then: sweep expired replay records and rate counters, and stop publishing keys that
     retired longer ago than any token they signed can live (the key watch then drops them)."""
+    store = runtime.store
     while True:
         await asyncio.sleep(PURGE_SECONDS)
         try:
@@ -414,6 +489,81 @@ async def _purge(store: Store) -> None:
             await store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
         except Exception as exc:  # the store may be down for a while; the next sweep catches up
             log.warning("purge_failed", error=exc.__class__.__name__)
+            _store_error(runtime, "purge")
+
+
+def _store_error(runtime: Runtime, operation: str) -> None:
+    if runtime.metrics is not None:
+        runtime.metrics.store_errors.inc((operation,))
+
+
+def _signing_key_check(keyring: KeyRing) -> health.Check:
+    try:
+        kid = keyring.active.kid
+    except RuntimeError:
+        return health.Check(name="signing_key", status="down", detail="no active signing key is loaded")
+    return health.Check(name="signing_key", status="ok", detail=f"kid {kid}")
+
+
+def scrape(metrics: ServiceMetrics, run_dir: RunDir | None) -> bytes:
+    """This worker's metrics, merged with the other workers' last snapshots when there are several."""
+    pid = os.getpid()
+    mine = metrics.registry.snapshot(pid)
+    others = [s.metrics for s in run_dir.states(exclude=pid)] if run_dir is not None else []
+    return render(merge([mine, *others], alive=lambda p: p == pid or alive(p)))
+
+
+async def _snapshots(metrics: ServiceMetrics, run_dir: RunDir) -> None:
+    """Every second, tell the other workers (and the management listener) what this one has counted."""
+    pid = os.getpid()
+    while True:
+        try:
+            run_dir.write(WorkerState(pid=pid, metrics=metrics.registry.snapshot(pid)))
+        except OSError as exc:  # a full or vanished run dir must not stop the worker
+            log.warning("metrics_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(SNAPSHOT_SECONDS)
+
+
+def _request_line(app: ASGIApp) -> ASGIApp:
+    """Route middleware: one canonical `http_request` line per request to a litestar route (/token
+    writes its own, richer line from the exchange)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_and_see)
+        finally:
+            path = scope["path"]
+            level = logging.DEBUG if path in _PROBES and status < 400 else logging.INFO
+            if status >= 500:
+                level = logging.WARNING
+            log.log(
+                level,
+                "http_request",
+                method=scope.get("method"),
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+    return middleware
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("purpose-exchange")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def app_from_env() -> Litestar:

@@ -1,4 +1,4 @@
-"""The audit trail: every decision is one structlog JSON line and one committed store record.
+"""The audit trail: every decision is one committed store record (and, from the exchange, one log line).
 
 Group commit: callers `await record(...)`, which returns only once the record's batch is committed.
 While one batch is being written, newly arriving records queue up and go together in the next one,
@@ -9,20 +9,23 @@ is written at once (no timer, no added latency).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
-import msgspec
 import structlog
 
 from exchange.store.base import Store, StoreUnavailable
 from schemas.records import AuditRecord
 
+if TYPE_CHECKING:
+    from exchange.telemetry import ServiceMetrics
+
 log = structlog.get_logger("exchange.audit")
 
 
 class Auditor:
-    def __init__(self, store: Store, *, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 512, metrics: ServiceMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._max_batch = max_batch
         self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -40,12 +43,13 @@ class Auditor:
             await self._task
             self._task = None
 
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting for a batch (not counting the batch being written)."""
+        return len(self._pending)
+
     async def record(self, record: AuditRecord) -> None:
-        """Log the decision and return once its record is committed; raises StoreUnavailable if not."""
-        event = "token_issued" if record.decision == "granted" else "exchange_denied"
-        fields: dict[str, Any] = msgspec.to_builtins(record)  # omit_defaults: no empty fields
-        del fields["time"]  # the log line has its own timestamp
-        log.info(event, **fields)
+        """Return once the record is committed; raises StoreUnavailable if it is not."""
         if self._task is None or self._closing:
             raise StoreUnavailable("audit writer is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -63,11 +67,15 @@ class Auditor:
                     await self._store.append_audit([rec for rec, _ in batch])
                 except Exception as exc:  # every waiter learns its record is not committed
                     log.error("audit_write_failed", records=len(batch), error=exc.__class__.__name__)
+                    if self._metrics is not None:
+                        self._metrics.store_errors.inc(("audit",))
                     failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(failure)
                 else:
+                    if self._metrics is not None:
+                        self._metrics.audit_batch(len(batch))
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)

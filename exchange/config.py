@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from exchange.errors import ConfigError
+from exchange.listen import split_host_port
 from schemas.config import Client, Purpose, Settings, TrustedIssuer
 
 DEFAULT_CONFIG = "exchange.toml"
@@ -121,6 +122,11 @@ def check_settings(s: Settings) -> list[str]:
         problems.append(
             "trusted_issuers: the exchange must not trust its own purpose tokens as subject tokens"
         )
+    if s.metrics.listen is not None:
+        try:
+            split_host_port(s.metrics.listen)
+        except ValueError as exc:
+            problems.append(f"metrics.{exc}")
     client_ids: set[str] = set()
     for i, c in enumerate(s.clients):
         problems += _check_client(i, c, s.purposes)

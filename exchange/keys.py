@@ -145,6 +145,15 @@ def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishedKey:
+    """What may be said about a published key without its key material (metrics, health)."""
+
+    kid: str
+    state: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ActiveKey:
     kid: str
     alg: str
@@ -161,7 +170,7 @@ class KeyRing:
         self._algorithm = algorithm
         self._active: ActiveKey | None = None
         self._jwks: bytes = b'{"keys":[]}'
-        self._published: tuple[str, ...] = ()
+        self._published: tuple[PublishedKey, ...] = ()
 
     @property
     def active(self) -> ActiveKey:
@@ -175,6 +184,10 @@ class KeyRing:
 
     @property
     def published_kids(self) -> tuple[str, ...]:
+        return tuple(k.kid for k in self._published)
+
+    @property
+    def published(self) -> tuple[PublishedKey, ...]:
         return self._published
 
     async def create_key(self, *, now: float | None = None, activate: bool = True) -> str:
@@ -233,4 +246,4 @@ class KeyRing:
             entry.update({"kid": k.kid, "alg": k.alg, "use": "sig"})
             jwks.append(entry)
         self._jwks = _json.encode({"keys": jwks})
-        self._published = tuple(k.kid for k in published)
+        self._published = tuple(PublishedKey(k.kid, k.state, k.created_at) for k in published)

@@ -1,17 +1,40 @@
-"""structlog, configured once: contextvars first, ISO UTC time, JSON lines (msgspec) off a terminal."""
+"""One log stream: our structlog events and every stdlib record (granian, httpx, `exchange.verify`)
+leave through one renderer, as JSON lines on stderr (or structlog's console renderer on a terminal).
+
+structlog is configured once: contextvars first, level, logger name, ISO UTC time, then the renderer.
+Stdlib records get the same keys (`event`, `level`, `logger`, `timestamp`) from `StdlibFormatter`:
+a record whose message follows our `event key=%s key=%d` convention (as `exchange.verify` logs, so
+that library users keep plain stdlib logging) becomes that event with those fields; granian's access
+records become `http_access` with their fields; anything else keeps its text as the event.
+
+`exchange serve` decides JSON or console once, in the parent, and hands the choice to its workers
+through $EXCHANGE_LOG_FORMAT, so every process of one server writes the same format.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Final, Literal, TextIO
 
 import msgspec
 import structlog
 
 from exchange.text import json_printable, printable
+from schemas.config import LoggingConfig
 
+FORMAT_ENV: Final = "EXCHANGE_LOG_FORMAT"
+# `exchange --debug ...`: failures show their traceback too (a server's workers inherit it).
+DEBUG_ENV: Final = "EXCHANGE_DEBUG"
+LogFormat = Literal["auto", "json", "console"]
+# Per-request chatter of the HTTP client: our own jwks_* events already say what it would.
+_QUIET: Final = ("httpx", "httpcore")
+_EVENT_TEMPLATE: Final = re.compile(r"([a-z][a-z0-9_]*)((?: [a-z_]+=%[-#0-9.]*[sdifr])*)")
+_FIELD: Final = re.compile(r" ([a-z_]+)=%")
 _encoder = msgspec.json.Encoder()
 
 
@@ -26,22 +49,142 @@ def _printable_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapp
     return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
-def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
-    """Idempotent. `json=None` chooses JSON unless stderr is a terminal."""
-    use_json = (not sys.stderr.isatty()) if json is None else json
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
-    )
+def wants_json(fmt: LogFormat | str | None = None, stream: TextIO | None = None) -> bool:
+    """JSON unless asked for console, or (auto) unless the stream is a terminal."""
+    if fmt in (None, "auto"):
+        fmt = os.environ.get(FORMAT_ENV) or "auto"  # the server's parent decided for all its processes
+    if fmt == "json":
+        return True
+    if fmt == "console":
+        return False
+    return not (stream or sys.stderr).isatty()
+
+
+def _renderer(json: bool) -> Any:
+    if json:
+        return structlog.processors.JSONRenderer(serializer=_dumps)
+    console = structlog.dev.ConsoleRenderer()
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        return console(logger, name, dict(_printable_strings(logger, name, event)))
+
+    return render
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that knows its name, so our lines carry `logger` like stdlib ones do."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _LoggerFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args else "exchange")
+
+
+def _add_logger_name(logger: Any, _: str, event_dict: Any) -> Any:
+    event_dict.setdefault("logger", getattr(logger, "name", "exchange"))
+    return event_dict
+
+
+def _value(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The event and fields of a stdlib record (see the module docstring)."""
+    args = record.args
+    if record.name == "granian.access" and isinstance(args, dict):
+        return {"event": "http_access", **{k: _value(v) for k, v in args.items()}}
+    msg = record.msg
+    if isinstance(msg, str) and isinstance(args, tuple):
+        match = _EVENT_TEMPLATE.fullmatch(msg)
+        names = _FIELD.findall(match.group(2)) if match else []
+        if match and len(names) == len(args):
+            return {"event": match.group(1), **{n: _value(a) for n, a in zip(names, args, strict=True)}}
+    return {"event": record.getMessage()}
+
+
+class StdlibFormatter(logging.Formatter):
+    """Renders stdlib records exactly like our structlog events. `json=None` follows $EXCHANGE_LOG_FORMAT
+    (this is also the factory granian's dictConfig names, in processes where we configure nothing else)."""
+
+    def __init__(self, json: bool | None = None) -> None:
+        super().__init__()
+        self._render = _renderer(wants_json() if json is None else json)
+        self._exc = structlog.processors.format_exc_info
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: Any = record_fields(record)
+        event["level"] = record.levelname.lower()
+        event["logger"] = record.name
+        stamp = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        event["timestamp"] = stamp.isoformat().replace("+00:00", "Z")
+        if record.exc_info:
+            event["exc_info"] = record.exc_info
+            event = self._exc(None, record.levelname.lower(), event)
+        return str(self._render(None, record.levelname.lower(), event))
+
+
+def _level(level: int | str) -> int:
+    return level if isinstance(level, int) else logging.getLevelNamesMapping()[level.upper()]
+
+
+def configure_logging(*, json: bool | None = None, level: int | str = logging.INFO) -> None:
+    """Idempotent. `json=None` follows $EXCHANGE_LOG_FORMAT, else JSON unless stderr is a terminal."""
+    use_json = wants_json() if json is None else json
+    numeric = _level(level)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            *(() if use_json else (_printable_strings,)),
-            renderer,
+            _renderer(use_json),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=_LoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StdlibFormatter(json=use_json))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # granian's own loggers do not propagate: give them our handler too (their levels stay theirs).
+    for name in ("_granian", "granian.access"):
+        logging.getLogger(name).handlers[:] = [handler]
+
+
+def configure_from(config: LoggingConfig) -> None:
+    """configure_logging as the `[logging]` section says."""
+    configure_logging(json=wants_json(config.format), level=config.level)
+
+
+def granian_log_config(level: int | str = logging.INFO) -> dict[str, Any]:
+    """granian's dictConfig: its main process and workers log through our formatter, to stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"exchange": {"()": "exchange.logging.StdlibFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "exchange",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "_granian": {"handlers": ["stderr"], "level": _level(level), "propagate": False},
+            "granian.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": _level(level)},
+    }

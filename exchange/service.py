@@ -12,7 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
 
 from exchange.audit import Auditor
 from exchange.clients import ClientAuthenticator, presented_credentials
@@ -31,9 +35,11 @@ from exchange.errors import (
     error_class,
 )
 from exchange.store.base import Store, StoreUnavailable
+from exchange.telemetry import AUDIT, CLIENT_AUTH, MINT, RULES, TRUST, ServiceMetrics, Steps
 from exchange.tokens import Minter
 from exchange.trust import SubjectTrust
 from rules import Denial, DenialError, PurposePolicy, RuleContext, actor_chain
+from rules.denials import STORE_UNAVAILABLE
 from schemas.records import AuditRecord, RuleOutcome
 from schemas.wire import (
     GRANT_TOKEN_EXCHANGE,
@@ -43,6 +49,11 @@ from schemas.wire import (
     TokenRequest,
     TokenResponse,
 )
+
+if TYPE_CHECKING:
+    from exchange.tracing import RequestTrace
+
+_log = structlog.get_logger("exchange.audit")
 
 
 @dataclass(slots=True)
@@ -59,7 +70,15 @@ class _Draft:
     exp: int | None = None
     rules: tuple[RuleOutcome, ...] = ()
 
-    def record(self, now: float, request_id: str, **decision: Any) -> AuditRecord:
+    def record(self, now: float, request_id: str, failure: OAuthError | None) -> AuditRecord:
+        decision: dict[str, Any] = {"decision": "granted"}
+        if failure is not None:
+            decision = {
+                "decision": "denied",
+                "error": failure.error,
+                "denial": failure.denial,
+                "reason": failure.reason,
+            }
         return AuditRecord(
             time=now,
             request_id=request_id,
@@ -87,6 +106,7 @@ class TokenExchange:
         auditor: Auditor,
         store: Store,
         clock: Callable[[], float] = time.time,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._trust = trust
         self._clients = clients
@@ -95,48 +115,83 @@ class TokenExchange:
         self._auditor = auditor
         self._store = store
         self._clock = clock
+        self._metrics = metrics
 
     async def handle(
-        self, request: TokenRequest, authorization: str | None, request_id: str
+        self,
+        request: TokenRequest,
+        authorization: str | None,
+        request_id: str,
+        *,
+        trace: RequestTrace | None = None,
     ) -> TokenResponse:
         """Answer one token request, or raise the OAuthError to send; audited either way."""
         now = self._clock()
+        series = None if self._metrics is None else self._metrics.step_series
+        steps = Steps(series) if trace is None else trace.steps(series)
         draft = _Draft(client_id=_bounded(request.client_id))
+        response: TokenResponse | None = None
+        failure: OAuthError | None = None
+        cause: Exception | None = None
         try:
-            response = await self._exchange(request, authorization, now, draft)
+            response = await self._exchange(request, authorization, now, draft, steps)
         except OAuthError as exc:
-            await self._audit(
-                draft.record(
-                    now, request_id, decision="denied", error=exc.error, denial=exc.denial, reason=exc.reason
-                )
-            )
-            raise
+            failure = exc
         except StoreUnavailable as exc:
-            unavailable = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
-            await self._audit(
-                draft.record(
-                    now, request_id, decision="denied", error=unavailable.error, reason=unavailable.reason
-                )
-            )
-            raise unavailable from None
+            failure = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
+            self._store_error("exchange")
         except Exception as exc:  # a bug is not a decision, but it is still denied, and still audited
-            failed = ServerError("internal error", reason=f"crash:{exc.__class__.__name__}")
-            await self._audit(
-                draft.record(now, request_id, decision="denied", error=failed.error, reason=failed.reason)
-            )
-            raise failed from exc
-        await self._audit(draft.record(now, request_id, decision="granted"))
-        return response
-
-    async def _audit(self, record: AuditRecord) -> None:
+            failure = ServerError("internal error", reason=f"crash:{exc.__class__.__name__}")
+            cause = exc
+        record = draft.record(now, request_id, failure)
         try:
-            await self._auditor.record(record)
+            with steps(AUDIT):
+                await self._auditor.record(record)
         except StoreUnavailable as exc:
             # No answer, and above all no token, leaves without its committed audit record.
-            raise TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc)) from None
+            failure = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
+            draft.jti = draft.exp = None
+            record = draft.record(now, request_id, failure)
+        self._done(record, failure, steps, trace)
+        if failure is not None:
+            raise failure from cause
+        assert response is not None
+        return response
+
+    def _done(
+        self, record: AuditRecord, failure: OAuthError | None, steps: Steps, trace: RequestTrace | None
+    ) -> None:
+        """The request's one canonical log line and its metrics, once its outcome is final."""
+        if self._metrics is not None:
+            outcome = "granted" if failure is None else failure.error
+            self._metrics.exchange_done(record.purpose, record.client_id, outcome, record.denial, steps)
+            if record.denial == STORE_UNAVAILABLE:
+                self._store_error("rules")
+        fields: dict[str, Any] = msgspec.to_builtins(record)  # omit_defaults: no empty fields
+        del fields["time"]  # the log line has its own timestamp
+        fields["status"] = 200 if failure is None else failure.status
+        fields["duration_ms"] = round((perf_counter() - steps.started) * 1000, 3)
+        if trace is not None:
+            fields["trace_id"] = trace.trace_id
+            trace.annotate(
+                {
+                    "exchange.request_id": record.request_id,
+                    "exchange.client_id": record.client_id,
+                    "exchange.purpose": record.purpose,
+                    "exchange.decision": record.decision,
+                    "exchange.error": record.error,
+                    "exchange.denial": record.denial,
+                }
+            )
+            trace.end(fields["status"])
+        _log.info("token_issued" if failure is None else "exchange_denied", **fields)
+
+    def _store_error(self, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.store_errors.inc((operation,))
 
     async def _exchange(
-        self, request: TokenRequest, authorization: str | None, now: float, draft: _Draft
+        self, request: TokenRequest, authorization: str | None, now: float, draft: _Draft, steps: Steps
     ) -> TokenResponse:
         if request.grant_type is None:
             raise InvalidRequest("grant_type is required")
@@ -145,7 +200,8 @@ class TokenExchange:
 
         creds = presented_credentials(request, authorization)
         draft.client_id = _bounded(creds.client_id)
-        client = await self._clients.authenticate(creds, request, now)
+        with steps(CLIENT_AUTH):
+            client = await self._clients.authenticate(creds, request, now)
 
         if not request.subject_token:
             raise InvalidRequest("subject_token is required")
@@ -170,7 +226,8 @@ class TokenExchange:
         audience = self._audience(request, policy)
         draft.audience = audience
 
-        subject = await self._trust.validate(request.subject_token, request.subject_token_type, now=now)
+        with steps(TRUST):
+            subject = await self._trust.validate(request.subject_token, request.subject_token_type, now=now)
         draft.issuer, draft.sub = subject.issuer, str(subject.claims["sub"])
 
         actor_claims = None
@@ -178,56 +235,59 @@ class TokenExchange:
         if request.actor_token is not None:
             if not request.actor_token_type or request.actor_token_type not in SUBJECT_TOKEN_TYPES:
                 raise InvalidRequest("actor_token_type is missing or unsupported")
-            actor = await self._trust.validate(
-                request.actor_token, request.actor_token_type, which="actor_token", now=now
-            )
+            with steps(TRUST):
+                actor = await self._trust.validate(
+                    request.actor_token, request.actor_token_type, which="actor_token", now=now
+                )
             actor_claims, actor_issuer = actor.claims, actor.issuer
             draft.actor = f"{actor.issuer} {actor.claims['sub']}"
         elif request.actor_token_type is not None:
             raise InvalidRequest("actor_token_type given without actor_token")
 
-        try:
-            act = policy.check_delegation(
-                subject.claims, actor_claims, actor_issuer, client_id=client.client_id
+        with steps(RULES):
+            try:
+                act = policy.check_delegation(
+                    subject.claims, actor_claims, actor_issuer, client_id=client.client_id
+                )
+                details = policy.validate_details(request.authorization_details)
+            except DenialError as exc:
+                raise _denial_error(exc.denial) from None
+            decision = await policy.evaluate(
+                RuleContext(
+                    subject=subject.claims,
+                    issuer=subject.issuer,
+                    client_id=client.client_id,
+                    purpose=purpose,
+                    audience=audience,
+                    details=details,
+                    actor_chain=actor_chain(act),
+                    now=now,
+                    store=self._store,
+                )
             )
-            details = policy.validate_details(request.authorization_details)
-        except DenialError as exc:
-            raise _denial_error(exc.denial) from None
+            draft.rules = tuple(decision.outcomes)
+            if not decision.allowed:
+                assert decision.denial is not None
+                raise _denial_error(decision.denial)
 
-        decision = await policy.evaluate(
-            RuleContext(
+        with steps(MINT):
+            claims = self._minter.claims(
                 subject=subject.claims,
-                issuer=subject.issuer,
+                audience=audience,
                 client_id=client.client_id,
                 purpose=purpose,
-                audience=audience,
-                details=details,
-                actor_chain=actor_chain(act),
+                ttl=policy.ttl,
                 now=now,
-                store=self._store,
+                details=details,
+                act=act,
+                single_use=policy.single_use,
             )
-        )
-        draft.rules = tuple(decision.outcomes)
-        if not decision.allowed:
-            assert decision.denial is not None
-            raise _denial_error(decision.denial)
-
-        claims = self._minter.claims(
-            subject=subject.claims,
-            audience=audience,
-            client_id=client.client_id,
-            purpose=purpose,
-            ttl=policy.ttl,
-            now=now,
-            details=details,
-            act=act,
-            single_use=policy.single_use,
-        )
-        if claims.exp <= int(now):
-            raise SubjectTokenInvalid("expires_now")
+            if claims.exp <= int(now):
+                raise SubjectTokenInvalid("expires_now")
+            signed = self._minter.sign(claims)
         draft.jti, draft.exp = claims.jti, claims.exp
         return TokenResponse(
-            access_token=self._minter.sign(claims),
+            access_token=signed,
             issued_token_type=requested,
             token_type="Bearer",
             expires_in=claims.exp - int(now),

@@ -94,6 +94,33 @@ class Limits(Base, frozen=True):
     max_assertion_lifetime: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 3600
 
 
+class LoggingConfig(Base, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: JSON lines, unless stderr is a terminal (then structlog's console renderer).
+    format: Literal["auto", "json", "console"] = "auto"
+    # granian's own access log, as `http_access` lines. Off by default: every request already has its
+    # one canonical line (token_issued / exchange_denied for /token, http_request for the rest).
+    access_log: bool = False
+
+
+class MetricsConfig(Base, frozen=True):
+    enabled: bool = True
+    # "host:port" of a separate management listener for /metrics, run by `exchange serve` beside the
+    # service; unset: /metrics is served on the service's own port.
+    listen: str | None = None
+
+
+class TracingConfig(Base, frozen=True):
+    """OpenTelemetry tracing; needs the `otel` extra (`pip install 'purpose-exchange[otel]'`)."""
+
+    enabled: bool = False
+    service_name: NonEmptyStr = "purpose-exchange"
+    # OTLP over HTTP; unset: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else http://localhost:4318/v1/traces.
+    endpoint: str | None = None
+    # Share of traces started here (no sampled parent in `traceparent`) that are recorded.
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
 class Settings(Base, frozen=True):
     issuer: NonEmptyStr
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
@@ -103,3 +130,6 @@ class Settings(Base, frozen=True):
     clients: list[Client] = msgspec.field(default_factory=list)
     purposes: dict[NonEmptyStr, Purpose] = msgspec.field(default_factory=dict)
     dev_issuer: DevIssuer | None = None
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)

@@ -23,7 +23,13 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, config: Path, port: int, env: dict[str, str] | None = None, *, umask: int = -1
+        self,
+        config: Path,
+        port: int,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        umask: int = -1,
     ) -> None:
         self.config, self.port = config, port
         self.url = f"http://127.0.0.1:{port}"
@@ -31,7 +37,7 @@ class Server:
         exe = Path(sys.executable).with_name("exchange")
         self._log_fh = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [str(exe), "serve", "--config", str(config), "--port", str(port)],
+            [str(exe), "serve", "--config", str(config), "--port", str(port), *args],
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -61,6 +67,10 @@ class Server:
             row = conn.execute("SELECT * FROM audit_records WHERE request_id = ?", (request_id,)).fetchone()
         assert row is not None, f"no audit record for {request_id}"
         return dict(row)
+
+    def lines(self) -> list[str]:
+        """What the server has written so far (stdout and stderr), line by line."""
+        return self.log.read_text().splitlines()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from exchange.ambassador import AmbassadorConfig, run
+from exchange.listen import PortInUse
 
 
 @click.command("ambassador")
@@ -62,7 +63,7 @@ def ambassador_command(
     )  # fmt: skip
     try:
         run(config, listen=listen, server=server, workers=workers)
-    except ValueError as exc:
+    except (ValueError, PortInUse) as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
 

@@ -1,4 +1,4 @@
-"""`exchange serve`: run the service."""
+"""`exchange serve`: run the service (granian, ASGI)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from exchange.errors import ConfigError
 @click.command()
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on."
+)
 @click.option(
     "--workers",
     default=1,
@@ -22,16 +24,27 @@ from exchange.errors import ConfigError
     type=click.IntRange(1, 64),
     help="Worker processes (each with its own store pool and audit writer).",
 )
-def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where workers share metrics and reload state (default: a private folder named after the "
+    "config file and port, which `exchange config reload` finds).",
+)
+def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: str | None) -> None:
     """Run the service (granian, ASGI)."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.log import LogLevels
 
     from exchange import devidp
     from exchange.keys import load_kek
+    from exchange.listen import PortInUse, ensure_free, split_host_port
+    from exchange.logging import FORMAT_ENV, granian_log_config, wants_json
+    from exchange.rundir import RUN_DIR_ENV, RunDir, RunDirError, default_run_dir
 
     path = config_path(config_file)
-    settings = settings_or_exit(str(path), with_policies=True)
+    settings = settings_or_exit(str(path), preflight=True)
     # Here, once, before any worker: a KEK file others could read stops start-up with one sentence
     # (not a worker's traceback), and generated files are not raced for by several workers.
     try:
@@ -40,14 +53,41 @@ def serve(config_file: str | None, host: str, port: int, workers: int) -> None:
         fail(*exc.problems)
     if settings.dev_issuer is not None:
         devidp.load_or_create_key(settings.dev_issuer.key_file)
-    # Workers are separate processes: they find the config through the environment.
+    management = settings.metrics.listen if settings.metrics.enabled else None
+    try:
+        ensure_free(host, port, what="--port")
+        if management is not None:
+            ensure_free(*split_host_port(management), what="metrics.listen")
+    except PortInUse as exc:
+        fail(str(exc))
+    folder = RunDir(run_dir or default_run_dir(path, port))
+    try:
+        folder.create(os.getpid())
+    except (RunDirError, OSError) as exc:
+        fail(f"run directory: {exc}")
+    # Workers are separate processes: they find the config, the run dir and the log format through
+    # the environment, so every process of this server writes the same format.
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
-    Granian(
-        "exchange.app:app_from_env",
-        factory=True,
-        interface=Interfaces.ASGI,
-        address=host,
-        port=port,
-        workers=workers,
-        log_access=False,
-    ).serve()
+    os.environ[RUN_DIR_ENV] = str(folder.path)
+    os.environ[FORMAT_ENV] = "json" if wants_json(settings.logging.format) else "console"
+    listener = None
+    if management is not None:
+        from exchange.management import serve_metrics
+
+        listener = serve_metrics(*split_host_port(management), folder)
+    try:
+        Granian(
+            "exchange.app:app_from_env",
+            factory=True,
+            interface=Interfaces.ASGI,
+            address=host,
+            port=port,
+            workers=workers,
+            log_level=LogLevels(settings.logging.level),
+            log_access=settings.logging.access_log,
+            log_dictconfig=granian_log_config(settings.logging.level),
+        ).serve()
+    finally:
+        if listener is not None:
+            listener.shutdown()
+        folder.remove()

@@ -76,6 +76,17 @@ SMOKE = {
     "ambassador": ["ambassador_bench.py", "--seconds", "1", "--warmup", "0"],
     "audit": ["audit_bench.py", "--duration", "1", "--concurrency", "4", "--pool", "200"],
     "server_choice": ["server_choice.py", "--post", "--rounds", "1", "--duration", "1", "--warmup", "0"],
+    "metrics_cost": [
+        "metrics_cost.py",
+        "--number",
+        "2000",
+        "--repeat",
+        "1",
+        "--requests",
+        "64",
+        "--rounds",
+        "1",
+    ],
 }
 
 
@@ -117,6 +128,13 @@ def _finished(runs: dict[str, subprocess.Popen[str]], name: str) -> str:
 
 
 class TestSmoke:
+    def test_metrics_cost_prints_the_instrumentation_and_the_end_to_end_difference(
+        self, runs: dict[str, subprocess.Popen[str]]
+    ) -> None:
+        out = _finished(runs, "metrics_cost")
+        assert "| granted (5 steps, outcome, 6 histogram observations) |" in out
+        assert "| difference (median of per-round differences) |" in out
+
     def test_exchange_bench_prints_ours_limit_and_peer_in_one_table_with_audit_checked(
         self, runs: dict[str, subprocess.Popen[str]]
     ) -> None:

@@ -1,0 +1,140 @@
+"""One log stream: every line a real server writes (granian's, stdlib loggers', ours) is one JSON object
+with the same keys, and each request has one canonical line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pty
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from exchange.logging import StdlibFormatter, record_fields, wants_json
+from tests.conftest import exchange_form, write_config
+from tests.idp import FakeIdP
+from tests.server import Server, free_port
+
+
+def parsed(server: Server) -> list[dict[str, Any]]:
+    lines = server.lines()
+    assert lines
+    records = []
+    for line in lines:
+        record = json.loads(line)  # every line, whoever wrote it
+        assert isinstance(record, dict), line
+        assert {"event", "level", "logger", "timestamp"} <= record.keys(), line
+        assert record["timestamp"].endswith("Z"), line
+        records.append(record)
+    return records
+
+
+def test_every_line_of_a_real_server_is_json(tmp_path: Path, idp: FakeIdP, idp_ec: FakeIdP) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, idp, idp_ec, extra="\n[logging]\naccess_log = true\n")
+    # A symmetric key in an issuer's JWKS is dropped with a warning from exchange.verify, a library
+    # that logs through plain stdlib logging.
+    jwks_file = tmp_path / "idp-jwks.json"
+    jwks = msgspec.json.decode(jwks_file.read_bytes())
+    jwks["keys"].append({"kty": "oct", "kid": "shared-secret", "k": "c2VjcmV0"})
+    jwks_file.write_bytes(msgspec.json.encode(jwks))
+    srv = Server(config, port)
+    try:
+        srv.wait_ready()
+        subject = idp.token()
+        ok = httpx.post(f"{srv.url}/token", data=exchange_form(subject), headers={"X-Request-Id": "log-ok-1"})
+        assert ok.status_code == 200
+        issued_token = ok.json()["access_token"]
+        denied = httpx.post(
+            f"{srv.url}/token",
+            data=exchange_form(idp.token(amr=["pwd"])),
+            headers={"X-Request-Id": "log-no-1"},
+        )
+        assert denied.status_code == 400
+        assert httpx.get(f"{srv.url}/.well-known/jwks.json").status_code == 200
+    finally:
+        srv.stop()
+    records = parsed(srv)
+    loggers = {r["logger"] for r in records}
+    assert {"_granian", "exchange.app", "exchange.verify", "granian.access"} <= loggers
+
+    ignored = [r for r in records if r["event"] == "jwks_key_ignored"]
+    assert ignored and ignored[0]["kty"] == "oct" and ignored[0]["kid"] == "shared-secret"
+    assert ignored[0]["level"] == "warning"
+
+    # One canonical line per exchange, with its outcome, status and duration.
+    (issued,) = [r for r in records if r.get("request_id") == "log-ok-1"]
+    assert issued["event"] == "token_issued" and issued["status"] == 200 and issued["duration_ms"] > 0
+    assert issued["purpose"] == "payments.approve" and issued["jti"]
+    (refused,) = [r for r in records if r.get("request_id") == "log-no-1"]
+    assert refused["event"] == "exchange_denied" and refused["status"] == 400 and refused["denial"]
+
+    # granian's access log, when asked for, speaks the same JSON.
+    access = [r for r in records if r["event"] == "http_access" and r.get("path") == "/.well-known/jwks.json"]
+    assert access and access[0]["status"] == 200 and access[0]["method"] == "GET"
+    lines = [r for r in records if r["event"] == "http_request" and r.get("path") == "/.well-known/jwks.json"]
+    assert lines and lines[0]["status"] == 200
+    text = srv.log.read_text()
+    assert subject not in text and issued_token not in text  # never a token in the logs
+
+
+def test_a_request_refused_before_the_exchange_still_has_its_line(server: Server) -> None:
+    resp = httpx.post(
+        f"{server.url}/token",
+        content=b"{}",
+        headers={"Content-Type": "application/json", "X-Request-Id": "ctype-1"},
+    )
+    assert resp.status_code == 400
+    (line,) = [json.loads(x) for x in server.lines() if '"ctype-1"' in x]
+    assert line["event"] == "http_request" and line["status"] == 400 and line["error"] == "invalid_request"
+
+
+class TestStdlibRecords:
+    def test_event_and_fields_come_from_the_message_template(self) -> None:
+        template = "jwks_fetch_failed uri=%s error=%s stale_for=%.0f"
+        args = ("https://idp/jwks", "ConnectError: refused", 12.6)
+        record = logging.LogRecord("exchange.verify", logging.WARNING, __file__, 1, template, args, None)
+        assert record_fields(record) == {
+            "event": "jwks_fetch_failed",
+            "uri": "https://idp/jwks",
+            "error": "ConnectError: refused",
+            "stale_for": 12.6,
+        }
+
+    def test_any_other_message_keeps_its_text(self) -> None:
+        record = logging.LogRecord(
+            "httpx", logging.INFO, __file__, 1, "HTTP Request: %s %s", ("GET", "/x"), None
+        )
+        assert record_fields(record) == {"event": "HTTP Request: GET /x"}
+
+    def test_a_traceback_stays_inside_the_json_line(self) -> None:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            import sys
+
+            record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+        line = StdlibFormatter(json=True).format(record)
+        assert "\n" not in line
+        assert "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_a_terminal_gets_the_console_renderer_and_a_pipe_gets_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXCHANGE_LOG_FORMAT", raising=False)
+    leader, follower = pty.openpty()
+    try:
+        with os.fdopen(follower, "w", closefd=False) as tty:
+            assert not wants_json("auto", tty)
+        read, write = os.pipe()
+        with os.fdopen(write, "w") as pipe:
+            assert wants_json("auto", pipe)
+        os.close(read)
+        with os.fdopen(follower, "w", closefd=False) as tty:
+            assert wants_json("json", tty)  # asked for explicitly, it wins
+    finally:
+        os.close(leader)
+        os.close(follower)
