@@ -72,9 +72,10 @@ def settings_or_exit(
     if preflight:
         # What the checks log (a key dropped from a JWKS file) leaves like the server's own lines.
         configure_from(settings.logging)
+        # Each names its key, file or variable: the same sentence as start-up itself would say.
         problems = checks.preflight(settings)
         if problems:
-            fail(*(f"{path}: {problem}" for problem in problems))
+            fail(*problems)
     return settings
 
 
