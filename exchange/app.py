@@ -101,6 +101,7 @@ def metadata(settings: Settings) -> ServerMetadata:
             list(ASSERTION_ALGORITHMS) if "private_key_jwt" in methods else None
         ),
         scopes_supported=sorted(settings.purposes),
+        response_types_supported=[],
         authorization_details_types_supported=sorted(
             {t for p in settings.purposes.values() for t in p.authorization_details}
         )

@@ -210,7 +210,9 @@ class TokenExchange:
         if request.subject_token_type not in SUBJECT_TOKEN_TYPES:
             raise InvalidRequest("unsupported subject_token_type")
         if not request.scope:
-            raise InvalidRequest("scope is required: name exactly one purpose")
+            # RFC 6749 §3.3: we have no default scope, so a request without one "fails ... indicating an
+            # invalid scope"; §5.2 names that error invalid_scope.
+            raise InvalidScope("scope is required: name exactly one purpose")
         if len(request.scope.split()) != 1:
             raise InvalidScope("scope must name exactly one purpose")
         purpose = request.scope.strip()
@@ -292,6 +294,8 @@ class TokenExchange:
             token_type="Bearer",
             expires_in=claims.exp - int(now),
             scope=purpose,
+            # RFC 9396 §7: the token response carries the authorization_details that were granted.
+            authorization_details=claims.authorization_details,
         )
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -40,12 +40,14 @@ class TokenRequest(Base, frozen=True):
         return f"TokenRequest({shown})"
 
 
-class TokenResponse(Base, frozen=True):
+class TokenResponse(Base, frozen=True, omit_defaults=True):
     access_token: str
     issued_token_type: str
     token_type: str
     expires_in: int
     scope: str
+    # RFC 9396 §7: the granted authorization_details (absent when none were requested).
+    authorization_details: list[dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"TokenResponse(scope={self.scope!r}, expires_in={self.expires_in})"
@@ -69,9 +71,11 @@ class ServerMetadata(Base, frozen=True, omit_defaults=True):
     jwks_uri: str
     grant_types_supported: list[str]
     token_endpoint_auth_methods_supported: list[str]
+    # RFC 8414 §2 makes this REQUIRED; we have no authorization endpoint, so it is always sent, empty
+    # (a required field: omit_defaults would drop an empty default).
+    response_types_supported: list[str]
     token_endpoint_auth_signing_alg_values_supported: list[str] | None = None
     scopes_supported: list[str] | None = None
-    response_types_supported: list[str] = msgspec.field(default_factory=list)
     authorization_details_types_supported: list[str] | None = None
     service_documentation: str | None = None
 

@@ -343,11 +343,16 @@ class TestRequestRejected:
             post(server, exchange_form(idp.token(), grant_type="password")), 400, "unsupported_grant_type"
         )
 
-    @pytest.mark.parametrize("missing", ["subject_token", "subject_token_type", "scope"])
-    def test_missing_parameter(self, server: Server, idp: FakeIdP, missing: str) -> None:
-        body = assert_error(
-            post(server, exchange_form(idp.token(), **{missing: None})), 400, "invalid_request"
-        )
+    @pytest.mark.parametrize(
+        ("missing", "error"),
+        [
+            ("subject_token", "invalid_request"),
+            ("subject_token_type", "invalid_request"),
+            ("scope", "invalid_scope"),  # RFC 6749 §3.3: no default scope, so the scope is invalid
+        ],
+    )
+    def test_missing_parameter(self, server: Server, idp: FakeIdP, missing: str, error: str) -> None:
+        body = assert_error(post(server, exchange_form(idp.token(), **{missing: None})), 400, error)
         assert missing in body["error_description"]
 
     def test_unsupported_subject_token_type(self, server: Server, idp: FakeIdP) -> None:

@@ -13,7 +13,9 @@ check"):
    from). With a kid, that key; without one, when the policy allows it, each key of that source in
    turn (bounded by the source's key count, itself capped);
 4. the signature, by joserfc's algorithm object after `check_key` (the key's type, curve and own `alg`
-   must fit: an RSA public key never becomes an HMAC secret, an ES256 key never checks ES384).
+   must fit: an RSA public key never becomes an HMAC secret, an ES256 key never checks ES384). One
+   equivalence is deliberate: for an Ed25519 OKP key, "EdDSA" (RFC 8037) and "Ed25519" (RFC 9864) name
+   the same signature, whichever of the two the header, the allow-list or the key's own `alg` says.
 
 What comes back is the verified header and the payload bytes. Claims are the caller's: each token kind
 has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verify.verifier`), sharing
@@ -49,6 +51,10 @@ from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
 __all__ = ["Compact", "JWSError", "JWSVerifier", "VerifiedJWS", "algorithm_models"]
 
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
+# RFC 9864 §2.2 deprecates the polymorphic "EdDSA" for the fully-specified "Ed25519": with an Ed25519
+# key they are one algorithm, so issuers mid-migration (key published as one, header saying the other)
+# keep verifying. Never wider: an Ed448 key under "EdDSA" gets no such treatment.
+_ED25519_NAMES: Final = frozenset({"EdDSA", "Ed25519"})
 # Distinct headers remembered per verifier: one per (alg, kid, typ) in practice, so a handful; the bound
 # only stops a stream of junk headers from growing the memo.
 _HEADER_MEMO_SIZE: Final = 64
@@ -66,6 +72,8 @@ class _Header(NamedTuple):
     members: Mapping[str, Any]
     alg: JWSAlgModel
     kid: str | None
+    # The header's alg was admitted as the other name of Ed25519: only an Ed25519 key may check it.
+    ed25519_only: bool = False
 
 
 def algorithm_models(names: Collection[str]) -> dict[str, JWSAlgModel]:
@@ -141,6 +149,9 @@ class JWSVerifier:
     def _check_header(self, header: dict[str, Any]) -> _Header:
         name = header["alg"]  # decode_header guarantees a string
         alg = self._algorithms.get(name)
+        ed25519_only = False
+        if alg is None and name in _ED25519_NAMES and _ED25519_NAMES & self._algorithms.keys():
+            alg, ed25519_only = _ed25519_model(), True
         if alg is None:
             raise JWSError("algorithm_not_allowed", f"algorithm {name!r} is not allowed")
         if self._typ is not None:
@@ -156,7 +167,7 @@ class JWSVerifier:
                 raise JWSError("missing_kid", "JWS header has no kid")
         elif not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
             raise JWSError("missing_kid", "JWS header kid is not a short non-empty string")
-        return _Header(header, alg, kid)
+        return _Header(header, alg, kid, ed25519_only)
 
     async def verify(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify `token` with a key of `keys` (fetching when the source needs to). Raises JWSError."""
@@ -182,13 +193,41 @@ class JWSVerifier:
         return _signed_by(parts, header, key)
 
 
+def _ed25519_model() -> JWSAlgModel:
+    # joserfc before RFC 9864 has only "EdDSA", which verifies Ed25519 keys the same way.
+    known = JWSRegistry.algorithms
+    return known["Ed25519"] if "Ed25519" in known else known["EdDSA"]
+
+
+def _is_ed25519(key: Key) -> bool:
+    return key.key_type == "OKP" and getattr(key, "curve_name", None) == "Ed25519"
+
+
+def _fitted(header: _Header, key: Key) -> JWSAlgModel:
+    """The algorithm object that checks `key` under `header`; raises when the key does not fit.
+
+    joserfc's `check_key` compares the key's own `alg` member by name, so an Ed25519 key published
+    with alg "EdDSA" would refuse a header saying "Ed25519" (and the other way round): for an Ed25519
+    key either name is checked as Ed25519 (use, key type and curve still checked).
+    """
+    alg = header.alg
+    if header.ed25519_only or (alg.name in _ED25519_NAMES and _is_ed25519(key)):
+        if not _is_ed25519(key) or key.get("alg") not in (None, *_ED25519_NAMES):
+            raise ValueError("not an Ed25519 key for an Ed25519 signature")
+        key.check_use("sig")
+        return _ed25519_model()
+    alg.check_key(key)
+    return alg
+
+
 def _signed_by(parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
     """The one key the kid named (the hot path)."""
-    alg = header.alg
     try:
-        alg.check_key(key)
+        alg = _fitted(header, key)
     except (JoseError, ValueError, TypeError):
-        raise JWSError("algorithm_key_mismatch", f"key {header.kid!r} does not fit {alg.name}") from None
+        raise JWSError(
+            "algorithm_key_mismatch", f"key {header.kid!r} does not fit {header.alg.name}"
+        ) from None
     try:
         good = alg.verify(parts.signing_input, parts.signature, key)
     except (JoseError, ValueError, TypeError):
@@ -200,10 +239,9 @@ def _signed_by(parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
 
 def _signed(parts: Compact, header: _Header, keys: tuple[Key, ...]) -> VerifiedJWS:
     """No kid: each key of the source that fits the algorithm, in turn (bounded by the set's size)."""
-    alg = header.alg
     for key in keys:
         try:
-            alg.check_key(key)
+            alg = _fitted(header, key)
         except (JoseError, ValueError, TypeError):
             continue
         try:
