@@ -14,7 +14,7 @@ COPY rules ./rules
 COPY schemas ./schemas
 # The example downstream service (compose's `payments`) runs from the same image.
 COPY examples ./examples
-RUN pip install . \
+RUN pip install ".[server]" \
  && useradd --system --uid 10001 --no-create-home exchange
 
 # No secrets in the image: the KEK and the database password arrive as environment variables.

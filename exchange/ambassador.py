@@ -27,10 +27,11 @@ import msgspec
 import structlog
 
 from exchange.logging import configure_logging
-from exchange.verify.asgi import Receive, Refusal, Scope, Send, check_request, send_refusal
+from exchange.verify.asgi import Receive, Scope, Send, check_scope, send_refusal
+from exchange.verify.bearer import Refusal
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.jwks import key_source
-from exchange.verify.routes import RouteTable, has_dot_segments
+from exchange.verify.routes import RouteTable
 from exchange.verify.verifier import PurposeTokenVerifier
 
 log = structlog.get_logger("exchange.ambassador")
@@ -155,11 +156,9 @@ class Ambassador:
             return
         claims: VerifiedClaims | None = None
         refusal: Refusal | None
-        if has_dot_segments(path):
-            # The upstream might resolve "/open/../admin" to "/admin" after we matched "/open".
-            refusal = Refusal(400, None, "invalid_request", "dot_segments")
-        else:
-            claims, refusal = await check_request(self.verifier, self.routes, scope)
+        # A non-canonical target is refused there: the upstream might resolve "/open/../admin" to
+        # "/admin" after we matched "/open".
+        claims, refusal = await check_scope(self.verifier, self.routes, scope)
         if refusal is not None:
             await send_refusal(send, refusal)
             status = refusal.status

@@ -10,15 +10,13 @@ Verified claims are put in `scope["state"]["purpose_claims"]`, which Starlette e
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
+from urllib.parse import quote
 
-import msgspec
-
-from exchange.verify.bearer import bearer_token, challenge, token_hash
+from exchange.verify.access import Outcome, check_request
+from exchange.verify.bearer import Refusal
 from exchange.verify.claims import VerifiedClaims
-from exchange.verify.errors import VerificationError
 from exchange.verify.routes import RouteTable
 from exchange.verify.verifier import PurposeTokenVerifier
 
@@ -32,8 +30,6 @@ CLAIMS_KEY: Final = "purpose_claims"
 # WebSocket close code 1008 (policy violation): the handshake is refused before accept.
 _WS_POLICY_VIOLATION: Final = 1008
 
-log = logging.getLogger("exchange.verify")
-
 
 def claims_from_scope(scope: Scope) -> VerifiedClaims | None:
     """The claims PurposeMiddleware verified for this request, if any (None on open routes)."""
@@ -42,65 +38,34 @@ def claims_from_scope(scope: Scope) -> VerifiedClaims | None:
     return claims if isinstance(claims, VerifiedClaims) else None
 
 
-class Refusal(NamedTuple):
-    """Why a request is answered by us instead of the app: HTTP status, challenge, error, reason."""
-
-    status: int
-    www_authenticate: str | None
-    error: str
-    # The VerificationError reason code (or "no_token" / "no_route"), for the service's log only.
-    reason: str
-
-
 async def send_refusal(send: Send, refusal: Refusal) -> None:
-    """An RFC 6750-style JSON refusal; shared with the ambassador."""
-    body = msgspec.json.encode({"error": refusal.error})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    if refusal.www_authenticate is not None:
-        headers.append((b"www-authenticate", refusal.www_authenticate.encode("ascii")))
+    """The one refusal shape (exchange.verify.bearer), over ASGI; shared with the ambassador and gateway."""
+    body = refusal.body
+    headers = [(name.lower().encode("ascii"), value.encode("ascii")) for name, value in refusal.headers()]
+    headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def authorization_header(scope: Scope) -> bytes | None:
-    found: bytes | None = None
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"authorization":
-            if found is not None:
-                # Two Authorization headers: ambiguous, so no token at all rather than a guess.
-                return None
-            found = value
-    return found
+def header_values(scope: Scope, name: bytes) -> list[bytes]:
+    """Every value of header `name` (lower case) in the request, in order: two must stay two."""
+    return [value for key, value in scope.get("headers", ()) if key.lower() == name]
 
 
-async def check_request(
-    verifier: PurposeTokenVerifier, routes: RouteTable, scope: Scope
-) -> tuple[VerifiedClaims | None, Refusal | None]:
-    """Decide one request: (claims, None), (None, None) on an open route, or (None, refusal)."""
-    route = routes.match(scope.get("method", "GET"), scope["path"])
-    if route is None:
-        return None, Refusal(404, None, "not_found", "no_route")
-    if route.open:
-        return None, None
-    token = bearer_token(authorization_header(scope))
-    if token is None:
-        status, header = challenge(None)
-        return None, Refusal(status, header, "invalid_token", "no_token")
-    try:
-        claims = await verifier.averify(token, purpose=route.purpose)
-    except VerificationError as exc:
-        status, header = challenge(exc, purpose=route.purpose)
-        error = "insufficient_scope" if status == 403 else "invalid_token"
-        log.info(
-            "purpose_token_refused reason=%s detail=%s path=%s token_sha256=%s",
-            exc.reason, exc.detail, scope["path"], token_hash(token),
-        )  # fmt: skip
-        return None, Refusal(status, header, error, exc.reason)
-    return claims, None
+def raw_path(scope: Scope) -> bytes:
+    """The path as the client sent it (percent-encoded); servers without raw_path get it re-encoded."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.split(b"?", 1)[0]
+    return quote(scope["path"]).encode("ascii")
+
+
+async def check_scope(verifier: PurposeTokenVerifier, routes: RouteTable, scope: Scope) -> Outcome:
+    """The shared access decision (exchange.verify.access) for one ASGI request."""
+    return await check_request(
+        verifier, routes, scope.get("method", "GET"), raw_path(scope), scope["path"],
+        header_values(scope, b"authorization"),
+    )  # fmt: skip
 
 
 class PurposeMiddleware:
@@ -124,7 +89,7 @@ class PurposeMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan and friends pass through
             return
-        claims, refusal = await check_request(self.verifier, self.routes, scope)
+        claims, refusal = await check_scope(self.verifier, self.routes, scope)
         if refusal is not None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})

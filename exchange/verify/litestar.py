@@ -18,23 +18,19 @@ A `VerificationError` raised inside a handler (e.g. by `require_detail`) gets th
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from litestar import Request, Response
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import (
-    ImproperlyConfiguredException,
-    NotAuthorizedException,
-    PermissionDeniedException,
-)
+from litestar.exceptions import HTTPException, ImproperlyConfiguredException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins import InitPluginProtocol
 from litestar.types import Guard
 
-from exchange.verify.bearer import bearer_token, challenge, token_hash
+from exchange.verify.access import check_token, refused_in_handler
+from exchange.verify.bearer import Refusal, refusal_for
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.errors import VerificationError
 from exchange.verify.verifier import PurposeTokenVerifier
@@ -47,7 +43,16 @@ PurposeClaimsDependency: TypeAlias = NamedDependency[VerifiedClaims]
 STATE_VERIFIER: Final = "purpose_verifier"
 STATE_CLAIMS: Final = "purpose_claims"
 
-log = logging.getLogger("exchange.verify")
+
+class PurposeTokenRefused(HTTPException):
+    """A refusal raised by the guard. An HTTPException, so that even without the plugin's handler the
+    status and challenge are right; with the plugin (required for `require_purpose()` without
+    `verifier=`) the body is the one every integration sends."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        headers = dict(refusal.headers())
+        super().__init__(detail=refusal.error, status_code=refusal.status, headers=headers)
+        self.refusal = refusal
 
 
 class PurposeTokenPlugin(InitPluginProtocol):
@@ -59,6 +64,7 @@ class PurposeTokenPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.state[STATE_VERIFIER] = self.verifier
         app_config.dependencies.setdefault(STATE_CLAIMS, Provide(_purpose_claims, sync_to_thread=False))
+        app_config.exception_handlers.setdefault(PurposeTokenRefused, _refusal_handler)
         app_config.exception_handlers.setdefault(VerificationError, _verification_error_handler)
         return app_config
 
@@ -74,32 +80,19 @@ def require_purpose(purpose: str | None = None, *, verifier: PurposeTokenVerifie
         claims = connection.state.get(STATE_CLAIMS)
         if isinstance(claims, VerifiedClaims):
             if purpose is not None and claims.purpose != purpose:
-                _refuse(VerificationError("wrong_purpose", f"token is for {claims.purpose!r}"), purpose)
+                error = VerificationError("wrong_purpose", f"token is for {claims.purpose!r}")
+                raise PurposeTokenRefused(refusal_for(error, purpose=purpose))
             return
         active = verifier or connection.app.state.get(STATE_VERIFIER)
         if not isinstance(active, PurposeTokenVerifier):
             raise ImproperlyConfiguredException("require_purpose needs PurposeTokenPlugin or verifier=")
-        token = bearer_token(connection.headers.get("authorization"))
-        if token is None:
-            _refuse(None, purpose)
-        try:
-            claims = await active.averify(token, purpose=purpose)
-        except VerificationError as exc:
-            log.info(
-                "purpose_token_refused reason=%s detail=%s path=%s token_sha256=%s",
-                exc.reason, exc.detail, connection.url.path, token_hash(token),
-            )  # fmt: skip
-            _refuse(exc, purpose)
+        credentials = connection.headers.getall("authorization", [])
+        claims, refusal = await check_token(active, credentials, purpose, connection.url.path)
+        if refusal is not None:
+            raise PurposeTokenRefused(refusal)
         connection.state[STATE_CLAIMS] = claims
 
     return guard
-
-
-def _refuse(error: VerificationError | None, purpose: str | None) -> NoReturn:
-    status, header = challenge(error, purpose=purpose)
-    if status == 403:
-        raise PermissionDeniedException(detail="insufficient_scope", headers={"WWW-Authenticate": header})
-    raise NotAuthorizedException(detail="invalid_token", headers={"WWW-Authenticate": header})
 
 
 def _purpose_claims(request: Request[Any, Any, Any]) -> VerifiedClaims:
@@ -110,13 +103,14 @@ def _purpose_claims(request: Request[Any, Any, Any]) -> VerifiedClaims:
     return claims
 
 
-def _verification_error_handler(request: Request[Any, Any, Any], exc: VerificationError) -> Response[Any]:
+def _render(refusal: Refusal) -> Response[bytes]:
+    return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers()))
+
+
+def _refusal_handler(request: Request[Any, Any, Any], exc: PurposeTokenRefused) -> Response[bytes]:
+    return _render(exc.refusal)
+
+
+def _verification_error_handler(request: Request[Any, Any, Any], exc: VerificationError) -> Response[bytes]:
     # Raised from a handler, e.g. claims.require_detail(...) for an operation the token does not cover.
-    log.info("purpose_token_refused reason=%s detail=%s path=%s", exc.reason, exc.detail, request.url.path)
-    status, header = challenge(exc)
-    error = "insufficient_scope" if status == 403 else "invalid_token"
-    return Response(
-        {"status_code": status, "detail": error},
-        status_code=status,
-        headers={"WWW-Authenticate": header, "Cache-Control": "no-store"},
-    )
+    return _render(refused_in_handler(exc, request.url.path))

@@ -18,16 +18,18 @@ TOML form (`--routes FILE`):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Final
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 
 from schemas.base import Base, NonEmptyStr
 
 Prefix = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^/")]
-Method = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Z]+)$")]
+Method = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Z]+(-[A-Z]+)*)$")]
 
 
 class RouteConfig(Base, frozen=True):
@@ -94,9 +96,53 @@ class RouteTable:
         return None
 
 
-def has_dot_segments(path: str) -> bool:
-    """True for paths with "." or ".." segments, which an upstream may resolve differently than we match."""
-    return any(segment in _DOT_SEGMENTS for segment in path.split("/"))
+def method_problem(method: str) -> str | None:
+    """Why `method` is not a canonical method token (RFC 9110 §9.1: case-sensitive), or None.
+
+    Upper-case letters in dash-joined words only (GET, POST, VERSION-CONTROL): "get" or "Get" is
+    refused, never matched as GET, since an upstream may fold case and run the GET handler after a route
+    table matched something else.
+    """
+    return None if _METHOD.match(method) else "non_canonical_method"
+
+
+def path_problem(raw_path: bytes) -> str | None:
+    """Why a request path (as sent, percent-encoded, without the query) is not canonical, or None.
+
+    A path we would match one way and the upstream might resolve another is refused, never "normalised":
+    dot segments in any encoding, empty segments (`//`), `;` parameters, backslash, encoded `/` or backslash,
+    double percent-encoding, malformed escapes, control characters (NUL included), raw non-ASCII bytes,
+    and escapes that decode to overlong or otherwise invalid UTF-8. A trailing `/` is allowed.
+    """
+    if not raw_path.startswith(b"/") or len(raw_path) > _MAX_PATH:
+        return "path_not_absolute"
+    if not _RAW_PATH.match(raw_path):
+        return "path_bad_character"
+    if _BAD_ESCAPES.search(raw_path):
+        return "path_encoded_separator"
+    try:
+        decoded = unquote_to_bytes(raw_path).decode("utf-8")  # strict: overlong forms are invalid UTF-8
+    except UnicodeDecodeError:
+        return "path_invalid_utf8"
+    if not decoded.isprintable():
+        return "path_control_character"
+    segments = decoded.split("/")[1:]
+    if segments and segments[-1] == "":
+        segments.pop()  # "/a/" ends in a slash: allowed
+    for segment in segments:
+        if segment in _DOT_SEGMENTS:
+            return "path_dot_segment"
+        if segment == "":
+            return "path_empty_segment"
+    return None
+
+
+_METHOD: Final = re.compile(r"^[A-Z]+(-[A-Z]+)*$")
+_MAX_PATH: Final = 8192
+# Visible ASCII without ";" "\\" "#" and "?" (the query is not part of the path), plus %XX escapes.
+_RAW_PATH: Final = re.compile(rb"^(?:[!$&'()*+,\-./0-9:=@A-Z\[\]_a-z~]|%[0-9A-Fa-f]{2})*$")
+# Encoded "/" or "\\", encoded ";", and "%25" followed by hex (a second round of decoding would change it).
+_BAD_ESCAPES: Final = re.compile(rb"%(?:2[Ff]|5[Cc]|3[Bb]|25[0-9A-Fa-f]{2}|[01][0-9A-Fa-f]|7[Ff])")
 
 
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
