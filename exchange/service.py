@@ -229,7 +229,9 @@ class TokenExchange:
         draft.audience = audience
 
         with steps(TRUST):
-            subject = await self._trust.validate(request.subject_token, request.subject_token_type, now=now)
+            subject = await self._trust.validate(
+                request.subject_token, request.subject_token_type, presenter=client, now=now
+            )
         draft.issuer, draft.sub = subject.issuer, str(subject.claims["sub"])
 
         actor_claims = None
@@ -239,7 +241,11 @@ class TokenExchange:
                 raise InvalidRequest("actor_token_type is missing or unsupported")
             with steps(TRUST):
                 actor = await self._trust.validate(
-                    request.actor_token, request.actor_token_type, which="actor_token", now=now
+                    request.actor_token,
+                    request.actor_token_type,
+                    presenter=client,
+                    which="actor_token",
+                    now=now,
                 )
             actor_claims, actor_issuer = actor.claims, actor.issuer
             draft.actor = f"{actor.issuer} {actor.claims['sub']}"
@@ -275,6 +281,7 @@ class TokenExchange:
         with steps(MINT):
             claims = self._minter.claims(
                 subject=subject.claims,
+                subject_issuer=subject.issuer,
                 audience=audience,
                 client_id=client.client_id,
                 purpose=purpose,

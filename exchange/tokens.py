@@ -17,7 +17,7 @@ from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
 from exchange.keys import ActiveKey, KeyRing
 from exchange.verify.compact import b64url_encode
-from schemas.claims import PurposeClaims
+from schemas.claims import PurposeClaims, SubjectId
 
 _encode_claims = msgspec.json.Encoder().encode
 # Carried over from the subject token only when present and well-typed (RFC 9068 §2.2.1).
@@ -43,6 +43,7 @@ class Minter:
         self,
         *,
         subject: Mapping[str, Any],
+        subject_issuer: str,
         audience: str,
         client_id: str,
         purpose: str,
@@ -71,6 +72,7 @@ class Minter:
             authorization_details=details or None,
             act=act,
             single_use=True if single_use else None,
+            sub_id=SubjectId(format="iss_sub", iss=subject_issuer, sub=subject["sub"]),
         )
 
     def sign(self, claims: PurposeClaims) -> str:

@@ -5,7 +5,9 @@ subject and actor tokens. Order: strict parse and an unambiguous claims set (dup
 at every level), the issuer the token names, which picks the key source and algorithm allow-list that
 issuer was configured with (and nothing else: no key ever comes from the token, and one issuer's key
 never checks another's tokens), the signature, then the claims (time window, subject, audience) and
-the token type. Every failure is a `SubjectTokenInvalid` whose client-facing text is opaque and whose
+the token type, and last the binding to the requester: a client may present only tokens issued to
+itself or to parties it is configured for (`issued_to`; Keycloak's token exchange shipped without
+this as a CVE). Every failure is a `SubjectTokenInvalid` whose client-facing text is opaque and whose
 `reason` (e.g. "subject_token:expired") goes to the audit record.
 """
 
@@ -24,10 +26,10 @@ from exchange.verify.jwks import KeySource, key_source
 from exchange.verify.jws import JWSVerifier
 from exchange.verify.strictjson import AmbiguousJSON, decode_object, is_numeric_date
 from schemas.claims import AT_JWT_TYPS
-from schemas.config import Settings, TrustedIssuer
+from schemas.config import Client, Settings, TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
-__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "subject_trust"]
+__all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "issued_to", "subject_trust"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +68,20 @@ class SubjectTrust:
         self._max = max_token_bytes
 
     async def validate(
-        self, token: str, token_type: str, *, which: str = "subject_token", now: float | None = None
+        self,
+        token: str,
+        token_type: str,
+        *,
+        presenter: Client | None,
+        which: str = "subject_token",
+        now: float | None = None,
     ) -> VerifiedToken:
+        """Verify a subject or actor token presented by `presenter` (the authenticated client).
+
+        The token must have been issued to a party the presenter may speak for (`issued_to`); pass
+        `presenter=None` only to diagnose a token outside any request (`exchange rules explain`).
+        """
+
         def fail(reason: str) -> SubjectTokenInvalid:
             return SubjectTokenInvalid(reason, which=which)
 
@@ -93,6 +107,8 @@ class SubjectTrust:
         typ = verified.header.get("typ")
         typ = typ if isinstance(typ, str) else None
         _check_type(issuer.config, typ, token_type, fail)
+        if presenter is not None:
+            _check_presenter(issuer, claims, presenter, fail)
         return VerifiedToken(
             issuer=issuer.config.issuer, claims=MappingProxyType(claims), kid=verified.key.kid, typ=typ
         )
@@ -128,6 +144,45 @@ def _check_claims(
     auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     if not issuer.audiences.intersection(a for a in auds if isinstance(a, str)):
         raise fail("wrong_audience")
+
+
+def issued_to(claims: Mapping[str, Any], our_audiences: frozenset[str]) -> frozenset[str] | None:
+    """The party a token was issued to, as a set of names that each denote it; None when ambiguous.
+
+    `azp` (OpenID Connect), else `client_id` (RFC 9068 access tokens) name it; both present must agree.
+    Without them it is the token's single audience beside ours; a token whose only audiences are ours
+    was issued to the exchange itself, and its party is named by those audiences (so a client may be
+    configured for "tokens issued to purpose-exchange"). Two or more audiences beside ours and no
+    `azp` leave the party unknown (OpenID Connect requires azp then): None.
+    """
+    named = [value for value in (claims.get("azp"), claims.get("client_id")) if value is not None]
+    if named:
+        if not all(isinstance(value, str) and value for value in named) or len(set(named)) != 1:
+            return None
+        return frozenset(named)
+    aud = claims.get("aud")
+    auds = (
+        [aud]
+        if isinstance(aud, str)
+        else [a for a in aud if isinstance(a, str)]
+        if isinstance(aud, list)
+        else []
+    )
+    others = [a for a in auds if a not in our_audiences]
+    if len(others) > 1:
+        return None
+    return frozenset(others) if others else frozenset(auds)
+
+
+def _check_presenter(
+    issuer: _Issuer, claims: Mapping[str, Any], presenter: Client, fail: Callable[[str], SubjectTokenInvalid]
+) -> None:
+    """A client may present only tokens issued to itself or to the parties it is configured for."""
+    parties = issued_to(claims, issuer.audiences)
+    if parties is None:
+        raise fail("ambiguous_party")
+    if presenter.client_id not in parties and parties.isdisjoint(presenter.tokens_issued_to):
+        raise fail("not_issued_to_client")
 
 
 def _check_type(

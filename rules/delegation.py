@@ -105,7 +105,7 @@ class DelegationPolicy:
             current["client_id"] = actor_client
         if not self._allowed(current, actor_issuer, client_id):
             raise _deny("actor_not_allowed", "the actor is not allowed to act for this purpose")
-        self._check_may_act(subject.get("may_act", None), current, "may_act" in subject)
+        self._check_may_act(subject.get("may_act", None), current, "may_act" in subject, subject_iss)
         self._check_chain(subject, [current, *prior])
         return _nest(current, prior)
 
@@ -152,14 +152,25 @@ class DelegationPolicy:
             seen.add(who)
 
     @staticmethod
-    def _check_may_act(may_act: Any, current: Mapping[str, Any], present: bool) -> None:
-        """RFC 8693 §4.4: when the subject names who may act, the actor must be that party."""
+    def _check_may_act(
+        may_act: Any, current: Mapping[str, Any], present: bool, subject_iss: str | None
+    ) -> None:
+        """RFC 8693 §4.4: when the subject names who may act, the actor must be that party.
+
+        A `may_act` without `iss` names a subject of the subject token's issuer, never a same-named
+        subject of another trusted issuer (alice at one identity provider is not alice at another).
+        """
         if not present:
             return
         if not isinstance(may_act, Mapping) or not any(k in may_act for k in _IDENTITY):
             raise _deny("may_act_denied", "the subject token's may_act claim does not allow this actor")
+        expected = dict(may_act)
+        if "iss" not in expected:
+            if subject_iss is None:
+                raise _deny("may_act_denied", "the subject token's may_act claim does not allow this actor")
+            expected["iss"] = subject_iss
         for key in _IDENTITY:
-            if key in may_act and may_act[key] != current.get(key):
+            if key in expected and expected[key] != current.get(key):
                 raise _deny("may_act_denied", "the subject token's may_act claim does not allow this actor")
 
 

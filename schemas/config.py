@@ -62,7 +62,11 @@ class Client(Base, frozen=True):
     jwks_file: str | None = None
     jwks_uri: str | None = None
     purposes: list[NonEmptyStr] = msgspec.field(default_factory=list)
-
+    # Further parties whose identity tokens this client may exchange (or present as actor tokens),
+    # beside the client itself: a token's party is its azp, else its client_id, else its one audience
+    # beside the exchange's; a token whose only audience is the exchange's is issued to that audience
+    # name. See docs/CONFIGURATION.md ("Whose tokens a client may present").
+    tokens_issued_to: list[Identifier] = msgspec.field(default_factory=list)
 
 class Purpose(Base, frozen=True):
     audience: NonEmptyStr | list[NonEmptyStr]

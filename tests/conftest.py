@@ -34,7 +34,12 @@ def idp_ec() -> FakeIdP:
 def write_config(
     folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_url: str | None = None, extra: str = ""
 ) -> Path:
-    """A config exercising every client auth method and a few purposes."""
+    """A config exercising every client auth method and a few purposes.
+
+    The fake identity providers' tokens are audienced to the exchange alone (no azp), so every client
+    here is configured to present tokens issued to "purpose-exchange"; the default binding (a client
+    presents only tokens issued to itself) is tested in tests/test_binding.py.
+    """
     client_jwks = FakeIdP("signer", "client_ec", "ES256").write_jwks(folder / "client-jwks.json")
     config = folder / "exchange.toml"
     config.write_text(f'''
@@ -57,23 +62,27 @@ algorithms = ["ES256"]
 
 [[clients]]
 client_id = "bank-web"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "none"
 purposes = ["payments.approve", "customer.export"]
 
 [[clients]]
 client_id = "backoffice"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "client_secret_basic"
 secret_hash = "{hash_secret(CLIENT_SECRET)}"
 purposes = ["customer.export"]
 
 [[clients]]
 client_id = "batch"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "client_secret_post"
 secret_hash = "{hash_secret(CLIENT_SECRET)}"
 purposes = ["customer.export"]
 
 [[clients]]
 client_id = "signer"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "private_key_jwt"
 jwks_file = "{client_jwks}"
 purposes = ["customer.export"]

@@ -28,12 +28,14 @@ ODD_SECRET = "s3cr+t%2Fwith/odd:chars and spaces-0123"
 SECOND_SIGNER = """
 [[clients]]
 client_id = "signer-b"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "private_key_jwt"
 jwks_file = "{jwks}"
 purposes = ["customer.export", "payments.approve"]
 
 [[clients]]
 client_id = "odd-secret"
+tokens_issued_to = ["purpose-exchange"]
 auth_method = "client_secret_basic"
 secret_hash = "{odd_hash}"
 purposes = ["customer.export"]

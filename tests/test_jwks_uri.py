@@ -73,6 +73,7 @@ algorithms = ["ES256"]
 jwks_cooldown = 2
 [[clients]]
 client_id = "bank-web"
+tokens_issued_to = ["purpose-exchange"]
 purposes = ["payments.approve"]
 [purposes."payments.approve"]
 audience = "https://payments.internal"

@@ -54,6 +54,7 @@ audiences = ["purpose-exchange"]
 algorithms = ["ES256"]
 [[clients]]
 client_id = "bank-web"
+tokens_issued_to = ["purpose-exchange"]
 purposes = ["payments.approve"]
 
 [purposes."payments.approve"]

@@ -15,6 +15,7 @@ from tests.conftest import exchange_form
 LIMITED = """
 [[clients]]
 client_id = "limited"
+tokens_issued_to = ["purpose-exchange"]
 purposes = ["limited.read"]
 
 [purposes."limited.read"]

@@ -37,6 +37,7 @@ async def test_each_algorithm_signs_verifiable_purpose_tokens(tmp_path: Path, al
         }
         claims = minter.claims(
             subject=subject,
+            subject_issuer="https://idp.example.com",
             audience="https://payments.internal",
             client_id="bank-web",
             purpose="payments.approve",
@@ -55,6 +56,12 @@ async def test_each_algorithm_signs_verifiable_purpose_tokens(tmp_path: Path, al
         )
         verified = verifier.verify(token, purpose="payments.approve")
         assert verified.sub == "alice" and verified.client_id == "bank-web"
+        assert verified.subject_issuer == "https://idp.example.com"
+        assert verified.to_dict()["sub_id"] == {
+            "format": "iss_sub",
+            "iss": "https://idp.example.com",
+            "sub": "alice",
+        }
     finally:
         await store.close()
 
@@ -70,7 +77,13 @@ async def test_rotation_changes_the_signing_key_and_keeps_the_old_one_published(
         def mint() -> str:
             return minter.sign(
                 minter.claims(
-                    subject=subject, audience="a", client_id="c", purpose="p", ttl=60, now=time.time()
+                    subject=subject,
+                    subject_issuer="https://idp.example.com",
+                    audience="a",
+                    client_id="c",
+                    purpose="p",
+                    ttl=60,
+                    now=time.time(),
                 )
             )
 

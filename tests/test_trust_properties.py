@@ -14,7 +14,7 @@ from exchange.app import parse_form
 from exchange.errors import InvalidRequest, SubjectTokenInvalid
 from exchange.trust import SubjectTrust
 from exchange.verify import StaticJWKS
-from schemas.config import TrustedIssuer
+from schemas.config import Client, TrustedIssuer
 from schemas.wire import TOKEN_TYPE_JWT
 from tests.idp import FakeIdP
 
@@ -28,12 +28,13 @@ TRUST = SubjectTrust(
     ],
     max_token_bytes=8192,
 )
-GENUINE = IDP.token(exp=int(time.time()) + 86400)
+GENUINE = IDP.token(exp=int(time.time()) + 86400, azp="bank-web")
+PRESENTER = Client(client_id="bank-web")
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def validate(token: str) -> object:
-    return asyncio.run(TRUST.validate(token, TOKEN_TYPE_JWT))
+    return asyncio.run(TRUST.validate(token, TOKEN_TYPE_JWT, presenter=PRESENTER))
 
 
 def test_the_genuine_token_is_accepted() -> None:

@@ -49,6 +49,7 @@ algorithms = ["{alg}"]
 
 [[clients]]
 client_id = "{client_id}"
+tokens_issued_to = ["{subject_audience}"]  # the bench IdP audiences its tokens to the exchange only
 auth_method = "{auth}"
 {secret}purposes = ["{purpose}"]
 

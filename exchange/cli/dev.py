@@ -24,6 +24,12 @@ from exchange.cli.console import config_option, fail, settings_or_exit
     help="Lifetime of the token, seconds.",
 )
 @click.option("--access-token", is_flag=True, help="Mint an RFC 9068 access token (typ at+jwt).")
+@click.option(
+    "--client",
+    default=None,
+    help="The client the token is issued to (azp; client_id for --access-token); "
+    "default: the config's first client. Only that client may exchange it.",
+)
 def dev_token(
     config_file: str | None,
     sub: str,
@@ -32,6 +38,7 @@ def dev_token(
     claims: tuple[str, ...],
     ttl: int,
     access_token: bool,
+    client: str | None,
 ) -> None:
     """Mint an identity token from the local dev issuer (development only)."""
     from exchange import devidp
@@ -39,7 +46,11 @@ def dev_token(
     settings = settings_or_exit(config_file)
     if settings.dev_issuer is None:
         fail("[dev_issuer] is not configured in this config file")
-    extra: dict[str, Any] = {}
+    if client is None and settings.clients:
+        client = settings.clients[0].client_id
+    # Issued to one client, as a real provider's token is: a client may only present tokens issued to
+    # it (or to parties it is configured for), so the walkthrough's client can exchange this one.
+    extra: dict[str, Any] = {} if client is None else {"client_id" if access_token else "azp": client}
     for item in claims:
         name, sep, value = item.partition("=")
         if not sep:

@@ -134,7 +134,10 @@ def rules_explain(
             from exchange.trust import subject_trust
 
             try:
-                verified = await subject_trust(settings).validate(token, subject_token_type, now=time.time())
+                presenter = next((c for c in settings.clients if c.client_id == client_id), None)
+                verified = await subject_trust(settings).validate(
+                    token, subject_token_type, presenter=presenter, now=time.time()
+                )
             except SubjectTokenInvalid as exc:
                 return _refused(source, policy, client_id, exc.reason or "subject_token:invalid")
             subject, issuer = dict(verified.claims), verified.issuer

@@ -14,6 +14,7 @@ import msgspec
 
 from exchange.verify.errors import VerificationError
 from schemas.base import NumericDate
+from schemas.claims import SubjectId
 from schemas.equality import same
 
 Subject = Annotated[str, msgspec.Meta(min_length=1)]
@@ -38,6 +39,9 @@ class VerifiedClaims(
     authorization_details: tuple[dict[str, Any], ...] | None = None
     act: dict[str, Any] | None = None
     single_use: bool | None = None
+    #: RFC 9493 `{format: "iss_sub", iss, sub}`: the subject at its identity provider. Every token the
+    #: exchange mints carries it; only tokens from before it did (15 minutes at most) lack it.
+    sub_id: SubjectId | None = None
 
     def __post_init__(self) -> None:
         # RFC 9396 §2: every authorization_details object has a string `type`. Checked here, once, so
@@ -46,6 +50,14 @@ class VerifiedClaims(
             for detail in self.authorization_details:
                 if not isinstance(detail.get("type"), str):
                     raise msgspec.ValidationError("authorization_details entry without a string type")
+        if self.sub_id is not None and self.sub_id.sub != self.sub:
+            raise msgspec.ValidationError("sub_id.sub differs from sub")
+
+    @property
+    def subject_issuer(self) -> str | None:
+        """The identity provider that authenticated the subject (`sub_id.iss`); key users on
+        (subject_issuer, sub), never on sub alone."""
+        return self.sub_id.iss if self.sub_id is not None else None
 
     def require_detail(self, type: str, **expected: Any) -> dict[str, Any]:
         """Return the first authorization_details object of `type` whose fields equal `expected`.
