@@ -17,6 +17,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
+from schemas.config import Client
 from tests.conftest import exchange_form
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
@@ -85,6 +86,7 @@ audiences = ["purpose-exchange"]
 algorithms = ["Ed25519"]
 [[clients]]
 client_id = "bank-web"
+tokens_issued_to = ["purpose-exchange"]  # the fake IdPs audience their tokens to the exchange only
 purposes = ["payments.approve"]
 [purposes."payments.approve"]
 audience = "https://payments.internal"
@@ -162,6 +164,10 @@ def test_ed25519_and_eddsa_name_one_algorithm_for_an_ed25519_key(
     assert resp.status_code == 200, resp.text
 
 
+# Presents the fake providers' tokens, which are audienced to the exchange alone.
+PRESENTER = Client(client_id="bank-web", tokens_issued_to=["purpose-exchange"])
+
+
 def test_the_names_agree_the_other_way_round(tmp_path: Path) -> None:
     """A key published as "Ed25519", an issuer configured with "EdDSA", a header saying either."""
     import asyncio
@@ -175,7 +181,7 @@ def test_the_names_agree_the_other_way_round(tmp_path: Path) -> None:
     keys = key_source(jwks_file=idp.write_jwks(tmp_path / "jwks.json"))
     trust = SubjectTrust([(issuer, keys)], max_token_bytes=8192)
     for alg in ("EdDSA", "Ed25519"):
-        verified = asyncio.run(trust.validate(idp.token(alg), ID_TOKEN))
+        verified = asyncio.run(trust.validate(idp.token(alg), ID_TOKEN, presenter=PRESENTER))
         assert verified.claims["sub"] == "alice"
 
 
@@ -196,5 +202,5 @@ def test_an_ed448_key_is_not_an_ed25519_key(tmp_path: Path) -> None:
     claims = {"iss": ED_ISSUER, "sub": "alice", "aud": "purpose-exchange", "iat": now, "exp": now + 60}
     token = sign(key, {"alg": "EdDSA", "kid": kid}, claims)
     with pytest.raises(SubjectTokenInvalid) as refused:
-        asyncio.run(trust.validate(token, ID_TOKEN))
+        asyncio.run(trust.validate(token, ID_TOKEN, presenter=PRESENTER))
     assert refused.value.reason == "subject_token:algorithm_key_mismatch"
