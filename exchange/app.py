@@ -41,6 +41,7 @@ from exchange.errors import (
     InvalidClient,
     InvalidRequest,
     OAuthError,
+    RequestTimeout,
     ServerError,
 )
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
@@ -217,6 +218,8 @@ def _error_headers(exc: OAuthError) -> dict[str, str]:
         headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, RequestTimeout):
+        headers["Connection"] = "close"  # RFC 9110 §15.5.9: the rest of that request is not wanted
     return headers
 
 
@@ -265,7 +268,17 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes:
+    """The whole body, at most `limit` bytes, within `seconds` in all (not per chunk: a client
+    sending a byte a second would keep a per-chunk timer alive forever)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -381,7 +394,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                 ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/x-www-form-urlencoded":
                     raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-                form = parse_form(await _read_body(receive, settings.limits.max_body_bytes))
+                body = await _read_body(receive, settings.limits.max_body_bytes, settings.limits.body_timeout)
+                form = parse_form(body)
             except OAuthError as exc:  # refused before the exchange: no decision, so no audit record
                 log.info("http_request", method="POST", path="/token", status=exc.status, error=exc.error,
                          error_description=exc.description, request_id=rid)  # fmt: skip

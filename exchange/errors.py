@@ -90,6 +90,13 @@ class InsufficientUserAuthentication(OAuthError):
     error = "insufficient_user_authentication"
 
 
+class RequestTimeout(InvalidRequest):
+    """The request did not arrive within `limits.body_timeout`: HTTP 408 (RFC 9110 §15.5.9), and the
+    connection is closed. The body is still RFC 6749 JSON (`invalid_request`)."""
+
+    status = 408
+
+
 class RateLimited(InvalidRequest):
     """A rate-limit denial: HTTP 429 (RFC 6585 §4) with `Retry-After`, error `invalid_request`.
 

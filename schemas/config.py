@@ -96,6 +96,15 @@ class Limits(Base, frozen=True):
     # Longest client assertion (RFC 7523) accepted, exp minus iat: stock clients sign for an hour.
     # Its jti is remembered until it expires, so a longer cap costs replay-table rows, not safety.
     max_assertion_lifetime: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 3600
+    # Slow clients (docs/CONFIGURATION.md, "Limits"): seconds a connection has to send its request
+    # head (also how long an idle keep-alive connection stays open), and a /token body after its head.
+    header_timeout: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+    body_timeout: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+    # Open connections per worker; more wait in the listen backlog (the kernel's queue) until one closes.
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=65536)] = 4096
+    backlog: Annotated[int, msgspec.Meta(ge=128, le=65535)] = 1024
+    # A connection's read buffer, so the largest request head: bounds memory per slow connection.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=8192, le=1048576)] = 16384
 
 
 class LoggingConfig(Base, frozen=True):

@@ -38,6 +38,7 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
     from granian.log import LogLevels
 
     from exchange import devidp
+    from exchange.connections import raise_file_limit, server_options
     from exchange.keys import load_kek
     from exchange.listen import PortInUse, ensure_free, split_host_port
     from exchange.logging import FORMAT_ENV, granian_log_config, wants_json
@@ -70,6 +71,9 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
     os.environ["EXCHANGE_CONFIG"] = str(path.resolve())
     os.environ[RUN_DIR_ENV] = str(folder.path)
     os.environ[FORMAT_ENV] = "json" if wants_json(settings.logging.format) else "console"
+    max_connections, warning = raise_file_limit(settings.limits, workers)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
     listener = None
     if management is not None:
         from exchange.management import serve_metrics
@@ -86,6 +90,7 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
             log_level=LogLevels(settings.logging.level),
             log_access=settings.logging.access_log,
             log_dictconfig=granian_log_config(settings.logging.level),
+            **server_options(settings.limits, max_connections),
         ).serve()
     finally:
         if listener is not None:
