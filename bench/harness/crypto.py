@@ -1,12 +1,14 @@
 """The raw signature operations (pyca/cryptography, no JOSE framing): the floor under every step.
 
-Timed on the server's CPU while the server is idle, best of several runs (the least disturbed on a
-shared machine), over a token-sized signing input.
+Timed on the server's CPU while the server is idle, in thread CPU time (a shared machine can take
+the core away mid-run; CPU time does not count that), best of several runs, over a token-sized
+signing input.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import timeit
 from collections.abc import Callable
 
@@ -36,7 +38,7 @@ def operations() -> dict[str, Callable[[], object]]:
 
 def best_seconds(fn: Callable[[], object], *, number: int = 500, repeat: int = 7) -> float:
     fn()
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+    return min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.thread_time)) / number
 
 
 def raw_costs(

@@ -32,7 +32,7 @@ from harness.procs import BIN, LOAD_CPUS, pin
 
 # (label, test on one frame "function (path)"): the deepest frame matching any rule names the step.
 STEPS: list[tuple[str, Callable[[str], bool]]] = [
-    ("audit: JSON log line (structlog)", lambda f: "structlog/" in f),
+    ("audit: JSON log line (structlog)", lambda f: "structlog/" in f or "exchange/logging.py" in f),
     (
         "audit: store write (exchange/store, asyncpg, sqlite3)",
         lambda f: any(n in f for n in ("exchange/store/", "asyncpg/", "sqlite3/")),
@@ -52,10 +52,17 @@ STEPS: list[tuple[str, Callable[[str], bool]]] = [
     ("orchestration (service.py)", lambda f: "exchange/service.py" in f),
     ("records and wire structs (schemas/)", lambda f: "(schemas/" in f),
     ("/token handler: headers, body, response (app.py)", lambda f: "exchange/app.py" in f),
-    ("other service code (exchange/)", lambda f: "(exchange/" in f),
+    # exchange/cli/ is excluded: `exchange serve` runs granian in-process, so its frame is under everything.
+    ("other service code (exchange/)", lambda f: "(exchange/" in f and "(exchange/cli/" not in f),
     ("litestar (routing, middleware, other routes)", lambda f: "litestar/" in f),
 ]
 LEFTOVER = "event loop and server glue (asyncio, granian)"
+# Leaves that are a thread waiting, though py-spy saw it as running: left out of every share.
+IDLE_LEAVES = (
+    "Condition.wait (threading.py)",
+    "EpollSelector.select (selectors.py)",
+    "select (selectors.py)",
+)
 # A leaf in one of these is (almost all) the C signature call it wraps.
 _SIGNATURE_LEAF = re.compile(r"^_?(sign|verify)")
 
@@ -134,6 +141,8 @@ def module_of(frame: str) -> str:
 def summarise(path: Path, *, top: int = 12, steps: bool = True) -> str:
     """A text summary: shares by step (if `steps`), by leaf module, and the top leaf functions."""
     stacks = load(path)
+    idle = sum(n for frames, n in stacks if frames and frames[-1] in IDLE_LEAVES)
+    stacks = [(frames, n) for frames, n in stacks if frames and frames[-1] not in IDLE_LEAVES]
     total = sum(n for _, n in stacks)
     if not total:
         return "(no samples)"
@@ -151,7 +160,7 @@ def summarise(path: Path, *, top: int = 12, steps: bool = True) -> str:
             k in frames[-1] for k in ("joserfc/_rfc7518", "exchange/verify/", "exchange/tokens.py", "bench/")
         ):
             signature += n
-    out = [f"{total} samples"]
+    out = [f"{total} samples (and {idle} of idle waits left out: {', '.join(IDLE_LEAVES)})"]
     if steps:
         out.append("by step of the request (deepest frame in a step's module):")
         out += [f"  {100 * n / total:5.1f}%  {label}" for label, n in by_step.most_common()]
