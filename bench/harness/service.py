@@ -89,8 +89,7 @@ class PgUsage:
 
     ex: Exchange
     pids: list[int]
-    ours_cpu: float
-    all_cpu: float
+    cpu: dict[int, float]  # every postgres process at the start: its CPU seconds so far
     commits: int
     wal: int
 
@@ -99,9 +98,11 @@ class PgUsage:
             return {}
         n = max(1, exchanges)
         now = self.ex.pg_usage()
+        # Only processes alive at both ends count: others' backends come and go meanwhile.
+        delta = {p: now.cpu[p] - c for p, c in self.cpu.items() if p in now.cpu}
         return {
-            "backend_us": 1e6 * (cpu_seconds(self.pids) - self.ours_cpu) / n,
-            "all_us": 1e6 * (now.all_cpu - self.all_cpu) / n,
+            "backend_us": 1e6 * sum(delta.get(p, 0.0) for p in self.pids) / n,
+            "all_us": 1e6 * sum(delta.values()) / n,
             "per_commit": n / max(1, now.commits - self.commits),
             "wal_bytes": (now.wal - self.wal) / n,
         }
@@ -254,9 +255,8 @@ class Exchange:
         """Start counting what PostgreSQL spends on this service (see PgUsage.since)."""
         ours = self.backend_pids()
         wal = pg(self.pg_admin_dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0] if ours else 0
-        return PgUsage(
-            self, ours, cpu_seconds(ours), cpu_seconds(pids_named("postgres")), self.commits(), int(wal)
-        )
+        cpu = {p: cpu_seconds([p]) for p in pids_named("postgres")}
+        return PgUsage(self, ours, cpu, self.commits(), int(wal))
 
     def backend_pids(self) -> list[int]:
         """PostgreSQL backends serving this service's database (its pool's connections)."""
