@@ -84,7 +84,7 @@ def pg_note(usage: dict[str, float], server_us: float) -> str:
         return ""
     return (
         f"PostgreSQL per exchange: {usage['backend_us']:.0f} µs CPU in this database's backends, "
-        f"{usage['all_us']:.0f} µs in all postgres processes (WAL writer, others' work too), "
+        f"{usage['all_us']:.0f} µs in all postgres processes (WAL writer, checkpointer, others' work too), "
         f"{usage['wal_bytes']:,.0f} WAL bytes; {usage['per_commit']:.1f} exchanges per commit; "
         f"server {server_us:.0f} µs CPU per exchange"
     )

@@ -155,7 +155,8 @@ def run_profile(out_dir: Path, seconds: float) -> str:
         ]
         argv = [*profile.record_argv(out, seconds + 5, mode="cpu"), "--", *target]
         subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 120)
-        parts.append(f"{alg}: `{' '.join(argv)}`\n\n```\n{profile.summarise(out, steps=False)}\n```")
+        summary = profile.summarise(out, steps=False, within=".ours (verify_bench.py")
+        parts.append(f"{alg}: `{' '.join(argv)}`\n\n```\n{summary}\n```")
     return "\n\n".join(parts)
 
 

@@ -138,9 +138,12 @@ def module_of(frame: str) -> str:
     return head.removesuffix(".py") if head else path
 
 
-def summarise(path: Path, *, top: int = 12, steps: bool = True) -> str:
-    """A text summary: shares by step (if `steps`), by leaf module, and the top leaf functions."""
+def summarise(path: Path, *, top: int = 12, steps: bool = True, within: str | None = None) -> str:
+    """A text summary: shares by step (if `steps`), by leaf module, and the top leaf functions;
+    `within`: only the stacks with a frame containing that text (a loop, not its set-up)."""
     stacks = load(path)
+    if within is not None:
+        stacks = [(frames, n) for frames, n in stacks if any(within in f for f in frames)]
     idle = sum(n for frames, n in stacks if frames and frames[-1] in IDLE_LEAVES)
     stacks = [(frames, n) for frames, n in stacks if frames and frames[-1] not in IDLE_LEAVES]
     total = sum(n for _, n in stacks)
