@@ -20,7 +20,12 @@ from pathlib import Path
 
 from harness import load, procs, report
 from harness.idp import FakeIdP
-from harness.service import PG_ADMIN_DSN, Exchange
+from harness.service import PG_ADMIN_DSN, Exchange, pg
+
+_ROW_BYTES = (
+    "SELECT count(*), pg_total_relation_size('audit_records')::float8 / greatest(count(*), 1) "
+    "FROM audit_records"
+)
 
 
 def main() -> int:
@@ -69,7 +74,7 @@ def main() -> int:
                         workdir=work,
                         server=server,
                     )
-                    pg = usage.since(r.ok + r.non200)
+                    db = usage.since(r.ok + r.non200)
                     audit, ok = ex.audit_check(phase, r.ok, c)
                     ok_all = ok_all and ok and r.errors == 0
                     server_us = 1e6 * (r.server_cpu or 0) * r.duration / max(1, r.ok + r.non200)
@@ -80,20 +85,28 @@ def main() -> int:
                             report.rate(r.rps),
                             report.ms(r.p99_ms),
                             f"{server_us:.0f} µs",
-                            f"{pg['per_commit']:.1f}" if pg else "-",
-                            f"{pg['backend_us']:.0f} µs" if pg else "-",
-                            f"{pg['wal_bytes']:,.0f}" if pg else "-",
+                            f"{db['per_commit']:.1f}" if db else "-",
+                            f"{db['backend_us']:.0f} µs" if db else "-",
+                            f"{db['wal_bytes']:,.0f}" if db else "-",
                             f"{r.errors}",
                             "OK" if ok else f"**MISMATCH** {audit}",
                         ]
                     )
-                    print(f"# {store} c={c}: {r.rps:,.0f}/s p99 {r.p99_ms:.2f} ms; {audit}; {pg}", flush=True)
+                    print(f"# {store} c={c}: {r.rps:,.0f}/s p99 {r.p99_ms:.2f} ms; {audit}; {db}", flush=True)
                 commands.append(f"- load ({store}): `{r.command}`")
+                if ex.database is not None:
+                    size = pg(ex.store_url, _ROW_BYTES)[0]
+                    commands.append(
+                        f"- audit_records ({store}): {size[0]:,} rows, {size[1]:,.0f} bytes per row "
+                        "with its indexes (pg_total_relation_size)"
+                    )
     print(
         report.header(
             "Audit cost per exchange by load",
             f"{procs.pinning_note()}; PostgreSQL unpinned; wrk {args.duration:g} s per level; ES256 subject "
-            "tokens, one per request; every answer waits for its audit commit.",
+            "tokens, one per request; every answer waits for its audit commit. Transactions are "
+            "pg_stat_database.xact_commit: each batch's INSERT, and the pool's reset of the released "
+            "connection.",
         )
     )
     print(
@@ -104,7 +117,7 @@ def main() -> int:
                 "exchanges",
                 "p99",
                 "server CPU / exchange",
-                "exchanges / commit",
+                "exchanges / transaction",
                 "PostgreSQL CPU / exchange",
                 "WAL bytes / exchange",
                 "errors",

@@ -85,7 +85,8 @@ def pg_note(usage: dict[str, float], server_us: float) -> str:
     return (
         f"PostgreSQL per exchange: {usage['backend_us']:.0f} µs CPU in this database's backends, "
         f"{usage['all_us']:.0f} µs in all postgres processes (WAL writer, checkpointer, others' work too), "
-        f"{usage['wal_bytes']:,.0f} WAL bytes; {usage['per_commit']:.1f} exchanges per commit; "
+        f"{usage['wal_bytes']:,.0f} WAL bytes; {usage['per_commit']:.1f} exchanges per transaction "
+        "(each batch's INSERT, and the pool's reset of the released connection); "
         f"server {server_us:.0f} µs CPU per exchange"
     )
 
