@@ -403,7 +403,7 @@ def soak(args: argparse.Namespace, tokens: list[str], idp: FakeIdP, work: Path) 
     flat = abs(growth) <= 0.10
     print(
         report.header(
-            f"RSS over a {args.soak:g} s /token run",
+            f"RSS over a {result.duration:.0f} s /token run",
             f"{procs.pinning_note(args.server_cpus)}; {store}; "
             f"wrk {args.concurrency} connections; pool of {len(tokens):,} tokens; windows of {window:g} s; "
             f"{len(samples)} samples of the server's process tree RSS.",
@@ -413,7 +413,7 @@ def soak(args: argparse.Namespace, tokens: list[str], idp: FakeIdP, work: Path) 
         report.table(
             ["", "value"],
             [
-                ["throughput", f"{result.rps:,.0f}/s ({result.errors} errors)"],
+                ["throughput", f"{result.rps:,.0f}/s over {result.duration:.0f} s ({result.errors} errors)"],
                 [f"RSS, first {window:g} s (mean)", f"{a / 2**20:.1f} MiB"],
                 [f"RSS, last {window:g} s (mean)", f"{b / 2**20:.1f} MiB"],
                 ["growth", f"{100 * growth:+.1f}% — " + ("within 10%" if flat else "**NOT within 10%**")],
