@@ -7,6 +7,7 @@
     crypto   the raw signature operations, timed: the floor under every JOSE step
     peer     panva oidc-provider, the stock peer, installed into bench/.peer/ with npm
     profile  py-spy over a running server or a command; samples grouped by step and by module
+    inproc   the ASGI app from the factory, driven in-process (`--micro`): CPU per outcome
     report   Markdown tables and the exact command line
 
 Scenarios talk to the service only through its public faces: HTTP, the CLI, the app factory
