@@ -52,8 +52,11 @@ STEPS: list[tuple[str, Callable[[str], bool]]] = [
     ("orchestration (service.py)", lambda f: "exchange/service.py" in f),
     ("records and wire structs (schemas/)", lambda f: "(schemas/" in f),
     ("/token handler: headers, body, response (app.py)", lambda f: "exchange/app.py" in f),
-    # exchange/cli/ is excluded: `exchange serve` runs granian in-process, so its frame is under everything.
-    ("other service code (exchange/)", lambda f: "(exchange/" in f and "(exchange/cli/" not in f),
+    # The launch frames are left out: `exchange serve` runs granian in-process, so they are under everything.
+    (
+        "other service code (exchange/)",
+        lambda f: "(exchange/" in f and not any(n in f for n in ("(exchange/cli/", "(exchange/launcher.py")),
+    ),
     ("litestar (routing, middleware, other routes)", lambda f: "litestar/" in f),
 ]
 LEFTOVER = "event loop and server glue (asyncio, granian)"
@@ -62,6 +65,7 @@ IDLE_LEAVES = (
     "Condition.wait (threading.py)",
     "EpollSelector.select (selectors.py)",
     "select (selectors.py)",
+    "_worker (concurrent/futures/thread.py)",  # an executor thread blocked on its queue (a C call)
 )
 # A leaf in one of these is (almost all) the C signature call it wraps.
 _SIGNATURE_LEAF = re.compile(r"^_?(sign|verify)")
