@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,9 +33,8 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from exchange import devlogin, health, openapi
+from exchange import devlogin, health, openapi, reload
 from exchange.audit import Auditor
-from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import (
     UNAVAILABLE_RETRY_AFTER,
     ConfigError,
@@ -47,18 +47,19 @@ from exchange.errors import (
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
 from exchange.logging import DEBUG_ENV, configure_from
 from exchange.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from exchange.metrics import merge, render
-from exchange.rundir import RUN_DIR_ENV, RunDir, WorkerState, alive
+from exchange.metrics import Snapshot, merge, render
+from exchange.reload import Configured, Reloader
+from exchange.rundir import RUN_DIR_ENV, ReloadState, RunDir, WorkerState, alive
 from exchange.service import TokenExchange
 from exchange.store import make_store
 from exchange.store.base import Store, StoreUnavailable
 from exchange.telemetry import ServiceMetrics
 from exchange.tokens import Minter
 from exchange.tracing import RequestTrace, Tracing
-from exchange.trust import subject_trust
+from exchange.verify.jwks import JWKSCache
 from rules import PolicyError, compile_policies
 from schemas.config import Settings
-from schemas.wire import GRANT_TOKEN_EXCHANGE, ErrorResponse, ServerMetadata, TokenRequest
+from schemas.wire import ErrorResponse, TokenRequest
 
 log = structlog.get_logger("exchange.app")
 _encode = msgspec.json.Encoder().encode
@@ -68,6 +69,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PURGE_SECONDS = 60.0
 SNAPSHOT_SECONDS = 1.0
+KEY_REFRESH_SECONDS = 5.0
 # Probes and scrapes come every few seconds: their lines are debug unless they fail.
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -80,39 +82,32 @@ class Runtime:
     keyring: KeyRing
     exchange: TokenExchange
     auditor: Auditor
-    metadata: bytes
     keys_version: int
     metrics: ServiceMetrics | None = None
     tracing: Tracing | None = None
+    reloader: Reloader | None = None
+
+    @property
+    def configured(self) -> Configured:
+        """Trust, clients, policies and metadata in use now (a reload replaces them whole)."""
+        return self.exchange.configured
+
+    def install(self, configured: Configured) -> None:
+        """Put a reloaded configuration in place: one assignment, so each request sees one or the other."""
+        self.exchange.configured = configured
+        if self.metrics is not None:
+            self.metrics.known(
+                purposes=configured.settings.purposes,
+                clients=(c.client_id for c in configured.settings.clients),
+            )
+            self.metrics.config_loaded.set((), time.time())
 
 
-def metadata(settings: Settings) -> ServerMetadata:
-    methods_used: set[str] = {c.auth_method for c in settings.clients} or {"none"}
-    if methods_used & {"client_secret_basic", "client_secret_post"}:
-        # A secret client may send its secret either way (exchange/clients.py).
-        methods_used |= {"client_secret_basic", "client_secret_post"}
-    methods = sorted(methods_used)
-    return ServerMetadata(
-        issuer=settings.issuer,
-        token_endpoint=f"{settings.issuer}/token",
-        jwks_uri=f"{settings.issuer}/.well-known/jwks.json",
-        grant_types_supported=[GRANT_TOKEN_EXCHANGE],
-        token_endpoint_auth_methods_supported=methods,
-        token_endpoint_auth_signing_alg_values_supported=(
-            list(ASSERTION_ALGORITHMS) if "private_key_jwt" in methods else None
-        ),
-        scopes_supported=sorted(settings.purposes),
-        response_types_supported=[],
-        authorization_details_types_supported=sorted(
-            {t for p in settings.purposes.values() for t in p.authorization_details}
-        )
-        or None,
-    )
-
-
-async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time.time) -> Runtime:
+async def build_runtime(
+    settings: Settings, *, clock: Callable[[], float] = time.time, digest: str = ""
+) -> Runtime:
     """Open the store, load keys, and build trust, clients, policies and the exchange once."""
-    policies = compile_policies(settings)  # config problems stop start-up before any I/O
+    compile_policies(settings)  # config problems stop start-up before any I/O
     kek = load_kek(settings.signing, settings.store)
     metrics = (
         ServiceMetrics(purposes=settings.purposes, clients=(c.client_id for c in settings.clients))
@@ -126,26 +121,16 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         # Read before loading the keys, so a rotation racing with start-up is still noticed.
         keys_version = await store.keys_version()
         await keyring.ensure_active()
-        trust = subject_trust(settings)
+        configured = reload.build(settings, store, digest=digest)
         if settings.dev_issuer is not None:
             log.warning(
                 "dev_issuer_trusted",
                 issuer=settings.dev_issuer.issuer,
                 warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted",
             )
-        clients = ClientAuthenticator(
-            settings.clients,
-            token_endpoint=f"{settings.issuer}/token",
-            issuer=settings.issuer,
-            store=store,
-            max_token_bytes=settings.limits.max_token_bytes,
-            max_assertion_lifetime=settings.limits.max_assertion_lifetime,
-        )
         auditor = Auditor(store, metrics=metrics)
         exchange = TokenExchange(
-            trust=trust,
-            clients=clients,
-            policies=policies,
+            configured=configured,
             minter=Minter(keyring, settings.issuer),
             auditor=auditor,
             store=store,
@@ -157,6 +142,7 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
             metrics.watch_signing_keys(lambda: keyring.published, time.time)
             metrics.info.set((_version(),), 1.0)
             metrics.config_loaded.set((), time.time())
+            metrics.watch_key_sources(lambda: exchange.configured.key_sources())
     except BaseException:
         await store.close()
         raise
@@ -165,7 +151,6 @@ async def build_runtime(settings: Settings, *, clock: Callable[[], float] = time
         keyring=keyring,
         exchange=exchange,
         auditor=auditor,
-        metadata=_encode(metadata(settings)),
         keys_version=keys_version,
         metrics=metrics,
         tracing=Tracing(settings.tracing) if settings.tracing.enabled else None,
@@ -322,8 +307,11 @@ def error_response(exc: OAuthError) -> Response[bytes]:
     )
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Litestar:
-    """The ASGI app for these settings. Nothing is opened until the lifespan starts."""
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, config_file: Path | None = None
+) -> Litestar:
+    """The ASGI app for these settings. Nothing is opened until the lifespan starts. With `config_file`
+    (what `exchange serve` runs), SIGHUP reloads purposes, clients and trusted issuers from it."""
 
     run_dir = RunDir(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None
 
@@ -331,7 +319,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_from(settings.logging)
         try:
-            runtime = await build_runtime(settings, clock=clock)
+            digest = reload.file_digest(config_file) if config_file else ""
+            runtime = await build_runtime(settings, clock=clock, digest=digest)
         except (ConfigError, PolicyError, StoreUnavailable, OSError, ValueError) as exc:
             problems = getattr(exc, "problems", None) or [str(exc) or type(exc).__name__]
             for problem in problems:
@@ -349,9 +338,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                 name="key-watch",
             ),
             asyncio.create_task(_purge(runtime), name="purge"),
+            asyncio.create_task(_refresh_keys(runtime), name="jwks-refresh"),
         ]
-        if run_dir is not None and runtime.metrics is not None:
-            background.append(asyncio.create_task(_snapshots(runtime.metrics, run_dir), name="snapshots"))
+        if run_dir is not None:
+            background.append(asyncio.create_task(_snapshots(runtime, run_dir), name="snapshots"))
+        if config_file is not None:
+            runtime.reloader = _reloader(runtime, config_file, run_dir)
         app.state.runtime = runtime
         log.info(
             "service_started",
@@ -363,6 +355,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         try:
             yield
         finally:
+            if runtime.reloader is not None:
+                runtime.reloader.stop_listening()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -423,7 +417,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     @get("/.well-known/oauth-authorization-server", middleware=[_request_line])
     async def server_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
-        return Response(runtime.metadata, media_type="application/json", headers=jwks_headers)
+        return Response(runtime.configured.metadata, media_type="application/json", headers=jwks_headers)
 
     @get("/healthz", middleware=[_request_line])
     async def healthz() -> Response[bytes]:
@@ -435,7 +429,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         store = await health.store_check(runtime.store.ping, settings.store.command_timeout)
         if store.status != "ok":
             _store_error(runtime, "ping")
-        readiness = health.verdict([store, _signing_key_check(runtime.keyring)])
+        issuers = health.issuer_checks(runtime.configured.trust.sources())
+        readiness = health.verdict([store, _signing_key_check(runtime.keyring)], issuers)
         # Unavailable is temporary (an outage): say when to ask again, like /token's 503 does.
         retry = (
             {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)} if health.http_status(readiness) == 503 else None
@@ -528,15 +523,49 @@ def scrape(metrics: ServiceMetrics, run_dir: RunDir | None) -> bytes:
     return render(merge([mine, *others], alive=lambda p: p == pid or alive(p)))
 
 
-async def _snapshots(metrics: ServiceMetrics, run_dir: RunDir) -> None:
-    """Every second, tell the other workers (and the management listener) what this one has counted."""
-    pid = os.getpid()
+async def _snapshots(runtime: Runtime, run_dir: RunDir) -> None:
+    """Every second, tell the other workers, the management listener and `exchange config reload`
+    what this worker has counted and which configuration it runs."""
     while True:
-        try:
-            run_dir.write(WorkerState(pid=pid, metrics=metrics.registry.snapshot(pid)))
-        except OSError as exc:  # a full or vanished run dir must not stop the worker
-            log.warning("metrics_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
+        _write_state(runtime, run_dir)
         await asyncio.sleep(SNAPSHOT_SECONDS)
+
+
+def _write_state(runtime: Runtime, run_dir: RunDir) -> None:
+    pid = os.getpid()
+    metrics = runtime.metrics.registry.snapshot(pid) if runtime.metrics is not None else Snapshot(pid, [])
+    state = runtime.reloader.state if runtime.reloader is not None else ReloadState()
+    try:
+        run_dir.write(WorkerState(pid=pid, metrics=metrics, config=state))
+    except OSError as exc:  # a full or vanished run dir must not stop the worker
+        log.warning("worker_state_not_written", error=f"{type(exc).__name__}: {exc}")
+
+
+def _reloader(runtime: Runtime, config_file: Path, run_dir: RunDir | None) -> Reloader:
+    def result(ok: bool) -> None:
+        if runtime.metrics is not None:
+            runtime.metrics.reloads.inc(("ok" if ok else "error",))
+        if run_dir is not None:
+            _write_state(runtime, run_dir)  # at once: `exchange config reload` is waiting for it
+
+    reloader = Reloader(
+        config_file, runtime.store, lambda: runtime.configured, runtime.install, on_result=result
+    )
+    try:
+        reloader.listen()
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (an in-process test)
+        log.debug("sighup_not_available")
+    return reloader
+
+
+async def _refresh_keys(runtime: Runtime) -> None:
+    """Fetch every JWKS once at start, then again before it goes stale (not only when a token needs it),
+    so an identity provider that stops answering shows in /readyz and the metrics within its max-age."""
+    while True:
+        due = [s for _, s in runtime.configured.key_sources() if isinstance(s, JWKSCache) and s.refresh_due()]
+        if due:
+            await asyncio.gather(*(s.refresh() for s in due), return_exceptions=True)
+        await asyncio.sleep(KEY_REFRESH_SECONDS)
 
 
 def _request_line(app: ASGIApp) -> ASGIApp:
@@ -585,4 +614,5 @@ def app_from_env() -> Litestar:
     """Factory for ASGI servers: reads the config named by $EXCHANGE_CONFIG."""
     from exchange.config import config_path, load_settings
 
-    return create_app(load_settings(config_path(None)))
+    path = config_path(None)
+    return create_app(load_settings(path), config_file=path)

@@ -163,17 +163,21 @@ class ClientAuthenticator:
         store: Store,
         max_token_bytes: int = 8192,
         max_assertion_lifetime: int = 3600,
+        previous: ClientAuthenticator | None = None,
     ) -> None:
         self._clients = {c.client_id: c for c in clients}
-        self._pepper = os.urandom(32)
-        self._verified: dict[str, bytes] = {}
+        # A reload keeps the remembered secret checks: each tag binds the stored hash, so a client whose
+        # secret changed is checked again, and the others do not all pay scrypt at once.
+        self._pepper: bytes = os.urandom(32) if previous is None else previous._pepper
+        self._verified: dict[str, bytes] = {} if previous is None else previous._verified
         self._store = store
         self._audiences = frozenset({token_endpoint, issuer})
         self._max_lifetime = max_assertion_lifetime
         self._max_bytes = max_token_bytes
         # Each private_key_jwt client's own registered keys: the only keys that can authenticate it.
         self._keys: dict[str, KeySource] = {
-            c.client_id: key_source(jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
+            c.client_id: (previous._reusable_source(c) if previous is not None else None)
+            or key_source(jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
             for c in clients
             if c.auth_method == "private_key_jwt"
         }
@@ -182,10 +186,25 @@ class ClientAuthenticator:
             algorithms=ASSERTION_ALGORITHMS, typ=_ASSERTION_TYPS, require_kid=False, max_bytes=max_token_bytes
         )
         # scrypt is CPU-bound and ~50 ms: two threads (the machines have two cores) keep it off the loop.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
+        self._pool: ThreadPoolExecutor = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
+            if previous is None
+            else previous._pool
+        )
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
+
+    def key_sources(self) -> dict[str, KeySource]:
+        """Each private_key_jwt client's key source (for readiness and metrics)."""
+        return dict(self._keys)
+
+    def _reusable_source(self, client: Client) -> KeySource | None:
+        """The client's fetched-keys cache, if its jwks_uri did not change (a file is read again)."""
+        old = self._clients.get(client.client_id)
+        if old is None or client.jwks_uri is None or old.jwks_uri != client.jwks_uri:
+            return None
+        return self._keys.get(client.client_id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -17,10 +17,11 @@ Status, and the HTTP code that routes traffic:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 
+from exchange.verify.jwks import JWKSCache, KeySource
 from schemas.wire import HealthCheck, Readiness
 
 Check = HealthCheck  # one named check: the wire type of /readyz (schemas/wire.py)
@@ -42,6 +43,44 @@ def verdict(core: Sequence[Check], issuers: Sequence[Check] = ()) -> Readiness:
     if any(c.status != "ok" for c in checks):
         return Readiness(status="degraded", checks=checks)
     return Readiness(status="ready", checks=checks)
+
+
+def issuer_checks(sources: Mapping[str, KeySource]) -> list[Check]:
+    """One check per trusted issuer: ok while its keys are fresh; degraded while they cannot be
+    refreshed (still usable within their staleness bound, or none at hand yet); down once none may be used."""
+    return [_issuer_check(name, source) for name, source in sources.items()]
+
+
+def _issuer_check(name: str, source: KeySource) -> Check:
+    where = f"issuer {name}"
+    if not isinstance(source, JWKSCache):
+        return Check(name=where, status="ok", detail="keys from a file")
+    s = source.state()
+    fetched = "never fetched" if s.last_success_age is None else f"fetched {s.last_success_age:.0f} s ago"
+    if s.state == "fresh" and s.last_error is None:
+        return Check(name=where, status="ok", detail=f"{s.kids} keys, {fetched}")
+    if s.state == "fresh":
+        return Check(
+            name=where,
+            status="degraded",
+            detail=f"the last JWKS fetch failed ({s.last_error}); keys {fetched} are fresh for "
+            f"{s.fresh_for:.0f} s more",
+        )
+    if s.state == "stale":
+        return Check(
+            name=where,
+            status="degraded",
+            detail=f"the JWKS cannot be refreshed ({s.last_error or 'refresh pending'}); using keys "
+            f"{fetched}, for {s.usable_for:.0f} s more at most",
+        )
+    if s.last_error is None:
+        return Check(name=where, status="degraded", detail="the JWKS has not been fetched yet")
+    return Check(
+        name=where,
+        status="down",
+        detail=f"no usable keys: the JWKS at {source.uri} cannot be fetched ({s.last_error}); "
+        "its tokens are refused",
+    )
 
 
 async def store_check(ping: Callable[[], Awaitable[None]], within: float) -> Check:

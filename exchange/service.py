@@ -19,7 +19,7 @@ import msgspec
 import structlog
 
 from exchange.audit import Auditor
-from exchange.clients import ClientAuthenticator, presented_credentials
+from exchange.clients import presented_credentials
 from exchange.errors import (
     ERROR_CODES,
     InvalidRequest,
@@ -37,7 +37,6 @@ from exchange.errors import (
 from exchange.store.base import Store, StoreUnavailable
 from exchange.telemetry import AUDIT, CLIENT_AUTH, MINT, RULES, TRUST, ServiceMetrics, Steps
 from exchange.tokens import Minter
-from exchange.trust import SubjectTrust
 from rules import Denial, DenialError, PurposePolicy, RuleContext, actor_chain
 from rules.denials import STORE_UNAVAILABLE
 from schemas.records import AuditRecord, RuleOutcome
@@ -51,6 +50,7 @@ from schemas.wire import (
 )
 
 if TYPE_CHECKING:
+    from exchange.reload import Configured
     from exchange.tracing import RequestTrace
 
 _log = structlog.get_logger("exchange.audit")
@@ -99,18 +99,16 @@ class TokenExchange:
     def __init__(
         self,
         *,
-        trust: SubjectTrust,
-        clients: ClientAuthenticator,
-        policies: dict[str, PurposePolicy],
+        configured: Configured,
         minter: Minter,
         auditor: Auditor,
         store: Store,
         clock: Callable[[], float] = time.time,
         metrics: ServiceMetrics | None = None,
     ) -> None:
-        self._trust = trust
-        self._clients = clients
-        self._policies = policies
+        #: Trust, clients and policies, replaced whole by a reload (exchange/reload.py): each request
+        #: reads it once, and finishes on the configuration it started with.
+        self.configured = configured
         self._minter = minter
         self._auditor = auditor
         self._store = store
@@ -134,7 +132,7 @@ class TokenExchange:
         failure: OAuthError | None = None
         cause: Exception | None = None
         try:
-            response = await self._exchange(request, authorization, now, draft, steps)
+            response = await self._exchange(self.configured, request, authorization, now, draft, steps)
         except OAuthError as exc:
             failure = exc
         except StoreUnavailable as exc:
@@ -191,7 +189,13 @@ class TokenExchange:
             self._metrics.store_errors.inc((operation,))
 
     async def _exchange(
-        self, request: TokenRequest, authorization: str | None, now: float, draft: _Draft, steps: Steps
+        self,
+        configured: Configured,
+        request: TokenRequest,
+        authorization: str | None,
+        now: float,
+        draft: _Draft,
+        steps: Steps,
     ) -> TokenResponse:
         if request.grant_type is None:
             raise InvalidRequest("grant_type is required")
@@ -201,7 +205,7 @@ class TokenExchange:
         creds = presented_credentials(request, authorization)
         draft.client_id = _bounded(creds.client_id)
         with steps(CLIENT_AUTH):
-            client = await self._clients.authenticate(creds, request, now)
+            client = await configured.clients.authenticate(creds, request, now)
 
         if not request.subject_token:
             raise InvalidRequest("subject_token is required")
@@ -217,7 +221,7 @@ class TokenExchange:
             raise InvalidScope("scope must name exactly one purpose")
         purpose = request.scope.strip()
         draft.purpose = _bounded(purpose)
-        policy = self._policies.get(purpose)
+        policy = configured.policies.get(purpose)
         if policy is None:
             raise InvalidScope("unknown purpose")
         if purpose not in client.purposes:
@@ -229,7 +233,7 @@ class TokenExchange:
         draft.audience = audience
 
         with steps(TRUST):
-            subject = await self._trust.validate(
+            subject = await configured.trust.validate(
                 request.subject_token, request.subject_token_type, presenter=client, now=now
             )
         draft.issuer, draft.sub = subject.issuer, str(subject.claims["sub"])
@@ -240,7 +244,7 @@ class TokenExchange:
             if not request.actor_token_type or request.actor_token_type not in SUBJECT_TOKEN_TYPES:
                 raise InvalidRequest("actor_token_type is missing or unsupported")
             with steps(TRUST):
-                actor = await self._trust.validate(
+                actor = await configured.trust.validate(
                     request.actor_token,
                     request.actor_token_type,
                     presenter=client,

@@ -22,6 +22,7 @@ from typing import Final
 
 from exchange.keys import PublishedKey
 from exchange.metrics import HistogramSeries, Registry
+from exchange.verify.jwks import JWKSCache, KeySource
 
 UNKNOWN: Final = "(unknown)"
 OTHER: Final = "(other)"
@@ -110,6 +111,30 @@ class ServiceMetrics:
         self.info = r.gauge(
             PREFIX + "build_info", "Always 1; the labels name the version.", ("version",), merge="max"
         )
+        self._jwks_fetches = r.gauge(
+            PREFIX + "jwks_fetches_total",
+            "JWKS fetch attempts per key source (trusted issuer, or client:ID), by result (ok, error).",
+            ("issuer", "result"),
+            total=True,
+        )
+        self._jwks_suppressed = r.gauge(
+            PREFIX + "jwks_refetch_suppressed_total",
+            "Unknown kids not looked for again because the last fetch was within the refetch cooldown.",
+            ("issuer",),
+            total=True,
+        )
+        self._jwks_age = r.gauge(
+            PREFIX + "jwks_last_success_age_seconds",
+            "Seconds since the key source's JWKS was last fetched successfully (absent: never).",
+            ("issuer",),
+            merge="max",
+        )
+        self._jwks_usable = r.gauge(
+            PREFIX + "jwks_usable",
+            "1 while the key source has keys it may use (fresh, or stale within its bound), else 0.",
+            ("issuer",),
+            merge="max",
+        )
         _process_metrics(r)
         self._denials: set[str] = set()
         self.known(purposes=purposes, clients=clients)
@@ -152,6 +177,29 @@ class ServiceMetrics:
         def collect() -> None:
             now = clock()
             self.signing_key_age.values = {(k.kid, k.state): max(0.0, now - k.created_at) for k in keys()}
+
+        self.registry.on_collect(collect)
+
+    def watch_key_sources(self, sources: Callable[[], Iterable[tuple[str, KeySource]]]) -> None:
+        """Report each fetched key source's counters and freshness (sources that read a file have none)."""
+
+        def collect() -> None:
+            fetches: dict[tuple[str, ...], float] = {}
+            suppressed: dict[tuple[str, ...], float] = {}
+            ages: dict[tuple[str, ...], float] = {}
+            usable: dict[tuple[str, ...], float] = {}
+            for name, source in sources():
+                if not isinstance(source, JWKSCache):
+                    continue
+                state = source.state()
+                fetches[(name, "ok")] = float(state.fetches - state.failures)
+                fetches[(name, "error")] = float(state.failures)
+                suppressed[(name,)] = float(state.refetches_suppressed)
+                usable[(name,)] = 1.0 if state.state != "unusable" else 0.0
+                if state.last_success_age is not None:
+                    ages[(name,)] = state.last_success_age
+            self._jwks_fetches.values, self._jwks_suppressed.values = fetches, suppressed
+            self._jwks_age.values, self._jwks_usable.values = ages, usable
 
         self.registry.on_collect(collect)
 

@@ -67,6 +67,19 @@ class SubjectTrust:
         }
         self._max = max_token_bytes
 
+    def sources(self) -> dict[str, KeySource]:
+        """Each trusted issuer's key source (for readiness and metrics)."""
+        return {name: issuer.keys for name, issuer in self._issuers.items()}
+
+    def reusable_source(self, config: TrustedIssuer) -> KeySource | None:
+        """This issuer's fetched-keys cache, if `config` fetches the same keys the same way (a reload
+        keeps it: its keys, freshness and cooldown); None for a file, which a reload reads again."""
+        old = self._issuers.get(config.issuer)
+        if old is None or config.jwks_uri is None:
+            return None
+        same = (old.config.jwks_uri, old.config.jwks_cooldown) == (config.jwks_uri, config.jwks_cooldown)
+        return old.keys if same else None
+
     async def validate(
         self,
         token: str,
@@ -195,11 +208,16 @@ def _check_type(
         raise fail("not_an_access_token")
 
 
-def subject_trust(settings: Settings) -> SubjectTrust:
+def subject_trust(settings: Settings, *, previous: SubjectTrust | None = None) -> SubjectTrust:
     """The subject trust exactly as the service builds it at start-up: every trusted issuer with its key
-    source, and the dev issuer when configured. `exchange rules explain` verifies through this too."""
+    source, and the dev issuer when configured. `exchange rules explain` verifies through this too.
+    `previous` (a reload): JWKS caches of issuers whose key source did not change are kept."""
     sources: list[tuple[TrustedIssuer, KeySource]] = [
-        (t, key_source(jwks_file=t.jwks_file, jwks_uri=t.jwks_uri, cooldown=t.jwks_cooldown))
+        (
+            t,
+            (previous.reusable_source(t) if previous is not None else None)
+            or key_source(jwks_file=t.jwks_file, jwks_uri=t.jwks_uri, cooldown=t.jwks_cooldown),
+        )
         for t in settings.trusted_issuers
     ]
     if settings.dev_issuer is not None:

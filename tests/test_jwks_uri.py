@@ -21,7 +21,7 @@ from tests.server import Server, free_port
 class JWKSServer:
     """A real HTTP JWKS endpoint on loopback that counts its fetches."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         outer = self
@@ -40,7 +40,7 @@ class JWKSServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

@@ -35,6 +35,10 @@ Problem = Literal[
     "wrong_type",
     "missing_kid",
     "unknown_kid",
+    # The kid is unknown and the cooldown kept the set from being fetched again to look for it.
+    "unknown_kid_refetch_suppressed",
+    # The issuer's keys could not be fetched (and no usable set is at hand): not the token's fault.
+    "jwks_unavailable",
     "algorithm_key_mismatch",
     "bad_signature",
 ]

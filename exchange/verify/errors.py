@@ -15,6 +15,8 @@ Reason = Literal[
     "wrong_issuer",
     "bad_signature",
     "unknown_key",
+    # The key source has no usable keys because fetching them failed (not: the kid is unknown).
+    "keys_unavailable",
     "wrong_type",
     "wrong_purpose",
     "malformed",

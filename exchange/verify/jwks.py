@@ -24,8 +24,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,6 +70,30 @@ class KeySource(Protocol):
     def cached_keys(self) -> tuple[Key, ...]:
         """Every usable key already at hand; never does I/O."""
         ...
+
+
+class UnknownKid(VerificationError):
+    """The source's keys are at hand but none has this kid; `refetch_suppressed`: the set was not
+    fetched again to look for it, because the last attempt was within the cooldown."""
+
+    def __init__(self, detail: str, *, refetch_suppressed: bool = False) -> None:
+        super().__init__("unknown_key", detail)
+        self.refetch_suppressed = refetch_suppressed
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    """A JWKSCache as an operator sees it (readiness, metrics); ages in seconds, None when never."""
+
+    state: Literal["fresh", "stale", "unusable"]
+    kids: int
+    fetches: int
+    failures: int
+    refetches_suppressed: int
+    last_success_age: float | None
+    fresh_for: float  # seconds until the set needs refreshing (negative: overdue)
+    usable_for: float  # seconds until it may no longer be used (negative: it may not)
+    last_error: str | None
 
 
 class JWKSError(ValueError):
@@ -238,8 +263,13 @@ class JWKSCache:
         self._inflight: asyncio.Task[None] | None = None
         #: Fetch attempts so far (successful or not); for tests and metrics.
         self.fetch_count = 0
+        #: Failed fetch attempts so far.
+        self.failure_count = 0
+        #: Unknown kids that were not looked for again because of the cooldown.
+        self.suppressed_count = 0
         #: Why the last fetch failed, or None after a success.
         self.last_error: str | None = None
+        self._last_success: float | None = None
 
     @property
     def kids(self) -> frozenset[str]:
@@ -279,12 +309,58 @@ class JWKSCache:
             # Expired or never fetched: refresh now, unless the last attempt failed within the cooldown.
             due = self.last_error is None or now - self._last_attempt >= self._cooldown
         # A fetch already in flight is always joined: that costs the issuer nothing.
-        if self._inflight is not None or due:
+        fetched = self._inflight is not None or due
+        if fetched:
             await self.refresh()
         key = self.get_cached_key(kid)
-        if key is None:
-            raise VerificationError("unknown_key", f"kid {kid!r} is not in the JWKS at {self.uri}")
-        return key
+        if key is not None:
+            return key
+        if self.last_error is not None and (fetched or self._clock() >= self._usable_until):
+            # Not "unknown kid": we could not look (the fetch for it failed, or no usable set is left).
+            raise VerificationError(
+                "keys_unavailable", f"the JWKS at {self.uri} could not be fetched: {self.last_error}"
+            )
+        if not fetched:
+            self.suppressed_count += 1
+        raise UnknownKid(
+            f"kid {kid!r} is not in the JWKS at {self.uri}"
+            + ("" if fetched else " (not fetched again: within the refetch cooldown)"),
+            refetch_suppressed=not fetched,
+        )
+
+    def state(self) -> CacheState:
+        """Where this cache stands now (never does I/O)."""
+        now = self._clock()
+        if now < self._fresh_until:
+            state: Literal["fresh", "stale", "unusable"] = "fresh"
+        elif now < self._usable_until:
+            state = "stale"
+        else:
+            state = "unusable"
+        return CacheState(
+            state=state,
+            kids=len(self._keys) if state != "unusable" else 0,
+            fetches=self.fetch_count,
+            failures=self.failure_count,
+            refetches_suppressed=self.suppressed_count,
+            last_success_age=None if self._last_success is None else now - self._last_success,
+            fresh_for=self._fresh_until - now,
+            usable_for=self._usable_until - now,
+            last_error=self.last_error,
+        )
+
+    def refresh_due(self, *, ahead: float = 0.1) -> bool:
+        """Should a background refresh fetch now? Before the set goes stale (the last `ahead` share of
+        its freshness), or when never fetched; after a failure, once per cooldown."""
+        now = self._clock()
+        if self._inflight is not None:
+            return False
+        if self.last_error is not None:
+            return now - self._last_attempt >= self._cooldown
+        if self._last_success is None:
+            return True
+        lifetime = self._fresh_until - self._last_success
+        return now >= self._fresh_until - max(lifetime * ahead, 1.0)
 
     async def refresh(self) -> None:
         """Fetch now, or join the fetch in flight. Failures are recorded in `last_error`, not raised."""
@@ -309,6 +385,7 @@ class JWKSCache:
                 body, ttl = await self._download()
             keys = parse_jwks(body, max_keys=self._max_keys)
         except (httpx.HTTPError, JWKSError, TimeoutError) as exc:
+            self.failure_count += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             stale_for = self._clock() - self._fresh_until
             log.warning(
@@ -321,6 +398,7 @@ class JWKSCache:
         self._keys = keys
         self._fresh_until = now + ttl
         self._usable_until = self._fresh_until + self._max_stale
+        self._last_success = now
         self.last_error = None
         log.info("jwks_fetched uri=%s kids=%s ttl=%.0f", self.uri, ",".join(sorted(keys)), ttl)
 

@@ -43,9 +43,9 @@ from joserfc.jwk import Key
 # JWSAlgModel is public in joserfc.jws, though missing from its __all__.
 from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
-from exchange.verify.compact import Compact, JWSError, decode_header, split_compact
+from exchange.verify.compact import Compact, JWSError, Problem, decode_header, split_compact
 from exchange.verify.errors import VerificationError
-from exchange.verify.jwks import MAX_KID_LENGTH, KeySource
+from exchange.verify.jwks import MAX_KID_LENGTH, KeySource, UnknownKid
 from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = ["Compact", "JWSError", "JWSVerifier", "VerifiedJWS", "algorithm_models"]
@@ -174,11 +174,14 @@ class JWSVerifier:
         parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
         header = self.header(parts.header_segment)
         if header.kid is None:
-            return _signed(parts, header, await keys.get_keys())
+            candidates = await keys.get_keys()
+            if not candidates:  # a source is never empty unless its keys could not be fetched
+                raise JWSError("jwks_unavailable", "the key source has no usable keys")
+            return _signed(parts, header, candidates)
         try:
             key = await keys.get_key(header.kid)
-        except VerificationError:
-            raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the keys") from None
+        except VerificationError as exc:
+            raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
         return _signed_by(parts, header, key)
 
     def verify_cached(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
@@ -218,6 +221,16 @@ def _fitted(header: _Header, key: Key) -> JWSAlgModel:
         return _ed25519_model()
     alg.check_key(key)
     return alg
+
+
+def _unknown(exc: VerificationError) -> Problem:
+    """Why a key source had no key for the kid: its keys could not be fetched, or the kid is not among
+    them (perhaps without looking again: the refetch cooldown)."""
+    if exc.reason == "keys_unavailable":
+        return "jwks_unavailable"
+    if isinstance(exc, UnknownKid) and exc.refetch_suppressed:
+        return "unknown_kid_refetch_suppressed"
+    return "unknown_kid"
 
 
 def _signed_by(parts: Compact, header: _Header, key: Key) -> VerifiedJWS:

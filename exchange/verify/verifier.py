@@ -48,6 +48,8 @@ _REASON: Final[dict[Problem, Reason]] = {
     "missing_kid": "malformed",
     "wrong_type": "wrong_type",
     "unknown_kid": "unknown_key",
+    "unknown_kid_refetch_suppressed": "unknown_key",
+    "jwks_unavailable": "keys_unavailable",
     "algorithm_not_allowed": "bad_signature",
     "algorithm_key_mismatch": "bad_signature",
     "bad_signature": "bad_signature",

@@ -12,7 +12,7 @@ import pytest
 from joserfc.jwk import Key, OctKey, RSAKey
 
 from exchange.verify import JWKSCache, PurposeTokenVerifier, StaticJWKS, VerificationError, parse_jwks
-from exchange.verify.jwks import JWKSError
+from exchange.verify.jwks import JWKSError, UnknownKid
 from tests.verify.conftest import AUDIENCE, ISSUER, NOW, FakeClock, JWKSServer, mint, public_jwks
 
 
@@ -111,6 +111,45 @@ class TestUnknownKid:
         assert await reason_of(cache, "made-up-again") == "unknown_key"
         assert jwks_server.fetches == 3
 
+    async def test_a_refetch_suppressed_by_the_cooldown_is_told_apart_and_counted(
+        self, jwks_server: JWKSServer, clock: FakeClock, ec_key: Key
+    ) -> None:
+        jwks_server.publish(ec_key)
+        cache = cache_for(jwks_server, clock, cooldown=30)
+        await cache.get_key(ec_key.kid)
+        with pytest.raises(UnknownKid) as looked:
+            await cache.get_key("made-up-1")  # within the cooldown of the first fetch: not looked for
+        assert looked.value.refetch_suppressed and looked.value.reason == "unknown_key"
+        assert cache.state().refetches_suppressed == 1
+        clock.advance(31)
+        with pytest.raises(UnknownKid) as fetched:
+            await cache.get_key("made-up-2")  # fetched again, and still not there
+        assert not fetched.value.refetch_suppressed
+        assert cache.state().refetches_suppressed == 1 and jwks_server.fetches == 2
+
+    async def test_state_says_fresh_stale_then_unusable_with_counts(
+        self, jwks_server: JWKSServer, clock: FakeClock, ec_key: Key
+    ) -> None:
+        jwks_server.publish(ec_key, max_age=60)
+        cache = cache_for(jwks_server, clock, max_stale=600)
+        assert cache.state().state == "unusable" and cache.state().last_success_age is None
+        assert cache.refresh_due()  # never fetched
+        await cache.get_key(ec_key.kid)
+        fresh = cache.state()
+        assert (fresh.state, fresh.kids, fresh.fetches, fresh.failures) == ("fresh", 1, 1, 0)
+        assert not cache.refresh_due()
+        clock.advance(55)
+        assert cache.refresh_due()  # the last tenth of its freshness: refresh ahead of time
+        jwks_server.status = 500
+        clock.advance(10)
+        await cache.refresh()
+        stale = cache.state()
+        assert (stale.state, stale.failures) == ("stale", 1) and "HTTP 500" in (stale.last_error or "")
+        assert stale.last_success_age == pytest.approx(65)
+        assert not cache.refresh_due()  # within the cooldown of that failure
+        clock.advance(600)
+        assert cache.state().state == "unusable" and cache.state().kids == 0
+
     async def test_burst_of_unknown_kids_is_one_fetch(
         self, jwks_server: JWKSServer, clock: FakeClock, ec_key: Key, rsa_key: Key
     ) -> None:
@@ -166,7 +205,7 @@ class TestFailures:
         clock.advance(60 + 599)
         assert (await cache.get_key(ec_key.kid)).kid == ec_key.kid
         clock.advance(1)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.get_cached_key(ec_key.kid) is None
         # ...and recovers as soon as the issuer answers again.
         jwks_server.publish(ec_key)
@@ -189,7 +228,7 @@ class TestFailures:
     ) -> None:
         jwks_server.publish(ec_key)
         cache = cache_for(jwks_server, clock, max_bytes=64)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.last_error is not None and "cap" in cache.last_error
 
     async def test_compressed_response_is_capped_after_decompression(
@@ -200,7 +239,7 @@ class TestFailures:
         jwks_server.headers = {"Content-Encoding": "gzip"}
         assert len(jwks_server.body) < 1000
         cache = cache_for(jwks_server, clock, max_bytes=50_000)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.last_error is not None and "cap" in cache.last_error
 
     async def test_too_many_keys_are_refused(
@@ -208,7 +247,7 @@ class TestFailures:
     ) -> None:
         jwks_server.publish(ec_key, rsa_key, ed_key)
         cache = cache_for(jwks_server, clock, max_keys=2)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.last_error is not None and "cap of 2" in cache.last_error
 
     async def test_redirects_are_not_followed(
@@ -217,7 +256,7 @@ class TestFailures:
         jwks_server.status = 302
         jwks_server.headers = {"Location": "http://evil.test/jwks.json"}
         cache = cache_for(jwks_server, clock)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.last_error is not None and "302" in cache.last_error
 
     async def test_slow_issuer_hits_the_timeout(
@@ -226,7 +265,7 @@ class TestFailures:
         jwks_server.publish(ec_key)
         jwks_server.delay = 0.5
         cache = cache_for(jwks_server, clock, timeout=0.1)
-        assert await reason_of(cache, ec_key.kid) == "unknown_key"
+        assert await reason_of(cache, ec_key.kid) == "keys_unavailable"
         assert cache.last_error is not None and "Timeout" in cache.last_error
 
 

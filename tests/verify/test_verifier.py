@@ -368,7 +368,7 @@ class TestConfiguration:
     def test_reason_codes_are_the_documented_set(self) -> None:
         assert set(REASONS) == {
             "expired", "wrong_audience", "wrong_issuer", "bad_signature", "unknown_key",
-            "wrong_type", "wrong_purpose", "malformed", "replayed",
+            "keys_unavailable", "wrong_type", "wrong_purpose", "malformed", "replayed",
         }  # fmt: skip
         with pytest.raises(ValueError):
             VerificationError("nope")  # type: ignore[arg-type]
