@@ -92,12 +92,13 @@ audience = "https://payments.internal"
         # The issuer rotates: the new kid is unknown, so the cache refetches (once) and accepts it.
         jwks_server.keys = old.jwks()["keys"] + new.jwks()["keys"]
         time.sleep(2.1)  # the 2 s cooldown since the first fetch
+        # The cooldown runs from the rotation's fetch, which happens after this instant.
+        started = time.monotonic()
         assert exchange(new.token()).status_code == 200
         assert jwks_server.fetches == 2
 
         # A burst of made-up kids: all refused, and at most one fetch per cooldown (2 s) while it lasts,
         # so none at all when the burst is quick, as it normally is.
-        started = time.monotonic()
         for i in range(20):
             resp = exchange(new.token(header={"kid": f"made-up-{i}"}))
             assert resp.json()["error_description"] == "subject_token is invalid"
