@@ -28,14 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import structlog
 
 from exchange.clients import ASSERTION_ALGORITHMS, ClientAuthenticator
 from exchange.errors import ConfigError
-from exchange.rundir import ReloadState
+from exchange.rundir import ReloadState, RunDir, alive
 from exchange.store.base import Store
 from exchange.trust import SubjectTrust, subject_trust
 from exchange.verify.jwks import KeySource
@@ -211,15 +211,16 @@ class Reloader:
             return True
 
 
-def sighup_workers(run_dir: Any, parent: int) -> list[int]:
-    """Forward a reload to every live worker of this server (the run directory knows them)."""
-    from exchange.rundir import alive
-
+def forward_reload(run_dir: RunDir) -> list[int]:
+    """In the server's main process, on SIGHUP: tell each of its live workers (the run directory
+    knows them) to reload. A worker still starting reads the new file anyway."""
+    parent = os.getpid()
     signalled = []
     for state in run_dir.states():
         if state.pid != parent and alive(state.pid) and _parent_of(state.pid) in (parent, None):
             os.kill(state.pid, signal.SIGHUP)
             signalled.append(state.pid)
+    log.info("config_reload_requested", workers=signalled)
     return signalled
 
 

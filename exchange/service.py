@@ -69,6 +69,7 @@ class _Draft:
     jti: str | None = None
     exp: int | None = None
     rules: tuple[RuleOutcome, ...] = ()
+    trace_id: str | None = None
 
     def record(self, now: float, request_id: str, failure: OAuthError | None) -> AuditRecord:
         decision: dict[str, Any] = {"decision": "granted"}
@@ -91,6 +92,7 @@ class _Draft:
             jti=self.jti,
             exp=self.exp,
             rules=list(self.rules),
+            trace_id=self.trace_id,
             **decision,
         )
 
@@ -127,7 +129,9 @@ class TokenExchange:
         now = self._clock()
         series = None if self._metrics is None else self._metrics.step_series
         steps = Steps(series) if trace is None else trace.steps(series)
-        draft = _Draft(client_id=_bounded(request.client_id))
+        draft = _Draft(
+            client_id=_bounded(request.client_id), trace_id=None if trace is None else trace.trace_id
+        )
         response: TokenResponse | None = None
         failure: OAuthError | None = None
         cause: Exception | None = None
@@ -170,7 +174,6 @@ class TokenExchange:
         fields["status"] = 200 if failure is None else failure.status
         fields["duration_ms"] = round((perf_counter() - steps.started) * 1000, 3)
         if trace is not None:
-            fields["trace_id"] = trace.trace_id
             trace.annotate(
                 {
                     "exchange.request_id": record.request_id,

@@ -42,6 +42,7 @@ class AuditLine(Base, frozen=True):
     exp: UtcTime | None
     actor: str | None
     rules: list[AuditRule]
+    trace_id: str | None = None  # the request's W3C trace id, when tracing was on
 
 
 class AuditCountLine(Base, frozen=True):
@@ -94,6 +95,16 @@ class ConfigSummary(Base, frozen=True):
     purposes: int
     clients: int
     trusted_issuers: int
+
+
+class ReloadOutcome(Base, frozen=True):
+    """`exchange config reload --json`: one line per worker of each server signalled."""
+
+    server: int
+    worker: int
+    result: str  # "ok", "no answer", or the first problem that kept the running configuration
+    generation: int
+    restart_needed: list[str]
 
 
 class SecretHash(Base, frozen=True):

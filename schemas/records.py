@@ -55,5 +55,7 @@ class AuditRecord(Base, frozen=True, omit_defaults=True):
     exp: int | None = None
     actor: str | None = None
     rules: list[RuleOutcome] = msgspec.field(default_factory=list)
+    # The W3C trace id of the request, when tracing is on: from the audit record to its trace.
+    trace_id: str | None = None
     # The trail's sequence number, assigned by the store in commit order; None until it is written.
     seq: int | None = None

@@ -123,6 +123,7 @@ def test_a_granted_exchange_continues_the_callers_trace_with_a_span_per_step(
 
     (line,) = [json.loads(x) for x in traced.lines() if '"traced-1"' in x]
     assert line["trace_id"] == trace_id
+    assert traced.audit("traced-1")["trace_id"] == trace_id  # the audit record leads to its trace
 
 
 def test_a_denial_is_recorded_on_its_step_without_failing_the_trace(

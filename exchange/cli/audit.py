@@ -118,6 +118,7 @@ def audit_line(r: AuditRecord) -> AuditLine:
         exp=utc(r.exp),
         actor=r.actor,
         rules=[AuditRule(rule=o.rule, outcome=o.outcome, code=o.code) for o in r.rules],
+        trace_id=r.trace_id,
     )
 
 

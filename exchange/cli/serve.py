@@ -42,6 +42,7 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
     from exchange.keys import load_kek
     from exchange.listen import PortInUse, ensure_free, split_host_port
     from exchange.logging import FORMAT_ENV, granian_log_config, wants_json
+    from exchange.reload import forward_reload
     from exchange.rundir import RUN_DIR_ENV, RunDir, RunDirError, default_run_dir
 
     path = config_path(config_file)
@@ -80,7 +81,7 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
 
         listener = serve_metrics(*split_host_port(management), folder)
     try:
-        Granian(
+        server = Granian(
             "exchange.app:app_from_env",
             factory=True,
             interface=Interfaces.ASGI,
@@ -91,7 +92,12 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
             log_access=settings.logging.access_log,
             log_dictconfig=granian_log_config(settings.logging.level),
             **server_options(settings.limits, max_connections),
-        ).serve()
+        )
+        # granian's own SIGHUP respawns every worker: a new config that fails would take the server
+        # down, and in-flight requests and warm caches would go with the old workers. Ours: each
+        # worker validates the file and swaps its configuration in place (exchange/reload.py).
+        server.signal_handler_reload = lambda *_: forward_reload(folder)  # type: ignore[method-assign]
+        server.serve()
     finally:
         if listener is not None:
             listener.shutdown()

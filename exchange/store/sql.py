@@ -34,6 +34,7 @@ AUDIT_COLUMNS = (
     "exp",
     "actor",
     "rules",
+    "trace_id",
 )
 KEY_COLUMNS = ("kid", "alg", "state", "created_at", "retired_at", "public_jwk", "private_jwk")
 
@@ -167,13 +168,14 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
         r.exp,
         _text(r.actor),
         _text(_rules_encoder.encode(r.rules).decode()),
+        _text(r.trace_id),
     )
 
 
 def audit_record(row: Iterable[Any]) -> AuditRecord:
     """A row selected by SELECT_AUDIT (an sqlite3 tuple or an asyncpg Record) back into a record."""
     (seq, time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason,
-     jti, exp, actor, rules) = row  # fmt: skip
+     jti, exp, actor, rules, trace_id) = row  # fmt: skip
     return AuditRecord(
         seq=seq,
         time=time,
@@ -191,6 +193,7 @@ def audit_record(row: Iterable[Any]) -> AuditRecord:
         exp=exp,
         actor=actor,
         rules=_rules_decoder.decode(rules),
+        trace_id=trace_id,
     )
 
 

@@ -106,7 +106,8 @@ class TestList:
     def test_json_lines_carry_every_field_with_z_times(self, trail: Trail) -> None:
         lines = json_lines(trail.audit("list", "--json").stdout)
         fields = {"seq", "time", "request_id", "decision", "client_id", "issuer", "sub", "purpose",
-                  "audience", "error", "denial", "reason", "jti", "exp", "actor", "rules"}  # fmt: skip
+                  "audience", "error", "denial", "reason", "jti", "exp", "actor", "rules",
+                  "trace_id"}  # fmt: skip
         assert all(set(line) == fields for line in lines)
         assert all(Z_TIME.match(line["time"]) for line in lines)
         granted = [line for line in lines if line["decision"] == "granted"]
