@@ -49,6 +49,7 @@ url = "sqlite:///{tmp_path / "exchange.db"}"
 [[clients]]
 client_id = "bank-web"
 purposes = ["payments.approve"]
+tokens_issued_to = ["purpose-exchange"]  # the fake providers' tokens name no azp
 [purposes."payments.approve"]
 audience = "https://payments.internal"
 """)
