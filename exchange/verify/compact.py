@@ -24,6 +24,13 @@ MAX_HEADER_BYTES: Final = 1024
 # base64url -> standard alphabet; "+", "/" and "=" become "!", which strict decoding refuses.
 _FROM_BASE64URL: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
 _PADDING: Final = (b"", b"", b"==", b"=")
+_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The characters a segment of length 4k+2 (4 unused bits) or 4k+3 (2 unused bits) may end with.
+_CANONICAL_LAST: Final = {
+    1: frozenset(),
+    2: frozenset(_ALPHABET[::16]),
+    3: frozenset(_ALPHABET[::4]),
+}
 
 #: Why a JWS was refused, most specific first; callers map these to their own reason codes.
 Problem = Literal[
@@ -64,10 +71,16 @@ class Compact(NamedTuple):
 
 
 def b64url_decode(segment: bytes) -> bytes:
-    """Strict base64url without padding; raises ValueError (len % 4 == 1 is never valid)."""
-    return binascii.a2b_base64(
-        segment.translate(_FROM_BASE64URL) + _PADDING[len(segment) % 4], strict_mode=True
-    )
+    """Strict, canonical base64url without padding; raises ValueError (len % 4 == 1 is never valid).
+
+    Canonical: the unused low bits of the last character must be zero. Otherwise "QQ" and "QR" both
+    decode to b"A", and one token has several spellings (a bit flipped in a signature's last
+    character would still verify).
+    """
+    rest = len(segment) % 4
+    if rest and segment[-1] not in _CANONICAL_LAST[rest]:
+        raise ValueError("non-canonical base64url: unused bits are set")
+    return binascii.a2b_base64(segment.translate(_FROM_BASE64URL) + _PADDING[rest], strict_mode=True)
 
 
 def b64url_encode(data: bytes) -> bytes:
