@@ -34,7 +34,7 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFou
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange import devlogin, health, openapi, reload
-from exchange.audit import Auditor
+from exchange.audit import Auditor, DenialTally
 from exchange.errors import (
     UNAVAILABLE_RETRY_AFTER,
     ConfigError,
@@ -59,6 +59,7 @@ from exchange.tracing import RequestTrace, Tracing
 from exchange.verify.jwks import JWKSCache
 from rules import PolicyError, compile_policies
 from schemas.config import Settings
+from schemas.records import AuditRecord
 from schemas.wire import ErrorResponse, TokenRequest
 
 log = structlog.get_logger("exchange.app")
@@ -68,6 +69,9 @@ _FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PURGE_SECONDS = 60.0
+# Retention deletes at most PURGE_BATCHES * PURGE_BATCH audit records per sweep, PURGE_BATCH at a time.
+PURGE_BATCH = 10_000
+PURGE_BATCHES = 100
 SNAPSHOT_SECONDS = 1.0
 KEY_REFRESH_SECONDS = 5.0
 # Probes and scrapes come every few seconds: their lines are debug unless they fail.
@@ -82,6 +86,7 @@ class Runtime:
     keyring: KeyRing
     exchange: TokenExchange
     auditor: Auditor
+    tally: DenialTally
     keys_version: int
     metrics: ServiceMetrics | None = None
     tracing: Tracing | None = None
@@ -129,10 +134,17 @@ async def build_runtime(
                 warning="DEVELOPMENT ONLY: identity tokens from a local key are accepted",
             )
         auditor = Auditor(store, metrics=metrics)
+        tally = DenialTally(
+            store,
+            window=settings.audit.tally_window,
+            max_keys=settings.audit.tally_keys,
+            clock=clock,
+        )
         exchange = TokenExchange(
             configured=configured,
             minter=Minter(keyring, settings.issuer),
             auditor=auditor,
+            tally=tally,
             store=store,
             clock=clock,
             metrics=metrics,
@@ -151,6 +163,7 @@ async def build_runtime(
         keyring=keyring,
         exchange=exchange,
         auditor=auditor,
+        tally=tally,
         keys_version=keys_version,
         metrics=metrics,
         tracing=Tracing(settings.tracing) if settings.tracing.enabled else None,
@@ -248,6 +261,12 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _peer(scope: Scope) -> str | None:
+    """The TCP peer's address (behind a proxy: the proxy's). Forwarded headers are not trusted here."""
+    client = scope.get("client")
+    return None if not client else str(client[0])[:64]
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     # Header names arrive lower-cased (ASGI spec); latin-1 is how HTTP header bytes map to text.
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -332,12 +351,13 @@ def create_app(
             sys.stderr.flush()
             os._exit(1)
         await runtime.auditor.start()
+        await runtime.tally.start()
         background = [
             asyncio.create_task(
                 runtime.store.watch_keys(runtime.keyring.refresh, known_version=runtime.keys_version),
                 name="key-watch",
             ),
-            asyncio.create_task(_purge(runtime), name="purge"),
+            asyncio.create_task(_purge(runtime, settings.audit.retention_seconds), name="purge"),
             asyncio.create_task(_refresh_keys(runtime), name="jwks-refresh"),
         ]
         if run_dir is not None:
@@ -360,6 +380,7 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await runtime.tally.stop()
             await runtime.auditor.stop()
             await runtime.store.close()
             if runtime.tracing is not None:
@@ -390,14 +411,22 @@ def create_app(
                     raise InvalidRequest("the body must be application/x-www-form-urlencoded")
                 body = await _read_body(receive, settings.limits.max_body_bytes, settings.limits.body_timeout)
                 form = parse_form(body)
-            except OAuthError as exc:  # refused before the exchange: no decision, so no audit record
+            except OAuthError as exc:  # refused before the exchange, so before any client authenticated
                 log.info("http_request", method="POST", path="/token", status=exc.status, error=exc.error,
                          error_description=exc.description, request_id=rid)  # fmt: skip
+                runtime.tally.count(
+                    AuditRecord(
+                        time=clock(), request_id=rid, decision="denied", error=exc.error, reason=exc.reason
+                    ),
+                    _peer(scope),
+                )
                 await _send_error(send, exc)
                 return
             trace = runtime.tracing.start(headers) if runtime.tracing is not None else None
             try:
-                answer = await runtime.exchange.handle(form, headers.get("authorization"), rid, trace=trace)
+                answer = await runtime.exchange.handle(
+                    form, headers.get("authorization"), rid, source=_peer(scope), trace=trace
+                )
             except OAuthError as exc:
                 await _send_error(send, exc, trace)
                 return
@@ -487,19 +516,31 @@ def create_app(
     )
 
 
-async def _purge(runtime: Runtime) -> None:
-    """Now and then: sweep expired replay records and rate counters, and stop publishing keys that
-    retired longer ago than any token they signed can live (the key watch then drops them)."""
+async def _purge(runtime: Runtime, retention: float | None) -> None:
+    """At start and then now and then: sweep expired replay records and rate counters, audit records
+    and denial counts older than the retention (`[audit] retention`; None keeps them), and stop
+    publishing keys that retired longer ago than any token they signed can live (the key watch then
+    drops them)."""
     store = runtime.store
     while True:
-        await asyncio.sleep(PURGE_SECONDS)
         try:
             now = time.time()
             await store.purge_expired(now)
             await store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
+            if retention is not None:
+                purged = 0
+                # Batches of short transactions; a backlog larger than this waits for the next sweep.
+                for _ in range(PURGE_BATCHES):
+                    deleted = await store.purge_audit(now - retention, batch=PURGE_BATCH)
+                    purged += deleted
+                    if deleted < PURGE_BATCH:
+                        break
+                if purged:
+                    log.info("audit_purged", rows=purged, older_than_days=round(retention / 86400))
         except Exception as exc:  # the store may be down for a while; the next sweep catches up
             log.warning("purge_failed", error=exc.__class__.__name__)
             _store_error(runtime, "purge")
+        await asyncio.sleep(PURGE_SECONDS)
 
 
 def _store_error(runtime: Runtime, operation: str) -> None:

@@ -1,4 +1,5 @@
-"""The audit trail: every decision is one committed store record (and, from the exchange, one log line).
+"""The audit trail: every decision is one committed store record (and, from the exchange, one log line),
+except the refusals of callers that never authenticated, which are counted (`DenialTally`).
 
 Group commit: callers `await record(...)`, which returns only once the record's batch is committed.
 While one batch is being written, newly arriving records queue up and go together in the next one,
@@ -9,12 +10,14 @@ is written at once (no timer, no added latency).
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
 from exchange.store.base import Store, StoreUnavailable
-from schemas.records import AuditRecord
+from schemas.records import OTHER, AuditRecord, DenialCount
 
 if TYPE_CHECKING:
     from exchange.telemetry import ServiceMetrics
@@ -81,3 +84,108 @@ class Auditor:
                             fut.set_result(None)
             if self._closing:
                 return
+
+
+# (reason, error, client_id, source): what one count is kept under.
+_Key = tuple[str, str, str | None, str | None]
+# Windows kept in memory while the store cannot take them; older ones are dropped, loudly.
+MAX_UNWRITTEN_WINDOWS = 60
+
+
+class DenialTally:
+    """Counts of refusals before client authentication: the cheap path for unauthenticated callers.
+
+    Whoever has not authenticated is nobody yet, and whatever they send costs them nothing, so their
+    refusals are not recorded one by one: each is counted under (reason, error, client_id as given,
+    source address) in fixed windows of `window` seconds, and each window is written once it is over
+    (and at shutdown) as one row per key, added into the rows of other workers and replicas. A request
+    costs a dict update, no store I/O. The rows are bounded whatever is sent: past `max_keys` keys in a
+    window the source is folded into `OTHER`, and so is a client_id that is not a configured client;
+    past twice that, everything is, so a window holds at most 2 * max_keys + 1 keys per worker, and
+    every refusal is still counted.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        window: int,
+        max_keys: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        self._windows: dict[int, dict[_Key, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self, record: AuditRecord, source: str | None, *, configured_client: bool = False) -> None:
+        """Count one refusal of a caller that did not authenticate (its record is not stored);
+        `configured_client`: its client_id names a configured client (kept when keys are folded)."""
+        start = int(record.time // self._window) * self._window
+        counts = self._windows.setdefault(start, {})
+        key: _Key = (record.reason or "", record.error or "", record.client_id, source)
+        if key not in counts and len(counts) >= self._max_keys:
+            client = record.client_id if configured_client else OTHER
+            key = (key[0], key[1], client, OTHER)
+            if key not in counts and len(counts) >= 2 * self._max_keys:
+                key = (OTHER, OTHER, OTHER, OTHER)
+        counts[key] = counts.get(key, 0) + 1
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="denial-tally")
+
+    async def stop(self) -> None:
+        """Write every window, finished or not."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush(everything=True)
+
+    async def _run(self) -> None:
+        while True:
+            now = self._clock()
+            await asyncio.sleep(self._window - now % self._window + 0.01)  # just after a window ends
+            await self.flush()
+
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write the windows that are over (all of them with `everything`); keep them if that fails.
+
+        A refusal counted while the write is under way (even one of a window being written: a request
+        that began before the window ended) starts a fresh count, written by the next flush and added
+        to the same row.
+        """
+        current = int(self._clock() // self._window) * self._window
+        taken = {s: self._windows.pop(s) for s in sorted(self._windows) if everything or s < current}
+        if not taken:
+            return
+        rows = [
+            DenialCount(
+                window_start=start,
+                window_seconds=self._window,
+                reason=reason,
+                error=error,
+                client_id=client_id,
+                source=source,
+                count=n,
+            )
+            for start, counts in taken.items()
+            for (reason, error, client_id, source), n in counts.items()
+        ]
+        try:
+            await self._store.add_denial_counts(rows)
+        except Exception as exc:  # the store may be down: put them back, try after the next window
+            log.warning("denial_counts_unwritten", windows=len(taken), error=exc.__class__.__name__)
+            for start, counts in taken.items():
+                into = self._windows.setdefault(start, {})
+                for key, n in counts.items():
+                    into[key] = into.get(key, 0) + n
+            for start in sorted(self._windows)[:-MAX_UNWRITTEN_WINDOWS]:
+                lost = self._windows.pop(start)
+                log.error("denial_counts_dropped", window_start=start, denials=sum(lost.values()))
+            return
+        log.info(
+            "denial_counts_written", windows=len(taken), rows=len(rows), denials=sum(r.count for r in rows)
+        )

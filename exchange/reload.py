@@ -46,8 +46,19 @@ from schemas.wire import GRANT_TOKEN_EXCHANGE, ServerMetadata
 log = structlog.get_logger("exchange.reload")
 
 # What a reload never changes in a running server: it is built into the process (store pool, signing
-# keys, listeners, log and trace pipelines) or into every token and document it issues (issuer, limits).
-RESTART_ONLY: Final = ("issuer", "store", "signing", "limits", "dev_issuer", "logging", "metrics", "tracing")
+# keys, listeners, log and trace pipelines, the audit tally and purge) or into every token and document
+# it issues (issuer, limits).
+RESTART_ONLY: Final = (
+    "issuer",
+    "store",
+    "signing",
+    "limits",
+    "dev_issuer",
+    "logging",
+    "metrics",
+    "tracing",
+    "audit",
+)
 _encode = msgspec.json.Encoder().encode
 
 

@@ -2,9 +2,10 @@
 delegation and details → rules → mint → audit → respond.
 
 The client is authenticated before the subject token is looked at, so an unauthenticated caller
-cannot use the endpoint as an oracle for identity tokens. Every outcome, granted or denied, is
-audited before the answer leaves; if the audit cannot be committed the token is dropped and the
-client gets 503.
+cannot use the endpoint as an oracle for identity tokens. Every outcome of an authenticated client,
+granted or denied, is audited before the answer leaves; if the audit cannot be committed the token is
+dropped and the client gets 503. A caller refused before it authenticated is counted instead
+(`DenialTally`): it is nobody yet, and recording each of its refusals would let anyone grow the trail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from exchange.audit import Auditor
+from exchange.audit import Auditor, DenialTally
 from exchange.clients import presented_credentials
 from exchange.errors import (
     ERROR_CODES,
@@ -70,6 +71,8 @@ class _Draft:
     exp: int | None = None
     rules: tuple[RuleOutcome, ...] = ()
     trace_id: str | None = None
+    # Set once the client authenticated: from then on each outcome is recorded one by one.
+    authenticated: bool = False
 
     def record(self, now: float, request_id: str, failure: OAuthError | None) -> AuditRecord:
         decision: dict[str, Any] = {"decision": "granted"}
@@ -104,6 +107,7 @@ class TokenExchange:
         configured: Configured,
         minter: Minter,
         auditor: Auditor,
+        tally: DenialTally,
         store: Store,
         clock: Callable[[], float] = time.time,
         metrics: ServiceMetrics | None = None,
@@ -113,6 +117,7 @@ class TokenExchange:
         self.configured = configured
         self._minter = minter
         self._auditor = auditor
+        self._tally = tally
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -123,9 +128,11 @@ class TokenExchange:
         authorization: str | None,
         request_id: str,
         *,
+        source: str | None = None,
         trace: RequestTrace | None = None,
     ) -> TokenResponse:
-        """Answer one token request, or raise the OAuthError to send; audited either way."""
+        """Answer one token request, or raise the OAuthError to send; audited either way (counted, for
+        a caller refused before it authenticated; `source` is its address)."""
         now = self._clock()
         series = None if self._metrics is None else self._metrics.step_series
         steps = Steps(series) if trace is None else trace.steps(series)
@@ -135,8 +142,9 @@ class TokenExchange:
         response: TokenResponse | None = None
         failure: OAuthError | None = None
         cause: Exception | None = None
+        configured = self.configured  # one configuration for the whole request, even across a reload
         try:
-            response = await self._exchange(self.configured, request, authorization, now, draft, steps)
+            response = await self._exchange(configured, request, authorization, now, draft, steps)
         except OAuthError as exc:
             failure = exc
         except StoreUnavailable as exc:
@@ -148,7 +156,12 @@ class TokenExchange:
         record = draft.record(now, request_id, failure)
         try:
             with steps(AUDIT):
-                await self._auditor.record(record)
+                if draft.authenticated:
+                    await self._auditor.record(record)
+                else:
+                    assert failure is not None, "no token without an authenticated client"
+                    named = record.client_id is not None and configured.clients.get(record.client_id)
+                    self._tally.count(record, source, configured_client=bool(named))
         except StoreUnavailable as exc:
             # No answer, and above all no token, leaves without its committed audit record.
             failure = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
@@ -209,6 +222,7 @@ class TokenExchange:
         draft.client_id = _bounded(creds.client_id)
         with steps(CLIENT_AUTH):
             client = await configured.clients.authenticate(creds, request, now)
+        draft.authenticated = True
 
         if not request.subject_token:
             raise InvalidRequest("subject_token is required")

@@ -134,6 +134,23 @@ class TracingConfig(Base, frozen=True):
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
 
 
+class AuditConfig(Base, frozen=True):
+    """The audit trail's growth (docs/CONFIGURATION.md, "Audit")."""
+
+    # How long records (and counts of unauthenticated denials) are kept: "<days>d", or "forever".
+    retention: Annotated[str, msgspec.Meta(pattern=r"^([1-9][0-9]{0,4}d|forever)$")] = "90d"
+    # Denials before client authentication are counted per window of this many seconds, per
+    # (reason, error, client_id as given, source address), not recorded one by one.
+    tally_window: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 60
+    # Distinct such keys a worker counts per window; beyond them, counts are folded (never dropped).
+    tally_keys: Annotated[int, msgspec.Meta(ge=10, le=100000)] = 1000
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """Seconds records are kept; None for "forever"."""
+        return None if self.retention == "forever" else int(self.retention[:-1]) * 86400.0
+
+
 class Settings(Base, frozen=True):
     issuer: NonEmptyStr
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
@@ -146,3 +163,4 @@ class Settings(Base, frozen=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)

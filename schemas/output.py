@@ -54,6 +54,18 @@ class AuditCountLine(Base, frozen=True):
     count: int
 
 
+class DenialCountLine(Base, frozen=True):
+    """`exchange audit unauthenticated`: refusals before client authentication in one window."""
+
+    window_start: UtcTime
+    window_seconds: int
+    count: int
+    error: str
+    reason: str
+    client_id: str | None
+    source: str | None
+
+
 class KeyLine(Base, frozen=True):
     """`exchange keys list --json`."""
 

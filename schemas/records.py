@@ -59,3 +59,24 @@ class AuditRecord(Base, frozen=True, omit_defaults=True):
     trace_id: str | None = None
     # The trail's sequence number, assigned by the store in commit order; None until it is written.
     seq: int | None = None
+
+
+class DenialCount(Base, frozen=True):
+    """How many denials before client authentication one key had in one window (docs/ARCHITECTURE.md,
+    "Audit"): such a caller is not yet anyone, so its refusals are counted, not recorded one by one.
+
+    `client_id` is as the request gave it (bounded), `source` the peer address; either may be the
+    fold marker `OTHER` when a window had more distinct keys than `[audit] tally_keys`.
+    """
+
+    window_start: int
+    window_seconds: int
+    reason: str
+    error: str
+    client_id: str | None
+    source: str | None
+    count: int
+
+
+#: What a folded key part reads as: no configured client_id or address contains a space.
+OTHER = "<any other>"

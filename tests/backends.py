@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import new_kek, pg_config, write_config
+from tests.conftest import TEST_AUDIT, new_kek, pg_config, write_config
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
 
@@ -29,25 +29,50 @@ class Launcher:
     def __init__(self, folder: Path, idp: FakeIdP, idp_ec: FakeIdP, pg_url: str | None) -> None:
         self.folder, self.idp, self.idp_ec, self.pg_url = folder, idp, idp_ec, pg_url
         self.servers: list[Server] = []
+        # One KEK for every server of a PostgreSQL run, as replicas (or a restart) share one.
+        self.env = None if pg_url is None else {"EXCHANGE_KEK": new_kek()}
 
     @property
     def backend(self) -> str:
         return "sqlite" if self.pg_url is None else "postgres"
 
-    def start(self, extra: str = "", *, ready: bool = True) -> Server:
+    def start(self, extra: str = "", *, audit: str = TEST_AUDIT, ready: bool = True) -> Server:
         folder = self.folder / f"server{len(self.servers)}"
         folder.mkdir()
         port = free_port()
         if self.pg_url is None:
-            config, env = write_config(folder, port, self.idp, self.idp_ec, extra=extra), None
+            config = write_config(folder, port, self.idp, self.idp_ec, extra=extra, audit=audit)
         else:
-            config = pg_config(folder, port, self.idp, self.idp_ec, self.pg_url, extra=extra)
-            env = {"EXCHANGE_KEK": new_kek()}
-        server = Server(config, port, env=env)
+            config = pg_config(folder, port, self.idp, self.idp_ec, self.pg_url, extra=extra, audit=audit)
+        server = Server(config, port, env=self.env)
         self.servers.append(server)
         if ready:
             server.wait_ready()
         return server
+
+    def restart(self, server: Server) -> Server:
+        """A new process on the same config and store (the old one stopped first)."""
+        server.stop()
+        again = Server(server.config, server.port, env=self.env)
+        self.servers.append(again)
+        again.wait_ready()
+        return again
+
+    async def execute(self, sql: str, *params: Any) -> None:
+        """One statement on the store the servers use (`$n` parameters on both backends)."""
+        if self.pg_url is None:
+            conn = sqlite3.connect(self.folder / "server0" / "exchange.db")
+            try:
+                with conn:
+                    conn.execute(sql.replace("$", "?"), params)
+            finally:
+                conn.close()
+            return
+        db = await asyncpg.connect(self.pg_url)
+        try:
+            await db.execute(sql, *params)
+        finally:
+            await db.close()
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """Rows of a query on the store the servers use (`$n` parameters on both backends)."""

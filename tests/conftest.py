@@ -31,10 +31,20 @@ def idp_ec() -> FakeIdP:
     return FakeIdP(EC_ISSUER, "idp_ec", "ES256")
 
 
+# Tests read the counts of unauthenticated denials soon after the requests: one-second windows.
+TEST_AUDIT = "tally_window = 1"
+
+
 def write_config(
-    folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, store_url: str | None = None, extra: str = ""
+    folder: Path,
+    port: int,
+    idp: FakeIdP,
+    idp_ec: FakeIdP,
+    store_url: str | None = None,
+    extra: str = "",
+    audit: str = TEST_AUDIT,
 ) -> Path:
-    """A config exercising every client auth method and a few purposes.
+    """A config exercising every client auth method and a few purposes; `audit` is the [audit] table.
 
     The fake identity providers' tokens are audienced to the exchange alone (no azp), so every client
     here is configured to present tokens issued to "purpose-exchange"; the default binding (a client
@@ -47,6 +57,9 @@ issuer = "http://127.0.0.1:{port}"
 
 [store]
 url = "{store_url or "sqlite:///" + str(folder / "exchange.db")}"
+
+[audit]
+{audit}
 
 [[trusted_issuers]]
 issuer = "{idp.issuer}"
@@ -101,10 +114,10 @@ ttl = 120
 
 
 def pg_config(
-    folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, url: str, extra: str = ""
+    folder: Path, port: int, idp: FakeIdP, idp_ec: FakeIdP, url: str, extra: str = "", audit: str = TEST_AUDIT
 ) -> Path:
     """The shared test config on PostgreSQL, with short store timeouts so outage answers come quickly."""
-    config = write_config(folder, port, idp, idp_ec, store_url=url, extra=extra)
+    config = write_config(folder, port, idp, idp_ec, store_url=url, extra=extra, audit=audit)
     text = config.read_text().replace(
         f'url = "{url}"', f'url = "{url}"\nconnect_timeout = 1.0\ncommand_timeout = 2.0\npool_max_size = 5'
     )

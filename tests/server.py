@@ -72,6 +72,29 @@ class Server:
         """What the server has written so far (stdout and stderr), line by line."""
         return self.log.read_text().splitlines()
 
+    def audit_exists(self, request_id: str) -> bool:
+        db = self.config.parent / "exchange.db"
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT 1 FROM audit_records WHERE request_id = ?", (request_id,)).fetchone()
+        conn.close()
+        return row is not None
+
+    def denial_count(self, timeout: float = 20.0, **match: str | None) -> dict[str, Any]:
+        """The counted unauthenticated denial matching `match` (column = value), once its window is
+        written (SQLite servers; the test config's windows are one second)."""
+        db = self.config.parent / "exchange.db"
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(db) as conn:
+                conn.row_factory = sqlite3.Row
+                rows = [dict(r) for r in conn.execute("SELECT * FROM unauthenticated_denials").fetchall()]
+            conn.close()
+            found = [r for r in rows if all(r[k] == ("" if v is None else v) for k, v in match.items())]
+            if found:  # the first window it was counted in
+                return min(found, key=lambda r: r["window_start"])
+            assert time.monotonic() < deadline, f"no denial count like {match} in {rows}"
+            time.sleep(0.2)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

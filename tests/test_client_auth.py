@@ -216,7 +216,10 @@ class TestAssertions:
         rid = f"assert-{secrets.token_hex(4)}"
         resp = post(auth_server, assertion_form(idp, bad, client_id="signer"), {"X-Request-ID": rid})
         assert_invalid_client(resp)
-        assert auth_server.audit(rid)["reason"].endswith(reason)
+        # Refused before it authenticated: counted under its reason, not recorded one by one.
+        assert not auth_server.audit_exists(rid)
+        counted = auth_server.denial_count(client_id="signer", reason=f"client_assertion:{reason}")
+        assert (counted["error"], counted["source"]) == ("invalid_client", "127.0.0.1")
 
     def test_an_hour_long_assertion_from_authlib_is_accepted_once(
         self, auth_server: Server, idp: FakeIdP

@@ -23,7 +23,7 @@ from exchange.cli.console import config_option, json_option, run, settings_or_ex
 from exchange.cli.output import emit_lines, note, table, utc, utc_seconds
 from exchange.store.base import AuditFilter, Store
 from schemas.config import Settings
-from schemas.output import AuditCountLine, AuditLine, AuditRule
+from schemas.output import AuditCountLine, AuditLine, AuditRule, DenialCountLine
 from schemas.records import AuditRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -273,3 +273,65 @@ def audit_stats(config_file: str | None, as_json: bool, **filters: Any) -> None:
         widths=[None, None, None, None],
     )
     click.echo(f"total {sum(c.count for c in counts)}")
+
+
+@audit.command("unauthenticated")
+@config_option
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_when,
+    default="1d",
+    show_default=True,
+    help="Windows from this time on: UTC like 2026-11-29T10:00:00Z, or an age like 1h, 2d.",
+)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, MAX_PAGE),
+    help=f"Rows to show (at most {MAX_PAGE}), newest window first, biggest count first.",
+)
+@json_option
+def audit_unauthenticated(config_file: str | None, since: float, limit: int, as_json: bool) -> None:
+    """Show the counts of refusals before client authentication (unknown clients, bad secrets or
+    assertions, malformed requests): per window, reason, client_id as given and source address.
+
+    Such callers are counted, not recorded one by one (docs/ARCHITECTURE.md, "Audit"); `<any other>`
+    marks what was folded when a window saw more distinct keys than `[audit] tally_keys`.
+    """
+    settings = settings_or_exit(config_file)
+    counts = run(lambda: with_store(settings, lambda s: s.list_denial_counts(since=since, limit=limit + 1)))
+    page, more = counts[:limit], len(counts) > limit
+    if as_json:
+        emit_lines(
+            DenialCountLine(
+                window_start=utc(c.window_start) or "",
+                window_seconds=c.window_seconds,
+                count=c.count,
+                error=c.error,
+                reason=c.reason,
+                client_id=c.client_id,
+                source=c.source,
+            )
+            for c in page
+        )
+    else:
+        table(
+            ["WINDOW", "SECONDS", "COUNT", "ERROR", "REASON", "CLIENT", "SOURCE"],
+            (
+                [
+                    utc_seconds(c.window_start),
+                    c.window_seconds,
+                    c.count,
+                    c.error,
+                    c.reason,
+                    c.client_id,
+                    c.source,
+                ]
+                for c in page
+            ),
+            widths=[None, None, None, None, 40, 28, None],
+        )
+    if more:
+        note(f"more rows: raise --limit (now {limit}) or narrow --since")

@@ -12,7 +12,7 @@ from typing import Protocol
 
 # One outage type for the whole stack: rules catch it too, so it lives with their protocol.
 from rules.store import RuleStore, StoreUnavailable
-from schemas.records import AuditRecord, StoredKey
+from schemas.records import AuditRecord, DenialCount, StoredKey
 
 __all__ = ["AuditCount", "AuditFilter", "RuleStore", "Store", "StoreUnavailable"]
 
@@ -101,6 +101,16 @@ class Store(RuleStore, Protocol):
 
     async def count_audit(self, where: AuditFilter | None = None) -> list[AuditCount]:
         """Matching records counted per (decision, error, denial), most frequent first."""
+
+    async def purge_audit(self, before: float, *, batch: int = 10_000) -> int:
+        """Retention: delete at most `batch` records older than `before` (the database refuses records
+        younger than an hour), and every denial count of a window that began before it; how many went."""
+
+    async def add_denial_counts(self, counts: Sequence[DenialCount]) -> None:
+        """Add these counts to their (window, key) rows in one transaction, creating rows as needed."""
+
+    async def list_denial_counts(self, *, since: float = 0.0, limit: int = 1000) -> list[DenialCount]:
+        """Counts of windows that began at or after `since`, newest window first, biggest first."""
 
     # Single use and rate limits (increment_counter is in RuleStore)
     async def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:

@@ -41,7 +41,7 @@ from exchange.store import sql
 from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
 from exchange.store.pgpool import OUTAGE_SQLSTATE_CLASSES, UNAVAILABLE, Pool, connect, describe
 from schemas.config import StoreConfig
-from schemas.records import AuditRecord, StoredKey
+from schemas.records import AuditRecord, DenialCount, StoredKey
 
 KEYS_CHANNEL = "exchange_keys"
 _ACTIVATE_LOCK_ID = 0x7075_7270_6F73_6B31  # "purposk1": any constant shared by all replicas
@@ -216,6 +216,24 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             rows = await conn.fetch(query, *params)
         return sql.audit_counts(rows)
+
+    async def purge_audit(self, before: float, *, batch: int = 10_000) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            records = await conn.execute(sql.PURGE_AUDIT, before, batch)
+            counts = await conn.execute(sql.PURGE_DENIAL_COUNTS, int(before))
+        # The command status is "DELETE <rows>".
+        return int(records.split()[-1]) + int(counts.split()[-1])
+
+    async def add_denial_counts(self, counts: Sequence[DenialCount]) -> None:
+        if not counts:
+            return
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.executemany(sql.ADD_DENIAL_COUNT, [sql.denial_count_row(c) for c in counts])
+
+    async def list_denial_counts(self, *, since: float = 0.0, limit: int = 1000) -> list[DenialCount]:
+        async with self._pool.connection() as conn:
+            rows = await conn.fetch(sql.LIST_DENIAL_COUNTS, int(since), limit)
+        return [sql.denial_count(r) for r in rows]
 
     # -- python rules --------------------------------------------------------------------------------
 

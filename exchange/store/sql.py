@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from exchange.store.base import AuditCount, AuditFilter
-from schemas.records import AuditRecord, RuleOutcome, StoredKey
+from schemas.records import AuditRecord, DenialCount, RuleOutcome, StoredKey
 
 AUDIT_COLUMNS = (
     "time",
@@ -142,6 +142,52 @@ INCREMENT_COUNTER = (
 )
 PURGE_REPLAYS = "DELETE FROM replay_records WHERE expires_at < $1"
 PURGE_COUNTERS = "DELETE FROM rate_counters WHERE expires_at < $1"
+
+# Retention: at most $2 records older than $1 per statement (through the time index), so a first purge
+# of a large trail is many short transactions, not one long lock. The database refuses fresh ones.
+PURGE_AUDIT = (
+    "DELETE FROM audit_records WHERE seq IN (SELECT seq FROM audit_records WHERE time < $1 LIMIT $2)"
+)
+PURGE_DENIAL_COUNTS = "DELETE FROM unauthenticated_denials WHERE window_start < $1"
+
+DENIAL_COUNT_COLUMNS = ("window_start", "window_seconds", "reason", "error", "client_id", "source", "count")
+# Every replica adds its counts of a window to the same row.
+ADD_DENIAL_COUNT = (
+    f"INSERT INTO unauthenticated_denials ({', '.join(DENIAL_COUNT_COLUMNS)})"  # noqa: S608
+    f" VALUES ({_placeholders(len(DENIAL_COUNT_COLUMNS))})"
+    " ON CONFLICT (window_start, reason, error, client_id, source)"
+    " DO UPDATE SET count = unauthenticated_denials.count + excluded.count"
+)
+LIST_DENIAL_COUNTS = (
+    f"SELECT {', '.join(DENIAL_COUNT_COLUMNS)} FROM unauthenticated_denials"  # noqa: S608
+    " WHERE window_start >= $1 ORDER BY window_start DESC, count DESC, reason, client_id, source LIMIT $2"
+)
+
+
+def denial_count_row(c: DenialCount) -> tuple[Any, ...]:
+    """One count as the values of DENIAL_COUNT_COLUMNS ('' for a key part not given)."""
+    return (
+        c.window_start,
+        c.window_seconds,
+        _text(c.reason),
+        _text(c.error),
+        _text(c.client_id) or "",
+        _text(c.source) or "",
+        c.count,
+    )
+
+
+def denial_count(row: Iterable[Any]) -> DenialCount:
+    window_start, window_seconds, reason, error, client_id, source, count = row
+    return DenialCount(
+        window_start=int(window_start),
+        window_seconds=int(window_seconds),
+        reason=reason,
+        error=error,
+        client_id=client_id or None,
+        source=source or None,
+        count=int(count),
+    )
 
 
 def _text(value: str | None) -> str | None:

@@ -23,7 +23,7 @@ from exchange.store import migrate as migrations
 from exchange.store import sql
 from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
 from schemas.config import StoreConfig
-from schemas.records import AuditRecord, StoredKey
+from schemas.records import AuditRecord, DenialCount, StoredKey
 
 T = TypeVar("T")
 log = structlog.get_logger("exchange.store")
@@ -41,6 +41,10 @@ _CONSUME_JTI = sql.for_sqlite(sql.CONSUME_JTI)
 _INCREMENT_COUNTER = sql.for_sqlite(sql.INCREMENT_COUNTER)
 _PURGE_REPLAYS = sql.for_sqlite(sql.PURGE_REPLAYS)
 _PURGE_COUNTERS = sql.for_sqlite(sql.PURGE_COUNTERS)
+_PURGE_AUDIT = sql.for_sqlite(sql.PURGE_AUDIT)
+_PURGE_DENIAL_COUNTS = sql.for_sqlite(sql.PURGE_DENIAL_COUNTS)
+_ADD_DENIAL_COUNT = sql.for_sqlite(sql.ADD_DENIAL_COUNT)
+_LIST_DENIAL_COUNTS = sql.for_sqlite(sql.LIST_DENIAL_COUNTS)
 
 
 def sqlite_path(url: str) -> str:
@@ -262,6 +266,25 @@ class SQLiteStore:
         query, params = sql.count_audit_query(where)
         rows = await self._run(lambda c: c.execute(sql.for_sqlite(query), params).fetchall())
         return sql.audit_counts(rows)
+
+    async def purge_audit(self, before: float, *, batch: int = 10_000) -> int:
+        def go(c: sqlite3.Connection) -> int:
+            records = c.execute(_PURGE_AUDIT, (before, batch)).rowcount
+            return int(records + c.execute(_PURGE_DENIAL_COUNTS, (before,)).rowcount)
+
+        return await self._transaction(go)
+
+    async def add_denial_counts(self, counts: Sequence[DenialCount]) -> None:
+        rows = [sql.denial_count_row(c) for c in counts]
+
+        def go(c: sqlite3.Connection) -> None:
+            c.executemany(_ADD_DENIAL_COUNT, rows)
+
+        await self._transaction(go)
+
+    async def list_denial_counts(self, *, since: float = 0.0, limit: int = 1000) -> list[DenialCount]:
+        rows = await self._run(lambda c: c.execute(_LIST_DENIAL_COUNTS, (since, limit)).fetchall())
+        return [sql.denial_count(r) for r in rows]
 
     # -- single use, rate limits ----------------------------------------------------------------------
 

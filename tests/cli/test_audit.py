@@ -20,7 +20,7 @@ from tests.idp import FakeIdP
 from tests.server import Server, free_port
 
 Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-LONG_CLIENT = "an-unregistered-client-whose-name-is-much-too-long-for-a-column"
+LONG_PURPOSE = "an-unknown-purpose-whose-name-is-much-too-long-for-a-column"
 HOSTILE_SUB = "eve\x1b[2J\x07"
 
 
@@ -50,11 +50,11 @@ def trail(tmp_path_factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeId
             ("g2", idp.token(), {}, True),
             ("d-mfa", idp.token(amr=["pwd"]), {}, False),
             ("g3", idp.token(sub="bob"), {}, True),
-            ("d-client", idp.token(), {"client_id": LONG_CLIENT}, False),
+            ("d-purpose", idp.token(), {"scope": LONG_PURPOSE}, False),
             ("g-hostile", idp.token(sub=HOSTILE_SUB), {}, True),
         ]:
             resp = post_exchange(server, token, rid, **form)
-            assert resp.status_code == (200 if granted else 400 if rid == "d-mfa" else 401), resp.text
+            assert resp.status_code == (200 if granted else 400), resp.text
             (t.granted if granted else t.denied).append(rid)
         yield t
     finally:
@@ -71,7 +71,7 @@ class TestList:
         as_json = trail.audit("list", "--json")
 
         assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
-        assert ids(as_json.stdout) == ["g-hostile", "d-client", "g3", "d-mfa", "g2", "g1"]
+        assert ids(as_json.stdout) == ["g-hostile", "d-purpose", "g3", "d-mfa", "g2", "g1"]
         header, *rows = table.stdout.splitlines()
         assert header.split() == ["SEQ", "TIME", "DECISION", "CLIENT", "PURPOSE", "SUB", "DETAIL"]
         assert all(re.match(r"^\d+ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", row) for row in rows), rows
@@ -81,12 +81,12 @@ class TestList:
         ("args", "expected"),
         [
             (["--sub", "bob"], ["g3"]),
-            (["--client", "bank-web", "--decision", "denied"], ["d-mfa"]),
+            (["--client", "bank-web", "--decision", "denied"], ["d-purpose", "d-mfa"]),
             (["--decision", "granted", "--sub", "alice"], ["g2", "g1"]),
             (["--denial", "claim_mismatch"], ["d-mfa"]),
             (["--request-id", "g2"], ["g2"]),
             (["--purpose", "payments.approve", "--sub", "bob"], ["g3"]),
-            (["--client", LONG_CLIENT], ["d-client"]),
+            (["--purpose", LONG_PURPOSE], ["d-purpose"]),
             (["--since", "1h", "--request-id", "g1"], ["g1"]),
             (["--until", "1h"], []),
             (["--since", "2999-01-01T00:00:00Z"], []),
@@ -132,18 +132,18 @@ class TestList:
             if more is None:
                 break
             args = ["list", "--json", "--limit", "2", "--before", more.group(1)]
-        assert seen == ["g-hostile", "d-client", "g3", "d-mfa", "g2", "g1"]
+        assert seen == ["g-hostile", "d-purpose", "g3", "d-mfa", "g2", "g1"]
 
     def test_a_cut_value_is_marked_and_control_characters_are_shown_escaped(self, trail: Trail) -> None:
         table = trail.audit("list")
-        [client_row] = [row for row in table.stdout.splitlines() if "invalid_client" in row]
-        assert LONG_CLIENT not in client_row and "an-unregistered-client-…" in client_row
+        [purpose_row] = [row for row in table.stdout.splitlines() if "invalid_scope" in row]
+        assert LONG_PURPOSE not in purpose_row and "an-unknown-purpose-whose-na…" in purpose_row
         [hostile_row] = [row for row in table.stdout.splitlines() if "eve" in row]
         assert "\x1b" not in table.stdout and "\x07" not in table.stdout
         assert r"eve\x1b[2J\x07" in hostile_row
         # JSON output is for programs: the full values, JSON-escaped.
         lines = json_lines(trail.audit("list", "--json").stdout)
-        assert {line["client_id"] for line in lines} >= {LONG_CLIENT}
+        assert {line["purpose"] for line in lines} >= {LONG_PURPOSE}
         assert HOSTILE_SUB in {line["sub"] for line in lines}
 
     def test_a_time_without_a_zone_is_a_usage_error_naming_the_fix(self, trail: Trail) -> None:
@@ -160,13 +160,13 @@ class TestStats:
         assert counts == {
             ("granted", None, None): 4,
             ("denied", "invalid_request", "claim_mismatch"): 1,
-            ("denied", "invalid_client", None): 1,
+            ("denied", "invalid_scope", None): 1,
         }
 
     def test_filters_apply_and_the_table_has_a_total(self, trail: Trail) -> None:
         result = trail.audit("stats", "--since", "1h", "--sub", "alice")
         assert result.returncode == 0, result.stderr
-        # g1, g2, d-mfa: d-client was refused before its subject token was read, so it has no sub.
+        # g1, g2, d-mfa: d-purpose was refused before its subject token was read, so it has no sub.
         assert result.stdout.splitlines()[-1] == "total 3"
 
 
@@ -175,7 +175,7 @@ class TestExport:
         everything = trail.audit("export")
         assert everything.returncode == 0, everything.stderr
         full = json_lines(everything.stdout)
-        assert [line["request_id"] for line in full] == ["g1", "g2", "d-mfa", "g3", "d-client", "g-hostile"]
+        assert [line["request_id"] for line in full] == ["g1", "g2", "d-mfa", "g3", "d-purpose", "g-hostile"]
         assert f"resume with --after {full[-1]['seq']}" in everything.stderr
 
         first = json_lines(trail.audit("export", "--batch", "2", "--after", "0").stdout)

@@ -71,6 +71,24 @@ def test_json_output_is_printable_and_keeps_the_exact_values(hostile: Server, co
     assert records["h-scope"]["purpose"] == HOSTILE_SCOPE
 
 
+def test_counted_unauthenticated_denials_show_the_client_id_escaped(hostile: Server) -> None:
+    # Refused before authenticating: counted, not recorded; its row shows the client_id as given.
+    assert hostile.denial_count(client_id=HOSTILE_CLIENT)["reason"] == "unknown_client"
+    table = run(hostile, "audit", "unauthenticated")
+    assert_printable(table.stdout + table.stderr)
+    assert r"cli\x1b]52;c;" in table.stdout
+    as_json = run(hostile, "audit", "unauthenticated", "--json")
+    assert_printable(as_json.stdout)
+    [row] = [r for r in map(json.loads, as_json.stdout.splitlines()) if r["client_id"] == HOSTILE_CLIENT]
+    assert (row["reason"], row["error"], row["count"], row["source"]) == (
+        "unknown_client",
+        "invalid_client",
+        1,
+        "127.0.0.1",
+    )
+    assert row["window_start"].endswith("Z") and row["window_seconds"] == 1
+
+
 def test_explaining_a_recorded_decision_escapes_its_subject(hostile: Server) -> None:
     result = run(hostile, "rules", "explain", "payments.approve", "--request-id", "h-sub")
     assert_printable(result.stdout + result.stderr)

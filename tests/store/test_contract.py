@@ -11,7 +11,7 @@ import pytest
 from exchange.store import Store, StoreUnavailable, open_store
 from exchange.store.base import AuditFilter
 from schemas.config import StoreConfig
-from schemas.records import AuditRecord, RuleOutcome, StoredKey
+from schemas.records import AuditRecord, DenialCount, RuleOutcome, StoredKey
 
 T0 = 1_800_000_000.0
 
@@ -358,6 +358,54 @@ class TestPurge:
 
         assert len(await store.list_audit()) == 1
         assert len(await store.list_keys()) == 1
+
+
+class TestRetention:
+    async def test_purge_audit_deletes_old_records_in_batches_and_the_store_refuses_fresh_ones(
+        self, store: Store
+    ) -> None:
+        import time as clock
+
+        now = clock.time()
+        old = [make_record(n, time=now - 40 * 86400) for n in range(5)]
+        await store.append_audit([*old, make_record(9, time=now - 60)])
+        assert await store.purge_audit(now - 30 * 86400, batch=2) == 2  # at most a batch at a time
+        assert await store.purge_audit(now - 30 * 86400, batch=10) == 3
+        assert [r.request_id for r in await store.list_audit()] == ["req-9"]
+        # A cutoff that would reach a fresh record: the database refuses, nothing is deleted.
+        with pytest.raises(Exception, match="append-only"):
+            await store.purge_audit(now + 1)
+        assert [r.request_id for r in await store.list_audit()] == ["req-9"]
+
+
+class TestDenialCounts:
+    def count(self, window_start: int, n: int, client_id: str | None = "ghost") -> DenialCount:
+        return DenialCount(
+            window_start=window_start,
+            window_seconds=60,
+            reason="unknown_client",
+            error="invalid_client",
+            client_id=client_id,
+            source=None,
+            count=n,
+        )
+
+    async def test_counts_of_one_key_and_window_add_up_across_writers(self, store: Store) -> None:
+        w = int(T0)
+        await store.add_denial_counts([self.count(w, 3), self.count(w, 1, client_id=None)])
+        await store.add_denial_counts([self.count(w, 4), self.count(w + 60, 2)])  # another worker
+        listed = await store.list_denial_counts(since=w)
+        assert [(c.window_start, c.client_id, c.count) for c in listed] == [
+            (w + 60, "ghost", 2),
+            (w, "ghost", 7),
+            (w, None, 1),
+        ]
+        assert [c.window_start for c in await store.list_denial_counts(since=w + 1)] == [w + 60]
+
+    async def test_purge_audit_drops_counts_of_windows_before_the_cutoff(self, store: Store) -> None:
+        await store.add_denial_counts([self.count(int(T0), 3), self.count(int(T0) + 60, 1)])
+        assert await store.purge_audit(T0 + 30) == 1
+        assert [c.count for c in await store.list_denial_counts()] == [1]
 
 
 class TestRuleQuery:
