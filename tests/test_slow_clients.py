@@ -10,6 +10,7 @@ figures (how long the legitimate exchanges and the cut-offs took) are printed fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import time
@@ -85,6 +86,19 @@ class Dribbler:
             return  # the server closed it: that is the point
 
 
+@contextlib.contextmanager
+def serving(factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeIdP, limits: str) -> Iterator[Server]:
+    """A real `exchange serve` on the shared test config with these [limits]."""
+    folder = factory.mktemp("slow")
+    port = free_port()
+    server = Server(write_config(folder, port, idp, idp_ec, extra=limits), port)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def open_files() -> Iterator[None]:
     """Room for the dribblers' sockets in this process (the server raises its own limit)."""
@@ -103,11 +117,8 @@ def open_files() -> Iterator[None]:
 async def test_a_thousand_dribbling_connections_neither_block_token_nor_stay_open(
     tmp_path_factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeIdP, open_files: None
 ) -> None:
-    folder = tmp_path_factory.mktemp("slow")
-    port = free_port()
-    server = Server(write_config(folder, port, idp, idp_ec, extra=LIMITS), port)
-    try:
-        server.wait_ready()
+    with serving(tmp_path_factory, idp, idp_ec, LIMITS) as server:
+        port = server.port
         go_on = asyncio.Event()
         dribblers = [Dribbler(KINDS[i % len(KINDS)]) for i in range(DRIBBLERS)]
         events = [asyncio.Event() for _ in dribblers]
@@ -157,8 +168,6 @@ async def test_a_thousand_dribbling_connections_neither_block_token_nor_stay_ope
                 for kind, times in closed.items()
             )
         )
-    finally:
-        server.stop()
 
 
 async def test_connections_beyond_max_connections_wait_in_the_backlog_and_are_served(
@@ -166,12 +175,8 @@ async def test_connections_beyond_max_connections_wait_in_the_backlog_and_are_se
 ) -> None:
     # 16 connections per worker (the minimum), 48 silent dribblers: the exchange's connection waits in
     # the backlog until header_timeout frees places, then is served like any other.
-    folder = tmp_path_factory.mktemp("crowded")
-    port = free_port()
-    server = Server(write_config(folder, port, idp, idp_ec, extra=LIMITS + "max_connections = 16\n"), port)
-    try:
-        server.wait_ready()
-        holders = [await asyncio.open_connection("127.0.0.1", port) for _ in range(48)]
+    with serving(tmp_path_factory, idp, idp_ec, LIMITS + "max_connections = 16\n") as server:
+        holders = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(48)]
         asked = time.monotonic()
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             resp = await client.post("/token", data=exchange_form(idp.token()))
@@ -182,19 +187,13 @@ async def test_connections_beyond_max_connections_wait_in_the_backlog_and_are_se
         for _, writer in holders:
             writer.close()
         print(f"\nbehind 48 silent connections with max_connections = 16, the exchange took {waited:.2f}s")
-    finally:
-        server.stop()
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_header_timeout(
     tmp_path_factory: pytest.TempPathFactory, idp: FakeIdP, idp_ec: FakeIdP
 ) -> None:
-    folder = tmp_path_factory.mktemp("idle")
-    port = free_port()
-    server = Server(write_config(folder, port, idp, idp_ec, extra=LIMITS), port)
-    try:
-        server.wait_ready()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with serving(tmp_path_factory, idp, idp_ec, LIMITS) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive by default
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
         assert head.startswith(b"HTTP/1.1 200 ")
@@ -204,5 +203,3 @@ async def test_an_idle_keep_alive_connection_is_closed_after_header_timeout(
         # Then nothing more is sent: the server closes the idle connection on its own.
         assert await asyncio.wait_for(reader.read(), timeout=60) == b""
         writer.close()
-    finally:
-        server.stop()

@@ -47,8 +47,8 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
 
     path = config_path(config_file)
     settings = settings_or_exit(str(path), preflight=True)
-    # Here, once, before any worker: a KEK file others could read stops start-up with one sentence
-    # (not a worker's traceback), and generated files are not raced for by several workers.
+    # Preflight checked the KEK (a file others could read is refused there too); loading it here, once,
+    # before any worker, also generates the KEK file and the dev key, so workers never race for them.
     try:
         load_kek(settings.signing, settings.store)
     except ConfigError as exc:
