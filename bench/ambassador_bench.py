@@ -1,20 +1,27 @@
-"""What the ambassador adds: latency and throughput through it versus calling the upstream directly.
+"""Five placements side by side: direct, plain nginx, the ambassador (open and verified), and nginx with
+our forward-auth gateway.
 
-Everything on 127.0.0.1: a tiny upstream (uvicorn, one process, on CPU 1 with wrk) answering a small
-JSON body, and the ambassador (`exchange ambassador`, one worker, on CPU 0) in front of it with a JWKS
-file and a route table. Three paths, each measured with wrk at 1 connection (latency) and at
-`--concurrency` (throughput):
-  direct     wrk -> upstream
-  open       wrk -> ambassador (open route: proxying only) -> upstream
-  verified   wrk -> ambassador (ES256 purpose token verified, identity headers added) -> upstream
+Everything on 127.0.0.1. The bench's own upstream (uvicorn, one process) shares CPU 1 with wrk; the
+server side under test (the ambassador, nginx with one worker, the gateway: one worker each) is pinned
+to CPU 0. Five routes, each measured with wrk at 1 connection (latency) and at `--concurrency`
+(throughput):
+  direct       wrk -> upstream
+  nginx        wrk -> nginx (plain reverse proxy, keep-alive upstream) -> upstream
+  open         wrk -> ambassador (open route: proxying only) -> upstream
+  verified     wrk -> ambassador (ES256 purpose token verified, identity headers added) -> upstream
+  gateway      wrk -> nginx (auth_request -> exchange gateway, ES256 verified) -> upstream
 
     .venv/bin/python bench/ambassador_bench.py [--seconds 5] [--concurrency 32] [--server granian|uvicorn]
-        [--max-connections 32]
+        [--max-connections 32] [--profile SECONDS] [--only NAME,...]
+
+`--profile N` records N seconds of py-spy on the ambassador's verified route under load and prints
+where its time goes. nginx is Debian's package (installed with apt-get when missing, as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -22,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import load, procs, report
+from harness import load, nginx, procs, profile, report
 from joserfc import jws
 from joserfc.jwk import ECKey
 
@@ -67,10 +74,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run (1..60)")
     parser.add_argument(
-        "--server", choices=["granian", "uvicorn"], default="granian", help="ambassador's server"
+        "--server",
+        choices=["granian", "uvicorn"],
+        default="granian",
+        help="ambassador's and gateway's server",
     )
     parser.add_argument("--max-connections", type=int, default=32, help="ambassador's upstream pool size")
-    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per path; 0: none")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per route; 0: none")
+    parser.add_argument("--profile", type=int, default=0, help="py-spy seconds on the verified route")
+    parser.add_argument("--only", default=",".join(ROUTES), help="comma-separated routes to run")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -81,11 +93,17 @@ def main() -> int:
         )
         return 0
     seconds = max(1, min(args.seconds, 60))
+    only = [name for name in args.only.split(",") if name in ROUTES]
+    nginx_path = nginx.binary() if {"nginx", "gateway"} & set(only) else None
+    if {"nginx", "gateway"} & set(only) and nginx_path is None:
+        print("# nginx is not installed (apt-get install nginx): skipping the nginx routes", flush=True)
+        only = [name for name in only if name not in ("nginx", "gateway")]
     procs.pin_self()
     key = ECKey.generate_key("P-256", auto_kid=True)
-    up_port, amb_port = procs.free_port(), procs.free_port()
+    ports = {name: procs.free_port() for name in ("upstream", "ambassador", "gateway", "nginx", "front")}
     results: dict[str, tuple[load.LoadResult, load.LoadResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="ambassador-bench-") as tmp:
+    profile_text = ""
+    with tempfile.TemporaryDirectory(prefix="ambassador-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         jwks = work / "jwks.json"
         jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
@@ -93,111 +111,145 @@ def main() -> int:
         routes.write_text(
             f'[[route]]\nprefix = "/open"\nopen = true\n\n[[route]]\nprefix = "/"\npurpose = "{PURPOSE}"\n'
         )
-        upstream_argv = [
-            *procs.pin(procs.LOAD_CPUS),
-            sys.executable,
-            __file__,
-            "--serve-upstream",
-            str(up_port),
-        ]
-        amb_argv = [
-            *procs.pin(procs.SERVER_CPUS),
-            str(procs.BIN / "exchange"),
-            "ambassador",
-            "--listen",
-            f"127.0.0.1:{amb_port}",
-            "--upstream",
-            f"http://127.0.0.1:{up_port}",
-            "--issuer",
-            ISSUER,
-            "--audience",
-            AUDIENCE,
-            "--jwks-file",
-            str(jwks),
-            "--routes",
-            str(routes),
-            "--server",
-            args.server,
-            "--max-connections",
-            str(args.max_connections),
-        ]
-        with (
-            procs.Process("upstream", upstream_argv) as upstream,
-            procs.Process("ambassador", amb_argv) as amb,
-        ):
-            auth = {"Authorization": f"Bearer {purpose_token(key)}"}
-            path = "/payments/p-1001/approve"
-            paths = {
-                "direct": (f"http://127.0.0.1:{up_port}{path}", upstream),
-                "open": (f"http://127.0.0.1:{amb_port}/open{path}", amb),
-                "verified": (f"http://127.0.0.1:{amb_port}{path}", amb),
-            }
-            upstream.wait_http(paths["direct"][0])
-            for url, _ in paths.values():
-                wait_ok(amb, url, auth)
-                if args.warmup >= 1:
-                    load.run(
-                        url, headers=auth, concurrency=args.concurrency, duration=args.warmup, workdir=work
-                    )
-            for name, (url, server) in paths.items():
-                single = load.run(
-                    url, headers=auth, concurrency=1, duration=seconds, workdir=work, server=server
+        verifier_args = ["--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(jwks),
+                         "--routes", str(routes), "--server", args.server]  # fmt: skip
+        upstream = stack.enter_context(procs.Process("upstream", [
+            *procs.pin(procs.LOAD_CPUS), sys.executable, __file__, "--serve-upstream", str(ports["upstream"]),
+        ]))  # fmt: skip
+        servers: dict[str, procs.Process] = {}
+        if {"open", "verified"} & set(only):
+            servers["ambassador"] = stack.enter_context(procs.Process("ambassador", [
+                *procs.pin(procs.SERVER_CPUS), str(procs.BIN / "exchange"), "ambassador",
+                "--listen", f"127.0.0.1:{ports['ambassador']}", "--upstream", f"http://127.0.0.1:{ports['upstream']}",
+                "--max-connections", str(args.max_connections), *verifier_args,
+            ]))  # fmt: skip
+        if "gateway" in only:
+            servers["gateway"] = stack.enter_context(procs.Process("gateway", [
+                *procs.pin(procs.SERVER_CPUS), str(procs.BIN / "exchange"), "gateway", "--proxy", "nginx",
+                "--listen", f"127.0.0.1:{ports['gateway']}", *verifier_args,
+            ]))  # fmt: skip
+        if nginx_path is not None and {"nginx", "gateway"} & set(only):
+            body = PLAIN_NGINX % {"listen": ports["nginx"], "upstream": ports["upstream"]}
+            body += nginx.docs_gateway_block(
+                procs.ROOT / "docs" / "VERIFY.md", listen=ports["front"], upstream=ports["upstream"],
+                gateway=ports["gateway"],
+            )  # fmt: skip
+            servers["nginx"] = stack.enter_context(
+                procs.Process(
+                    "nginx",
+                    [*procs.pin(procs.SERVER_CPUS), *nginx.argv(nginx_path, nginx.write_config(work, body))],
                 )
-                many = load.run(
-                    url,
-                    headers=auth,
-                    concurrency=args.concurrency,
-                    duration=seconds,
-                    workdir=work,
-                    server=server,
-                )
-                results[name] = (single, many)
-                print(
-                    f"# {name:9} p50 {single.p50_ms:.2f} ms p99 {single.p99_ms:.2f} ms "
-                    f"{many.rps:,.0f} req/s "
-                    f"errors {single.errors + many.errors}",
-                    flush=True,
-                )
-            commands = {"upstream": upstream.command, "ambassador": amb.command}
-    direct = results["direct"]
+            )
+        auth = {"Authorization": f"Bearer {purpose_token(key)}"}
+        path = "/payments/p-1001/approve"
+        urls = {
+            "direct": (f"http://127.0.0.1:{ports['upstream']}{path}", upstream),
+            "nginx": (f"http://127.0.0.1:{ports['nginx']}{path}", servers.get("nginx")),
+            "open": (f"http://127.0.0.1:{ports['ambassador']}/open{path}", servers.get("ambassador")),
+            "verified": (f"http://127.0.0.1:{ports['ambassador']}{path}", servers.get("ambassador")),
+            "gateway": (f"http://127.0.0.1:{ports['front']}{path}", servers.get("nginx")),
+        }
+        upstream.wait_http(urls["direct"][0])
+        for name in only:
+            url, server = urls[name]
+            assert server is not None
+            wait_ok(server, url, auth)
+            if args.warmup >= 1:
+                load.run(url, headers=auth, concurrency=args.concurrency, duration=args.warmup, workdir=work)
+        for name in only:
+            url, server = urls[name]
+            # The server side's CPU: the gateway's too when nginx asks it.
+            watched = servers.get("gateway") if name == "gateway" else server
+            single = load.run(
+                url, headers=auth, concurrency=1, duration=seconds, workdir=work, server=watched
+            )
+            many = load.run(
+                url,
+                headers=auth,
+                concurrency=args.concurrency,
+                duration=seconds,
+                workdir=work,
+                server=watched,
+            )
+            results[name] = (single, many)
+            print(
+                f"# {name:9} p50 {single.p50_ms:.2f} ms p99 {single.p99_ms:.2f} ms {many.rps:,.0f} req/s "
+                f"errors {single.errors + many.errors}",
+                flush=True,
+            )
+        if args.profile and "ambassador" in servers:
+            profile_text = _profile(servers["ambassador"], urls["verified"][0], auth, args, work)
+        commands = {name: process.command for name, process in {"upstream": upstream, **servers}.items()}
+    print(_report(results, args, seconds))
+    if profile_text:
+        print("\nWhere the ambassador's time goes (verified route, py-spy, samples of the GIL holder):\n")
+        print("```\n" + profile_text + "\n```")
+    print("\n" + "\n".join(f"- {k}: `{v}`" for k, v in commands.items()))
+    if "verified" in results:
+        print(f"- load: `{results['verified'][1].command}`")
+    return 0 if all(s.errors + m.errors == 0 for s, m in results.values()) else 1
+
+
+def _report(
+    results: dict[str, tuple[load.LoadResult, load.LoadResult]], args: argparse.Namespace, seconds: int
+) -> str:
+    direct = results.get("direct")
+    plain = results.get("nginx")
+
+    def vs(value: float, base: tuple[load.LoadResult, load.LoadResult] | None) -> str:
+        return report.ratio(value / base[1].rps) if base and base[1].rps else "-"
+
     rows = [
         [
             name,
             report.ms(s.p50_ms),
             report.ms(s.p99_ms),
-            f"{s.p50_ms - direct[0].p50_ms:+.2f} ms",
+            f"{s.p50_ms - direct[0].p50_ms:+.2f} ms" if direct else "-",
             report.rate(m.rps),
-            report.ratio(m.rps / direct[1].rps),
+            vs(m.rps, direct),
+            vs(m.rps, plain),
+            f"{100 * m.server_cpu:.0f}%" if m.server_cpu is not None else "-",
             s.errors + m.errors,
         ]
         for name, (s, m) in results.items()
     ]
-    print(
-        report.header(
-            "Ambassador overhead",
-            f"{procs.pinning_note()} (the upstream shares CPU 1 with wrk); "
-            f"ambassador {args.server}, one worker, "
-            f"upstream pool {args.max_connections}; wrk {seconds} s per figure: latency at 1 connection, "
-            f"throughput at {args.concurrency}.",
-        )
+    title = report.header(
+        "Five placements",
+        f"{procs.pinning_note()} (the upstream shares CPU 1 with wrk); ambassador and gateway {args.server}, "
+        f"one worker each, nginx one worker; ambassador upstream pool {args.max_connections}; "
+        f"wrk {seconds} s per figure: latency at 1 connection, throughput at {args.concurrency}.",
     )
-    print(
-        report.table(
-            [
-                "path",
-                "p50 (c=1)",
-                "p99 (c=1)",
-                "added p50",
-                f"throughput (c={args.concurrency})",
-                "vs direct",
-                "errors",
-            ],
-            rows,
-        )
-    )
-    print("\n" + "\n".join(f"- {k}: `{v}`" for k, v in commands.items()))
-    print(f"- load: `{results['verified'][1].command}`")
-    return 0 if all(s.errors + m.errors == 0 for s, m in results.values()) else 1
+    table = report.table(
+        ["route", "p50 (c=1)", "p99 (c=1)", "added p50", f"throughput (c={args.concurrency})", "vs direct",
+         "vs nginx", "server CPU", "errors"],
+        rows,
+    )  # fmt: skip
+    return title + "\n" + table
+
+
+def _profile(
+    server: procs.Process, url: str, auth: dict[str, str], args: argparse.Namespace, work: Path
+) -> str:
+    out = work / "ambassador.folded"
+    pid = server.pids()[-1]  # granian's worker (the tree's leaf), not its supervisor
+    spy = profile.attach(pid, out, args.profile)
+    load.run(url, headers=auth, concurrency=args.concurrency, duration=args.profile + 1, workdir=work)
+    spy.wait(timeout=args.profile + 60)
+    return profile.summarise(out, steps=False, top=15)
+
+
+ROUTES = ("direct", "nginx", "open", "verified", "gateway")
+PLAIN_NGINX = """
+upstream plain_upstream { server 127.0.0.1:%(upstream)d; keepalive 32; }
+server {
+    listen 127.0.0.1:%(listen)d;
+    location / {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://plain_upstream;
+    }
+}
+"""
 
 
 def wait_ok(server: procs.Process, url: str, headers: dict[str, str]) -> None:

@@ -33,8 +33,8 @@ DEBUG_ENV: Final = "EXCHANGE_DEBUG"
 LogFormat = Literal["auto", "json", "console"]
 # Per-request chatter of the HTTP client: our own jwks_* events already say what it would.
 _QUIET: Final = ("httpx", "httpcore")
-_EVENT_TEMPLATE: Final = re.compile(r"([a-z][a-z0-9_]*)((?: [a-z_]+=%[-#0-9.]*[sdifr])*)")
-_FIELD: Final = re.compile(r" ([a-z_]+)=%")
+_EVENT_TEMPLATE: Final = re.compile(r"([a-z][a-z0-9_]*)((?: [a-z_][a-z0-9_]*=%[-#0-9.]*[sdifr])*)")
+_FIELD: Final = re.compile(r" ([a-z_][a-z0-9_]*)=%")
 _encoder = msgspec.json.Encoder()
 
 

@@ -10,7 +10,7 @@ import os
 
 import click
 
-from exchange.cli.ambassador import ambassador_command
+from exchange.cli.ambassador import ambassador_command, gateway_command
 from exchange.cli.audit import audit
 from exchange.cli.clients import clients
 from exchange.cli.config import config
@@ -48,5 +48,6 @@ for command in (
     db_group,
     verify_command,
     ambassador_command,
+    gateway_command,
 ):
     main.add_command(command)

@@ -16,13 +16,20 @@ from exchange.verify.compact import JWSError
 from exchange.verify.errors import REASONS, Reason, VerificationError
 from exchange.verify.jwks import JWKSCache, JWKSError, KeySource, StaticJWKS, key_source, parse_jwks
 from exchange.verify.jws import JWSVerifier, VerifiedJWS
-from exchange.verify.replay import InMemoryReplayGuard, PostgresReplayGuard, ReplayGuard, SyncReplayGuard
+from exchange.verify.replay import (
+    FileReplayGuard,
+    InMemoryReplayGuard,
+    PostgresReplayGuard,
+    ReplayGuard,
+    SyncReplayGuard,
+)
 from exchange.verify.verifier import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, PurposeTokenVerifier
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "REASONS",
     "SUPPORTED_ALGORITHMS",
+    "FileReplayGuard",
     "InMemoryReplayGuard",
     "JWKSCache",
     "JWKSError",

@@ -1,8 +1,9 @@
 """Where verification keys come from: a JWKS fetched over HTTPS and cached, or a static JWKS file.
 
-Both sources answer the same questions: `await get_key(kid)` (may fetch) and `get_cached_key(kid)`
-(never does I/O, for the synchronous hot path), and for a token without a kid `await get_keys()` /
-`cached_keys()`: every key of the set, which is bounded by `max_keys`. The exchange uses these sources
+Both sources answer the same questions: `await get_key(kid)` and `get_key_sync(kid)` (may fetch: the
+second blocks, for Flask, Django and other code without an event loop), `get_cached_key(kid)` (never
+does I/O), and for a token without a kid `await get_keys()` / `get_keys_sync()` / `cached_keys()`:
+every key of the set, which is bounded by `max_keys`. The exchange uses these sources
 for its identity providers' and its clients' keys too, so nothing here is specific to purpose tokens.
 `key_source(...)` is the one factory that turns configuration (a file, a URI, or an issuer whose
 `/.well-known/jwks.json` holds its keys) into a source.
@@ -11,7 +12,8 @@ Cache policy, in one place:
 - a fetched set is fresh for the response's Cache-Control max-age, clamped to [min_ttl, max_ttl];
 - an unknown kid in a fresh set triggers a refresh at most once per `cooldown` (keys rotate, but a
   stream of made-up kids must not turn us into a request amplifier against the issuer);
-- concurrent callers share one fetch in flight (single-flight);
+- concurrent callers share one fetch in flight (single-flight): coroutines join one task, threads wait
+  on one lock and take the result of the fetch that ran while they waited;
 - when a refresh fails, the last good set keeps serving for `max_stale` seconds past its freshness,
   then the cache fails closed (no keys at all) until a fetch succeeds again.
 """
@@ -22,8 +24,9 @@ import asyncio
 import ipaddress
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -39,6 +42,8 @@ from exchange.verify.errors import VerificationError
 from exchange.verify.strictjson import AmbiguousJSON, refuse_duplicates
 
 log = logging.getLogger("exchange.verify")
+
+_ACCEPT: Final = {"Accept": "application/jwk-set+json, application/json"}
 
 DEFAULT_MAX_KEYS: Final = 32
 DEFAULT_MAX_BYTES: Final = 64 * 1024
@@ -69,6 +74,14 @@ class KeySource(Protocol):
 
     def cached_keys(self) -> tuple[Key, ...]:
         """Every usable key already at hand; never does I/O."""
+        ...
+
+    def get_key_sync(self, kid: str) -> Key:
+        """`get_key` for code without an event loop: may fetch, blocking the calling thread."""
+        ...
+
+    def get_keys_sync(self) -> tuple[Key, ...]:
+        """`get_keys` for code without an event loop: may fetch, blocking the calling thread."""
         ...
 
 
@@ -196,6 +209,9 @@ class StaticJWKS:
         return frozenset(self._keys)
 
     async def get_key(self, kid: str) -> Key:
+        return self.get_key_sync(kid)
+
+    def get_key_sync(self, kid: str) -> Key:
         key = self._keys.get(kid)
         if key is None:
             raise VerificationError("unknown_key", f"kid {kid!r} is not in the static JWKS")
@@ -205,6 +221,9 @@ class StaticJWKS:
         return self._keys.get(kid)
 
     async def get_keys(self) -> tuple[Key, ...]:
+        return self._all
+
+    def get_keys_sync(self) -> tuple[Key, ...]:
         return self._all
 
     def cached_keys(self) -> tuple[Key, ...]:
@@ -261,6 +280,10 @@ class JWKSCache:
         self._usable_until = -math.inf
         self._last_attempt = -math.inf
         self._inflight: asyncio.Task[None] | None = None
+        # Threads (verify() under a WSGI server) single-flight on this lock; `_fetches` tells a thread
+        # that waited whether a fetch completed meanwhile, so it reads that result instead of fetching.
+        self._sync_lock = threading.Lock()
+        self._fetches = 0
         #: Fetch attempts so far (successful or not); for tests and metrics.
         self.fetch_count = 0
         #: Failed fetch attempts so far.
@@ -286,32 +309,19 @@ class JWKSCache:
             return ()
         return tuple(self._keys.values())
 
-    async def get_keys(self) -> tuple[Key, ...]:
-        # No kid to miss: refresh only a set that is stale or was never fetched (cooldown after a failure).
-        now = self._clock()
-        if now >= self._fresh_until and (
-            self._inflight is not None
-            or self.last_error is None
-            or now - self._last_attempt >= self._cooldown
-        ):
-            await self.refresh()
-        return self.cached_keys()
-
-    async def get_key(self, kid: str) -> Key:
+    def _due(self, kid: str | None) -> bool:
+        """The one refresh policy, for both paths: is a fetch due for `kid` (None: a kid-less token)?"""
         now = self._clock()
         if now < self._fresh_until:
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
+            if kid is None or kid in self._keys:
+                return False
             # Fresh set, unknown kid: maybe a rotation, maybe a made-up kid. Once per cooldown.
-            due = now - self._last_attempt >= self._cooldown
-        else:
-            # Expired or never fetched: refresh now, unless the last attempt failed within the cooldown.
-            due = self.last_error is None or now - self._last_attempt >= self._cooldown
-        # A fetch already in flight is always joined: that costs the issuer nothing.
-        fetched = self._inflight is not None or due
-        if fetched:
-            await self.refresh()
+            return now - self._last_attempt >= self._cooldown
+        # Expired or never fetched: refresh now, unless the last attempt failed within the cooldown.
+        return self.last_error is None or now - self._last_attempt >= self._cooldown
+
+    def _found(self, kid: str, fetched: bool) -> Key:
+        """The key after any fetch, or why there is none: keys unavailable, or an unknown kid."""
         key = self.get_cached_key(kid)
         if key is not None:
             return key
@@ -327,6 +337,63 @@ class JWKSCache:
             + ("" if fetched else " (not fetched again: within the refetch cooldown)"),
             refetch_suppressed=not fetched,
         )
+
+    async def get_keys(self) -> tuple[Key, ...]:
+        # A fetch already in flight is always joined: that costs the issuer nothing.
+        if self._inflight is not None or self._due(None):
+            await self.refresh()
+        return self.cached_keys()
+
+    async def get_key(self, kid: str) -> Key:
+        if self._clock() < self._fresh_until:
+            key = self._keys.get(kid)
+            if key is not None:
+                return key  # the hot path: a fresh set that has the kid
+        # A fetch already in flight is always joined: that costs the issuer nothing.
+        fetched = self._inflight is not None or self._due(kid)
+        if fetched:
+            await self.refresh()
+        return self._found(kid, fetched)
+
+    def get_keys_sync(self) -> tuple[Key, ...]:
+        if self._sync_lock.locked() or self._due(None):
+            self.refresh_sync()
+        return self.cached_keys()
+
+    def get_key_sync(self, kid: str) -> Key:
+        if self._clock() < self._fresh_until:
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
+        fetched = self._sync_lock.locked() or self._due(kid)
+        if fetched:
+            self.refresh_sync()
+        return self._found(kid, fetched)
+
+    def refresh_sync(self) -> None:
+        """Fetch now from this thread, or wait for the fetch another thread is running and use its
+        result. Failures are recorded in `last_error`, not raised."""
+        seen = self._fetches
+        # Bounded: a fetch holding the lock ends within its own timeout.
+        if not self._sync_lock.acquire(timeout=self._timeout + 1.0):
+            return
+        try:
+            if self._fetches != seen:
+                return  # another thread fetched while this one waited: single flight
+            self._begin()
+            try:
+                with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
+                    with client.stream("GET", self.uri, headers=_ACCEPT) as response:
+                        self._check_status(response)
+                        body = self._capped(response.iter_bytes())
+                        ttl = self._ttl(response.headers)
+                keys = parse_jwks(body, max_keys=self._max_keys)
+            except (httpx.HTTPError, JWKSError) as exc:
+                self._failed(exc)
+            else:
+                self._stored(keys, ttl)
+        finally:
+            self._sync_lock.release()
 
     def state(self) -> CacheState:
         """Where this cache stands now (never does I/O)."""
@@ -378,28 +445,37 @@ class JWKSCache:
             self._inflight = None
 
     async def _fetch(self) -> None:
-        self._last_attempt = self._clock()
-        self.fetch_count += 1
+        self._begin()
         try:
             async with asyncio.timeout(self._timeout):
                 body, ttl = await self._download()
             keys = parse_jwks(body, max_keys=self._max_keys)
         except (httpx.HTTPError, JWKSError, TimeoutError) as exc:
-            self.failure_count += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            stale_for = self._clock() - self._fresh_until
-            log.warning(
-                "jwks_fetch_failed uri=%s error=%s stale_for=%.0f", self.uri, self.last_error, stale_for
-            )
-            if self._clock() >= self._usable_until:
-                self._keys = {}
+            self._failed(exc)
             return
+        self._stored(keys, ttl)
+
+    def _begin(self) -> None:
+        self._last_attempt = self._clock()
+        self.fetch_count += 1
+
+    def _failed(self, exc: Exception) -> None:
+        self.failure_count += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        stale_for = self._clock() - self._fresh_until
+        log.warning("jwks_fetch_failed uri=%s error=%s stale_for=%.0f", self.uri, self.last_error, stale_for)
+        if self._clock() >= self._usable_until:
+            self._keys = {}
+        self._fetches += 1
+
+    def _stored(self, keys: dict[str, Key], ttl: float) -> None:
         now = self._clock()
         self._keys = keys
         self._fresh_until = now + ttl
         self._usable_until = self._fresh_until + self._max_stale
         self._last_success = now
         self.last_error = None
+        self._fetches += 1
         log.info("jwks_fetched uri=%s kids=%s ttl=%.0f", self.uri, ",".join(sorted(keys)), ttl)
 
     async def _download(self) -> tuple[bytes, float]:
@@ -410,13 +486,8 @@ class JWKSCache:
             return await self._download_with(client)
 
     async def _download_with(self, client: httpx.AsyncClient) -> tuple[bytes, float]:
-        headers = {"Accept": "application/jwk-set+json, application/json"}
-        async with client.stream("GET", self.uri, headers=headers) as response:
-            if response.status_code != 200:
-                raise JWKSError(f"HTTP {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-                raise JWKSError(f"response of {declared} bytes exceeds the cap of {self._max_bytes}")
+        async with client.stream("GET", self.uri, headers=_ACCEPT) as response:
+            self._check_status(response)
             body = bytearray()
             # Counted after content decoding, so a compressed bomb hits the cap too.
             async for chunk in response.aiter_bytes():
@@ -424,6 +495,22 @@ class JWKSCache:
                 if len(body) > self._max_bytes:
                     raise JWKSError(f"response exceeds the cap of {self._max_bytes} bytes")
             return bytes(body), self._ttl(response.headers)
+
+    def _check_status(self, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raise JWKSError(f"HTTP {response.status_code}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            raise JWKSError(f"response of {declared} bytes exceeds the cap of {self._max_bytes}")
+
+    def _capped(self, chunks: Iterable[bytes]) -> bytes:
+        body = bytearray()
+        # Counted after content decoding, so a compressed bomb hits the cap too.
+        for chunk in chunks:
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise JWKSError(f"response exceeds the cap of {self._max_bytes} bytes")
+        return bytes(body)
 
     def _ttl(self, headers: httpx.Headers) -> float:
         max_age: float | None = None

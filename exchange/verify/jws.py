@@ -23,7 +23,8 @@ has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verif
 
     core = JWSVerifier(algorithms=["ES256"], typ={"at+jwt"})
     verified = await core.verify(token, keys)        # may fetch (JWKSCache)
-    verified = core.verify_cached(token, keys)       # never does I/O: for sync frameworks
+    verified = core.verify_sync(token, keys)         # may fetch, blocking: for sync frameworks
+    verified = core.verify_cached(token, keys)       # never does I/O
     claims = decode_object(verified.payload)
 
 A JWSVerifier is built once (algorithm objects looked up once) and remembers the headers it has fully
@@ -174,12 +175,21 @@ class JWSVerifier:
         parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
         header = self.header(parts.header_segment)
         if header.kid is None:
-            candidates = await keys.get_keys()
-            if not candidates:  # a source is never empty unless its keys could not be fetched
-                raise JWSError("jwks_unavailable", "the key source has no usable keys")
-            return _signed(parts, header, candidates)
+            return _signed(parts, header, _usable(await keys.get_keys()))
         try:
             key = await keys.get_key(header.kid)
+        except VerificationError as exc:
+            raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
+        return _signed_by(parts, header, key)
+
+    def verify_sync(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
+        """`verify` for code without an event loop: the source may fetch, blocking. Raises JWSError."""
+        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
+        header = self.header(parts.header_segment)
+        if header.kid is None:
+            return _signed(parts, header, _usable(keys.get_keys_sync()))
+        try:
+            key = keys.get_key_sync(header.kid)
         except VerificationError as exc:
             raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
         return _signed_by(parts, header, key)
@@ -221,6 +231,12 @@ def _fitted(header: _Header, key: Key) -> JWSAlgModel:
         return _ed25519_model()
     alg.check_key(key)
     return alg
+
+
+def _usable(candidates: tuple[Key, ...]) -> tuple[Key, ...]:
+    if not candidates:  # a source is never empty unless its keys could not be fetched
+        raise JWSError("jwks_unavailable", "the key source has no usable keys")
+    return candidates
 
 
 def _unknown(exc: VerificationError) -> Problem:

@@ -1,15 +1,19 @@
 """Replay guards: accept a single-use token's `jti` once, until the token could no longer verify.
 
-`InMemoryReplayGuard` protects one process. `PostgresReplayGuard` protects every replica sharing a
-database: one atomic INSERT ... ON CONFLICT decides, so two replicas racing on the same jti cannot both
-win. asyncpg is imported inside that class only, so `import exchange.verify` never pulls it in.
+`InMemoryReplayGuard` protects one process. `FileReplayGuard` protects every process on one host
+sharing a file (an SQLite database: one atomic upsert decides, across processes, under its lock).
+`PostgresReplayGuard` protects every replica sharing a database: one atomic INSERT ... ON CONFLICT
+decides, so two replicas racing on the same jti cannot both win. asyncpg is imported inside that
+class only, so `import exchange.verify` never pulls it in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import re
+import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
@@ -63,6 +67,69 @@ class InMemoryReplayGuard:
         while self._expiry and self._expiry[0][0] <= now:
             _, entry = heapq.heappop(self._expiry)
             self._seen.pop(entry, None)
+
+
+class FileReplayGuard:
+    """Single use across the processes of one host (server workers), in an SQLite file.
+
+    The decision is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired` statement, atomic under
+    SQLite's write lock, so two workers racing on one jti cannot both win. The file is created 0600.
+    Any database error refuses the token (fails closed) rather than risk accepting it twice.
+    """
+
+    _SCHEMA: Final = (
+        "CREATE TABLE IF NOT EXISTS replays (issuer TEXT NOT NULL, jti TEXT NOT NULL,"
+        " expires_at REAL NOT NULL, PRIMARY KEY (issuer, jti))"
+    )
+    _CONSUME: Final = (
+        "INSERT INTO replays (issuer, jti, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = excluded.expires_at "
+        "WHERE replays.expires_at <= ? RETURNING 1"
+    )
+    _PURGE_EVERY: Final = 1000
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self.path = os.fspath(path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pid = -1
+        self._writes = 0
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per process: a forked worker must not share its parent's.
+        if self._db is None or self._pid != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False,
+                                 isolation_level=None)  # fmt: skip
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(self._SCHEMA)
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    def consume_sync(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        with self._lock:
+            try:
+                db = self._connection()
+                won = db.execute(self._CONSUME, (issuer, jti, expires_at, now)).fetchone() is not None
+                self._writes += 1
+                if self._writes % self._PURGE_EVERY == 0:
+                    db.execute("DELETE FROM replays WHERE expires_at <= ?", (now,))
+            except sqlite3.Error:
+                return False
+            return won
+
+    async def consume(self, issuer: str, jti: str, expires_at: float, *, now: float) -> bool:
+        # The write is short but may wait on another process's lock: off the event loop.
+        return await asyncio.to_thread(self.consume_sync, issuer, jti, expires_at, now=now)
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 _IDENTIFIER: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -110,15 +110,15 @@ class PurposeTokenVerifier:
     def verify(
         self, token: str | bytes, *, purpose: str | None = None, now: float | None = None
     ) -> VerifiedClaims:
-        """Verify synchronously, with keys already cached (StaticJWKS, or a JWKSCache after a fetch).
+        """Verify synchronously (Flask, Django, threads), fetching keys when needed. Raises VerificationError.
 
-        A JWKSCache is never fetched from here: call `await verifier.refresh_keys()` first, or use
-        `averify`. Raises VerificationError.
+        Same core and same key policy as `averify`: a JWKSCache fetches a missing or stale set under
+        its cooldown, staleness and size rules, blocking this thread; threads share one fetch.
         """
         if self._sync_guard is None:
             raise TypeError("verify() needs a synchronous replay guard; use averify() with this guard")
         try:
-            payload = self._jws.verify_cached(token, self.keys).payload
+            payload = self._jws.verify_sync(token, self.keys).payload
         except JWSError as exc:
             raise VerificationError(_REASON[exc.problem], str(exc)) from None
         claims, at = self._check(payload, purpose, now)

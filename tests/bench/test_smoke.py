@@ -174,10 +174,10 @@ class TestSmoke:
         out = _finished(runs, "verify")
         assert "| ES256 |" in out and "| RS256 |" in out
 
-    def test_ambassador_bench_measures_three_paths(self, runs: dict[str, subprocess.Popen[str]]) -> None:
+    def test_ambassador_bench_measures_five_routes(self, runs: dict[str, subprocess.Popen[str]]) -> None:
         out = _finished(runs, "ambassador")
-        for path in ("| direct |", "| open |", "| verified |"):
-            assert path in out
+        for route in ("| direct |", "| nginx |", "| open |", "| verified |", "| gateway |"):
+            assert route in out
 
     def test_audit_bench_reports_commits_and_database_cost(
         self, runs: dict[str, subprocess.Popen[str]]

@@ -24,6 +24,7 @@ from tests.cli.conftest import EXE, exchange, json_lines
 NO_JSON_FLAG = {
     "serve": "runs the service",
     "ambassador": "runs a proxy",
+    "gateway": "runs a forward-auth endpoint",
     "dev-token": "prints a bare token, to pipe into a request",
     "verify": "always prints the verified claims as one JSON object",
     "audit export": "always prints JSON Lines",
@@ -32,6 +33,7 @@ NO_JSON_FLAG = {
 NO_CONFIG = {
     "verify": "a downstream tool, configured by its flags",
     "ambassador": "a downstream proxy, configured by its flags",
+    "gateway": "a downstream forward-auth endpoint, configured by its flags",
     "clients hash-secret": "hashes what it is given, nothing else",
 }
 Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

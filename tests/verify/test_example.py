@@ -76,3 +76,33 @@ def test_env_factory_builds(example: ModuleType, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PAYMENTS_JWKS_URI", "http://exchange:8080/.well-known/jwks.json")
     monkeypatch.setenv("PAYMENTS_JWKS_ALLOW_HTTP", "1")
     assert example.app_from_env() is not None
+
+
+class TestFlaskVariant:
+    """examples/payments_service/flask_app.py: the same service under Flask, keys fetched by verify()."""
+
+    @pytest.fixture
+    def flask_app(self, jwks_server: Any, ec_key: Key) -> Any:
+        jwks_server.publish(ec_key)
+        spec = importlib.util.spec_from_file_location(
+            "payments_flask_example", EXAMPLE.with_name("flask_app.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        verifier = PurposeTokenVerifier(
+            issuer=ISSUER, audience=AUDIENCE, jwks_uri=jwks_server.url, clock=lambda: NOW
+        )
+        return module.create_app(verifier).test_client()
+
+    def test_approve_read_and_refuse(self, flask_app: Any, ec_key: Key) -> None:
+        approve = flask_app.post("/payments/p-1001/approve", headers=auth(ec_key))
+        assert (approve.status_code, approve.json["approved_by"]) == (200, "alice")
+        read = flask_app.get("/payments/p-1001", headers=auth(ec_key, scope="payments.read"))
+        assert read.status_code == 200
+        refused = flask_app.post("/payments/p-1001/approve", headers=auth(ec_key, scope="payments.read"))
+        assert (refused.status_code, refused.json) == (403, {"error": "insufficient_scope"})
+        other = [{"type": "payment", "payment_id": "p-1002"}]
+        wrong = flask_app.post("/payments/p-1001/approve", headers=auth(ec_key, authorization_details=other))
+        assert wrong.status_code == 403
+        assert flask_app.get("/payments/p-1001").headers["WWW-Authenticate"] == "Bearer"

@@ -346,16 +346,14 @@ class TestStaticJWKS:
 
 
 class TestVerifierWithCache:
-    async def test_async_verify_fetches_and_sync_verify_then_uses_the_cache(
+    async def test_sync_and_async_verify_share_one_cache(
         self, jwks_server: JWKSServer, ec_key: Key, rsa_key: Key
     ) -> None:
         jwks_server.publish(ec_key)
         verifier = PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks_uri=jwks_server.url)
-        with pytest.raises(VerificationError) as caught:
-            verifier.verify(mint(ec_key), now=NOW)  # sync never fetches
-        assert caught.value.reason == "unknown_key"
+        assert verifier.verify(mint(ec_key), now=NOW).sub == "alice"  # sync fetches on first use
         assert (await verifier.averify(mint(ec_key), now=NOW)).sub == "alice"
-        assert verifier.verify(mint(ec_key), now=NOW).sub == "alice"
+        assert jwks_server.fetches == 1
         with pytest.raises(VerificationError) as caught:
             await verifier.averify(mint(rsa_key, alg="RS256"), now=NOW)
         assert caught.value.reason == "unknown_key"

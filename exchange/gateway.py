@@ -1,0 +1,182 @@
+"""The gateway: a forward-auth endpoint for the proxy in front of everything.
+
+    exchange gateway --listen 127.0.0.1:8082 --proxy nginx \\
+        --issuer https://exchange.example --audience payments --routes routes.toml
+
+The proxy (nginx `auth_request`, Traefik `ForwardAuth`, Envoy `ext_authz` over HTTP, Caddy
+`forward_auth`) asks us about each request before serving it. We read the original method and URI
+from where that proxy puts them, run the same access decision as every other placement
+(exchange/verify/access.py: canonical method and path, the route table, the bearer token), and answer
+200 with the identity headers (exchange/forwarding.py: the proxy copies them to the upstream) or the
+one refusal shape (401/403 with the RFC 6750 challenge; 400 for a non-canonical target; 404 unrouted).
+
+Where each proxy puts the original request (exactly one value each, or the check is refused):
+    nginx            X-Original-Method, X-Original-URI (set in the config: $request_method, $request_uri)
+    traefik, caddy   X-Forwarded-Method, X-Forwarded-Uri (set by the proxy itself)
+    envoy            the check request's own method, and its path after `envoy_prefix`
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Final, Literal
+from urllib.parse import unquote
+
+import msgspec
+import structlog
+
+from exchange.forwarding import identity_headers
+from exchange.logging import configure_logging
+from exchange.placement import PlacementConfig, build_verifier, serve
+from exchange.verify.access import check_request
+from exchange.verify.asgi import Receive, Scope, Send, header_values, send_refusal
+from exchange.verify.bearer import Refusal, non_canonical
+from exchange.verify.routes import RouteTable, path_problem
+from exchange.verify.verifier import PurposeTokenVerifier
+
+log = structlog.get_logger("exchange.gateway")
+
+CONFIG_ENV: Final = "PURPOSE_GATEWAY_CONFIG"
+Proxy = Literal["nginx", "traefik", "caddy", "envoy"]
+PROXIES: Final = ("nginx", "traefik", "caddy", "envoy")
+_ORIGINAL: Final[dict[str, tuple[bytes, bytes]]] = {
+    "nginx": (b"x-original-method", b"x-original-uri"),
+    "traefik": (b"x-forwarded-method", b"x-forwarded-uri"),
+    "caddy": (b"x-forwarded-method", b"x-forwarded-uri"),
+}
+_ALLOWED_HEAD: Final = [(b"content-length", b"0"), (b"cache-control", b"no-store")]
+
+
+class GatewayConfig(PlacementConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything `app_from_env` needs: the CLI serialises it for the server's worker processes."""
+
+    proxy: Proxy = "nginx"
+    # Envoy's http_service path_prefix: the check request's path is this plus the original path.
+    envoy_prefix: str = "/check"
+    health_path: str = "/.gateway/health"
+
+
+class Gateway:
+    """The forward-auth endpoint as an ASGI app."""
+
+    def __init__(
+        self,
+        *,
+        verifier: PurposeTokenVerifier,
+        routes: RouteTable,
+        proxy: Proxy = "nginx",
+        envoy_prefix: str = "/check",
+        health_path: str = "/.gateway/health",
+    ) -> None:
+        if proxy not in PROXIES:
+            raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+        self.verifier = verifier
+        self.routes = routes
+        self.proxy = proxy
+        self._envoy_prefix = envoy_prefix.rstrip("/").encode("ascii")
+        self.health_path = health_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per check
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    close = getattr(self.verifier.replay_guard, "close", None)
+                    if close is not None:
+                        await close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif scope["type"] == "http":
+            await self._check(scope, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    def original_request(self, scope: Scope) -> tuple[str, bytes] | Refusal:
+        """(method, URI as sent by the client) of the request the proxy asks about, or the refusal."""
+        if self.proxy == "envoy":
+            raw: bytes = scope.get("raw_path") or scope["path"].encode("ascii")
+            if not raw.startswith(self._envoy_prefix + b"/"):
+                return non_canonical("not_a_check_path")
+            uri = raw[len(self._envoy_prefix) :]
+            if scope.get("query_string"):
+                uri += b"?" + scope["query_string"]
+            return scope["method"], uri
+        method_name, uri_name = _ORIGINAL[self.proxy]
+        methods, uris = header_values(scope, method_name), header_values(scope, uri_name)
+        if len(methods) != 1 or len(uris) != 1:
+            # Missing: the proxy is not configured as documented. Twice: someone added their own.
+            return non_canonical("original_request_unknown")
+        try:
+            return methods[0].decode("ascii"), uris[0]
+        except UnicodeDecodeError:
+            return non_canonical("non_canonical_method")
+
+    async def _check(self, scope: Scope, send: Send) -> None:
+        started = time.perf_counter()
+        if scope["path"] == self.health_path and scope["method"] in ("GET", "HEAD"):
+            body = b'{"status":"ok"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"15")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        original = self.original_request(scope)
+        claims = None
+        if isinstance(original, Refusal):
+            refusal: Refusal | None = original
+            method, path = "?", "?"
+        else:
+            method, uri = original
+            raw_path = uri.split(b"?", 1)[0]
+            # Decoded only for matching, and only once the raw path is known to be canonical.
+            path = unquote(raw_path.decode("ascii")) if path_problem(raw_path) is None else "?"
+            claims, refusal = await check_request(
+                self.verifier, self.routes, method, raw_path, path, header_values(scope, b"authorization")
+            )
+        if refusal is not None:
+            await send_refusal(send, refusal)
+            status = refusal.status
+        else:
+            headers = list(_ALLOWED_HEAD)
+            if claims is not None:
+                headers.extend(identity_headers(claims))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            status = 200
+        log.info(
+            "gateway_check",
+            method=method,
+            path=path,
+            status=status,
+            reason=refusal.reason if refusal else None,
+            sub=claims.sub if claims else None,
+            jti=claims.jti if claims else None,
+            purpose=claims.purpose if claims else None,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    """The app for `config`: key source, verifier and route table built once, here."""
+    verifier, routes = build_verifier(config)
+    return Gateway(
+        verifier=verifier, routes=routes, proxy=config.proxy, envoy_prefix=config.envoy_prefix,
+        health_path=config.health_path,
+    )  # fmt: skip
+
+
+def app_from_env() -> Gateway:
+    """Factory for server worker processes: the config travels in $PURPOSE_GATEWAY_CONFIG."""
+    configure_logging()
+    return build_gateway(msgspec.json.decode(os.environ[CONFIG_ENV], type=GatewayConfig))
+
+
+def run(
+    config: GatewayConfig, *, listen: str = "127.0.0.1:8082", server: str = "granian", workers: int = 1
+) -> None:
+    """Serve the gateway on `listen` ("host:port") with granian (default) or uvicorn."""
+    build_gateway(config)  # fail fast in the parent on a bad routes file, key file or URL
+    serve("exchange.gateway:app_from_env", CONFIG_ENV, config, listen=listen, server=server, workers=workers)

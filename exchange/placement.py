@@ -1,0 +1,97 @@
+"""What the ambassador and the gateway share: their verifier settings, how the verifier, route table
+and replay guard are built from them, and how either is served (granian or uvicorn, N workers).
+
+The settings travel to worker processes as JSON in an environment variable (no pickling), and every
+worker rebuilds the same app from them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import msgspec
+
+from exchange.verify.jwks import key_source
+from exchange.verify.replay import FileReplayGuard, InMemoryReplayGuard, PostgresReplayGuard, ReplayGuard
+from exchange.verify.routes import RouteTable
+from exchange.verify.verifier import PurposeTokenVerifier
+
+
+class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Whose tokens, which keys, which routes, and where single-use jtis are remembered."""
+
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    routes_file: str | None = None
+    # Used when there is no routes file: every request needs a token of this purpose (None: any).
+    purpose: str | None = None
+    # Plain http to a non-loopback JWKS host: a private network only (see JWKSCache).
+    allow_insecure_http: bool = False
+    # Where single-use jtis are remembered across workers and replicas: PostgreSQL, or a file (one host).
+    replay_dsn: str | None = None
+    replay_file: str | None = None
+
+
+def replay_guard(dsn: str | None, file: str | None) -> ReplayGuard:
+    """PostgreSQL (replicas), a file (the workers of one host), or memory (one process)."""
+    if dsn and file:
+        raise ValueError("use a replay database or a replay file, not both")
+    if dsn:
+        return PostgresReplayGuard(dsn)
+    if file:
+        return FileReplayGuard(file)
+    return InMemoryReplayGuard()
+
+
+def build_verifier(config: PlacementConfig) -> tuple[PurposeTokenVerifier, RouteTable]:
+    """The verifier and route table for `config`, built once per worker."""
+    keys = key_source(
+        jwks_file=config.jwks_file,
+        jwks_uri=config.jwks_uri,
+        issuer=config.issuer,
+        allow_insecure_http=config.allow_insecure_http,
+    )
+    verifier = PurposeTokenVerifier(
+        issuer=config.issuer, audience=config.audience, jwks=keys,
+        replay_guard=replay_guard(config.replay_dsn, config.replay_file),
+    )  # fmt: skip
+    routes = (
+        RouteTable.from_file(config.routes_file) if config.routes_file else RouteTable.single(config.purpose)
+    )
+    return verifier, routes
+
+
+def serve(
+    factory: str, env: str, config: PlacementConfig, *, listen: str, server: str = "granian", workers: int = 1
+) -> None:
+    """Serve `factory` (module:function reading its config from $`env`) on `listen` ("host:port")."""
+    from exchange.listen import ensure_free, split_host_port
+
+    host, port = split_host_port(listen, what="--listen")
+    ensure_free(host, port, what="--listen")  # PortInUse: granian would share it silently
+    if workers > 1 and not (config.replay_dsn or config.replay_file):
+        # Workers must share one record of single-use jtis, or each would accept the token once.
+        run_dir = tempfile.mkdtemp(prefix="exchange-replays-")
+        config = msgspec.structs.replace(config, replay_file=os.path.join(run_dir, "replays.sqlite3"))
+    # Worker processes rebuild the app from the environment: no pickling, same path for both servers.
+    os.environ[env] = msgspec.json.encode(config).decode()
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            factory, factory=True, host=host, port=port, workers=workers,
+            log_level="warning", access_log=False, lifespan="on",
+        )  # fmt: skip
+        return
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from exchange.logging import granian_log_config
+
+    Granian(
+        factory, factory=True, interface=Interfaces.ASGI, address=host,
+        port=port, workers=workers, log_access=False, log_dictconfig=granian_log_config(),
+    ).serve()  # fmt: skip
