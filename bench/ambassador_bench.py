@@ -83,6 +83,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per route; 0: none")
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds on the verified route")
     parser.add_argument("--only", default=",".join(ROUTES), help="comma-separated routes to run")
+    parser.add_argument(
+        "--baseline-exchange",
+        help="another checkout's `exchange` (e.g. /work/main/.venv/bin/exchange): adds its ambassador's "
+        "verified route as 'verified (baseline)', measured in the same run",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -93,16 +98,21 @@ def main() -> int:
         )
         return 0
     seconds = max(1, min(args.seconds, 60))
-    only = [name for name in args.only.split(",") if name in ROUTES]
+    only = [name for name in ROUTES if name in args.only.split(",")]
     nginx_path = nginx.binary() if {"nginx", "gateway"} & set(only) else None
     if {"nginx", "gateway"} & set(only) and nginx_path is None:
         print("# nginx is not installed (apt-get install nginx): skipping the nginx routes", flush=True)
         only = [name for name in only if name not in ("nginx", "gateway")]
     procs.pin_self()
     key = ECKey.generate_key("P-256", auto_kid=True)
-    ports = {name: procs.free_port() for name in ("upstream", "ambassador", "gateway", "nginx", "front")}
+    if args.baseline_exchange:
+        only.append(BASELINE)
+    ports = {
+        name: procs.free_port()
+        for name in ("upstream", "ambassador", "baseline", "gateway", "nginx", "front")
+    }
     results: dict[str, tuple[load.LoadResult, load.LoadResult]] = {}
-    profile_text = ""
+    profiles: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="ambassador-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         jwks = work / "jwks.json"
@@ -121,6 +131,12 @@ def main() -> int:
             servers["ambassador"] = stack.enter_context(procs.Process("ambassador", [
                 *procs.pin(procs.SERVER_CPUS), str(procs.BIN / "exchange"), "ambassador",
                 "--listen", f"127.0.0.1:{ports['ambassador']}", "--upstream", f"http://127.0.0.1:{ports['upstream']}",
+                "--max-connections", str(args.max_connections), *verifier_args,
+            ]))  # fmt: skip
+        if BASELINE in only:
+            servers["baseline"] = stack.enter_context(procs.Process("baseline ambassador", [
+                *procs.pin(procs.SERVER_CPUS), args.baseline_exchange, "ambassador",
+                "--listen", f"127.0.0.1:{ports['baseline']}", "--upstream", f"http://127.0.0.1:{ports['upstream']}",
                 "--max-connections", str(args.max_connections), *verifier_args,
             ]))  # fmt: skip
         if "gateway" in only:
@@ -148,6 +164,7 @@ def main() -> int:
             "open": (f"http://127.0.0.1:{ports['ambassador']}/open{path}", servers.get("ambassador")),
             "verified": (f"http://127.0.0.1:{ports['ambassador']}{path}", servers.get("ambassador")),
             "gateway": (f"http://127.0.0.1:{ports['front']}{path}", servers.get("nginx")),
+            BASELINE: (f"http://127.0.0.1:{ports['baseline']}{path}", servers.get("baseline")),
         }
         upstream.wait_http(urls["direct"][0])
         for name in only:
@@ -177,13 +194,15 @@ def main() -> int:
                 f"errors {single.errors + many.errors}",
                 flush=True,
             )
-        if args.profile and "ambassador" in servers:
-            profile_text = _profile(servers["ambassador"], urls["verified"][0], auth, args, work)
+        if args.profile:
+            for route, server_name in (("verified", "ambassador"), (BASELINE, "baseline")):
+                if server_name in servers:
+                    profiles[route] = _profile(servers[server_name], urls[route][0], auth, args, work)
         commands = {name: process.command for name, process in {"upstream": upstream, **servers}.items()}
     print(_report(results, args, seconds))
-    if profile_text:
-        print("\nWhere the ambassador's time goes (verified route, py-spy, samples of the GIL holder):\n")
-        print("```\n" + profile_text + "\n```")
+    for route, text in profiles.items():
+        print(f"\nWhere the ambassador's time goes ({route} route; py-spy, samples on a CPU, GIL or not):\n")
+        print("```\n" + text + "\n```")
     print("\n" + "\n".join(f"- {k}: `{v}`" for k, v in commands.items()))
     if "verified" in results:
         print(f"- load: `{results['verified'][1].command}`")
@@ -230,15 +249,16 @@ def _report(
 def _profile(
     server: procs.Process, url: str, auth: dict[str, str], args: argparse.Namespace, work: Path
 ) -> str:
-    out = work / "ambassador.folded"
+    out = work / f"ambassador-{server.pid}.folded"
     pid = server.pids()[-1]  # granian's worker (the tree's leaf), not its supervisor
-    spy = profile.attach(pid, out, args.profile)
+    spy = profile.attach(pid, out, args.profile, mode="cpu")
     load.run(url, headers=auth, concurrency=args.concurrency, duration=args.profile + 1, workdir=work)
     spy.wait(timeout=args.profile + 60)
     return profile.summarise(out, steps=False, top=15)
 
 
 ROUTES = ("direct", "nginx", "open", "verified", "gateway")
+BASELINE = "verified (baseline)"
 PLAIN_NGINX = """
 upstream plain_upstream { server 127.0.0.1:%(upstream)d; keepalive 32; }
 server {
