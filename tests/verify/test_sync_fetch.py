@@ -38,9 +38,9 @@ class TestFirstUse:
         assert verifier.verify(mint(ec_key)).sub == "alice"
         assert jwks_server.fetches == 1
 
-    def test_an_unreachable_jwks_is_unknown_key(self, ec_key: Key, clock: FakeClock) -> None:
+    def test_an_unreachable_jwks_is_keys_unavailable(self, ec_key: Key, clock: FakeClock) -> None:
         cache = JWKSCache("http://127.0.0.1:9/jwks.json", timeout=0.5, clock=clock)
-        assert reason(verifier_for(cache), mint(ec_key)) == "unknown_key"
+        assert reason(verifier_for(cache), mint(ec_key)) == "keys_unavailable"
         assert cache.last_error is not None
 
 
@@ -75,8 +75,8 @@ class TestPolicy:
         clock.advance(120)  # stale: the refresh fails, the last good set still serves
         assert verifier.verify(mint(ec_key)).sub == "alice"
         assert cache.last_error == "JWKSError: HTTP 500"
-        clock.advance(600)  # past max_stale
-        assert reason(verifier, mint(ec_key)) == "unknown_key"
+        clock.advance(600)  # past max_stale: fails closed
+        assert reason(verifier, mint(ec_key)) == "keys_unavailable"
 
     def test_an_oversized_jwks_is_refused(
         self, jwks_server: JWKSServer, ec_key: Key, clock: FakeClock
@@ -85,7 +85,7 @@ class TestPolicy:
         jwks_server.body += b" " * 5000
         jwks_server.headers = {}
         cache = JWKSCache(jwks_server.url, max_bytes=1024, clock=clock)
-        assert reason(verifier_for(cache), mint(ec_key)) == "unknown_key"
+        assert reason(verifier_for(cache), mint(ec_key)) == "keys_unavailable"
         assert "exceeds the cap" in (cache.last_error or "")
 
 
