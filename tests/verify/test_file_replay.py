@@ -1,0 +1,58 @@
+"""FileReplayGuard: single use across the processes of one host, through one SQLite file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+from exchange.verify import FileReplayGuard
+
+
+def _race(path: str, start: multiprocessing.synchronize.Barrier, wins: multiprocessing.Queue[bool]) -> None:
+    guard = FileReplayGuard(path)
+    start.wait()
+    wins.put(guard.consume_sync("https://exchange.test", "jti-race", 2000.0, now=1000.0))
+
+
+class TestFileReplayGuard:
+    def test_a_jti_is_accepted_once_until_it_expires(self, tmp_path: Path) -> None:
+        guard = FileReplayGuard(tmp_path / "replays.sqlite3")
+        assert guard.consume_sync("iss", "a", 1010.0, now=1000.0) is True
+        assert guard.consume_sync("iss", "a", 1010.0, now=1005.0) is False
+        assert guard.consume_sync("other-iss", "a", 1010.0, now=1005.0) is True  # per issuer
+        assert guard.consume_sync("iss", "a", 1030.0, now=1010.0) is True  # expired: the row is reused
+
+    def test_another_guard_on_the_same_file_sees_the_jti(self, tmp_path: Path) -> None:
+        path = tmp_path / "replays.sqlite3"
+        assert FileReplayGuard(path).consume_sync("iss", "b", 1100.0, now=1000.0) is True
+        assert FileReplayGuard(path).consume_sync("iss", "b", 1100.0, now=1001.0) is False
+
+    async def test_the_async_face_decides_alike(self, tmp_path: Path) -> None:
+        guard = FileReplayGuard(tmp_path / "replays.sqlite3")
+        assert await guard.consume("iss", "c", 1100.0, now=1000.0) is True
+        assert await guard.consume("iss", "c", 1100.0, now=1000.0) is False
+        await guard.close()
+
+    def test_the_file_is_private(self, tmp_path: Path) -> None:
+        old = os.umask(0)
+        try:
+            FileReplayGuard(tmp_path / "replays.sqlite3")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / "replays.sqlite3").stat().st_mode) == 0o600
+
+    def test_processes_racing_on_one_jti_have_one_winner(self, tmp_path: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        start = context.Barrier(4)
+        wins: multiprocessing.Queue[bool] = context.Queue()
+        path = str(tmp_path / "replays.sqlite3")
+        FileReplayGuard(path).consume_sync("warm", "up", 1.0, now=0.0)  # schema in place before the race
+        racers = [context.Process(target=_race, args=(path, start, wins)) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        results = [wins.get(timeout=60) for _ in racers]
+        for racer in racers:
+            racer.join(30)
+        assert sorted(results) == [False, False, False, True]
