@@ -44,7 +44,7 @@ from exchange.errors import (
     RequestTimeout,
     ServerError,
 )
-from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, load_kek
+from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, PublishedKeys, load_kek
 from exchange.logging import DEBUG_ENV, configure_from
 from exchange.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exchange.metrics import Snapshot, merge, render
@@ -126,7 +126,7 @@ async def build_runtime(
         # Read before loading the keys, so a rotation racing with start-up is still noticed.
         keys_version = await store.keys_version()
         await keyring.ensure_active()
-        configured = reload.build(settings, store, digest=digest)
+        configured = reload.build(settings, store, digest=digest, own_keys=PublishedKeys(keyring))
         if settings.dev_issuer is not None:
             log.warning(
                 "dev_issuer_trusted",

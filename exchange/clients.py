@@ -174,12 +174,17 @@ class ClientAuthenticator:
         self._audiences = frozenset({token_endpoint, issuer})
         self._max_lifetime = max_assertion_lifetime
         self._max_bytes = max_token_bytes
-        # Each private_key_jwt client's own registered keys: the only keys that can authenticate it.
-        self._keys: dict[str, KeySource] = {
+        # Each client's own registered keys, one source per client (a Txn-Token workload's self-signed
+        # subjects are checked with them too, exchange/txn.py); only a private_key_jwt client's keys can
+        # authenticate it. A reload keeps a jwks_uri's fetched cache.
+        self._registered: dict[str, KeySource] = {
             c.client_id: (previous._reusable_source(c) if previous is not None else None)
             or key_source(jwks_file=c.jwks_file, jwks_uri=c.jwks_uri)
             for c in clients
-            if c.auth_method == "private_key_jwt"
+            if c.jwks_file is not None or c.jwks_uri is not None
+        }
+        self._keys: dict[str, KeySource] = {
+            c.client_id: self._registered[c.client_id] for c in clients if c.auth_method == "private_key_jwt"
         }
         # One header policy for every assertion (the key is bound per client, after the header check).
         self._jws = JWSVerifier(
@@ -199,12 +204,16 @@ class ClientAuthenticator:
         """Each private_key_jwt client's key source (for readiness and metrics)."""
         return dict(self._keys)
 
+    def registered_keys(self, client_id: str) -> KeySource | None:
+        """The keys registered for this client (its jwks_file or jwks_uri), or None."""
+        return self._registered.get(client_id)
+
     def _reusable_source(self, client: Client) -> KeySource | None:
         """The client's fetched-keys cache, if its jwks_uri did not change (a file is read again)."""
         old = self._clients.get(client.client_id)
         if old is None or client.jwks_uri is None or old.jwks_uri != client.jwks_uri:
             return None
-        return self._keys.get(client.client_id)
+        return self._registered.get(client.client_id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

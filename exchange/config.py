@@ -15,7 +15,8 @@ import msgspec
 
 from exchange.errors import ConfigError
 from exchange.listen import split_host_port
-from schemas.config import Client, Purpose, Settings, TrustedIssuer
+from schemas.claims import WORKLOAD_SEPARATOR
+from schemas.config import Client, Purpose, Settings, TrustedIssuer, TxnTokens
 
 DEFAULT_CONFIG = "exchange.toml"
 
@@ -133,6 +134,51 @@ def check_settings(s: Settings) -> list[str]:
         if c.client_id in client_ids:
             problems.append(f"clients[{i}].client_id: {c.client_id!r} is listed twice")
         client_ids.add(c.client_id)
+    if s.txn_tokens is not None:
+        problems += _check_txn_tokens(s.txn_tokens, s)
+    return problems
+
+
+def _check_txn_tokens(t: TxnTokens, s: Settings) -> list[str]:
+    """[txn_tokens]: the workloads are real, authenticated clients with what their subject kinds need."""
+    problems: list[str] = []
+    clients = {c.client_id: c for c in s.clients}
+    issuers = {i.issuer for i in s.trusted_issuers} | ({s.dev_issuer.issuer} if s.dev_issuer else set())
+    # A Txn-Token's sub is "<namespace> <sub>" (schemas.claims.txn_subject): no namespace has a space.
+    for name in sorted(n for n in issuers if any(c.isspace() for c in n)):
+        problems.append(f"trusted_issuers: {name!r} contains a space, which a Txn-Token sub cannot carry")
+    for name, purpose in s.purposes.items():
+        if t.trust_domain in purpose.audiences:
+            problems.append(
+                f"purposes.{name!r}.audience: {t.trust_domain!r} is the Txn-Token trust domain; a purpose"
+                " token must name one service, not the whole trust domain"
+            )
+    seen: set[str] = set()
+    for i, w in enumerate(t.workloads):
+        where = f"txn_tokens.workloads[{i}] ({w.client_id})"
+        if w.client_id in seen:
+            problems.append(f"{where}: listed twice")
+        seen.add(w.client_id)
+        if WORKLOAD_SEPARATOR in w.client_id:
+            problems.append(f"{where}: a workload id may not contain {WORKLOAD_SEPARATOR!r} (req_wl)")
+        client = clients.get(w.client_id)
+        if client is None:
+            problems.append(f"{where}: not a configured client")
+            continue
+        if client.auth_method == "none":
+            # Draft §11.5: the TTS MUST authenticate the workload; a public client proves nothing.
+            problems.append(f"{where}: a workload must authenticate (its client's auth_method is none)")
+        if "self_signed" in w.subject_token_types and client.jwks_file is None and client.jwks_uri is None:
+            problems.append(f"{where}: self_signed subjects need the client's keys (jwks_file or jwks_uri)")
+        if w.subject_namespace is not None and w.subject_namespace not in issuers:
+            problems.append(
+                f"{where}.subject_namespace: {w.subject_namespace!r} is not a trusted issuer (unset: the"
+                " workload's own namespace)"
+            )
+        if w.subject_namespace is not None and not {"self_signed", "unsigned_json"} & set(
+            w.subject_token_types
+        ):
+            problems.append(f"{where}.subject_namespace: only used with self_signed or unsigned_json")
     return problems
 
 

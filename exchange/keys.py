@@ -20,10 +20,12 @@ import msgspec
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
 from exchange.errors import ConfigError
 from exchange.store.base import Store
+from exchange.verify.errors import VerificationError
+from exchange.verify.jwks import JWKSError, parse_jwks
 from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
 from schemas.claims import PURPOSE_TOKEN_TYP
 from schemas.config import SigningConfig, StoreConfig
@@ -247,3 +249,39 @@ class KeyRing:
             jwks.append(entry)
         self._jwks = _json.encode({"keys": jwks})
         self._published = tuple(PublishedKey(k.kid, k.state, k.created_at) for k in published)
+
+
+class PublishedKeys:
+    """The KeySource of the exchange's own published keys (what /.well-known/jwks.json serves), for
+    tokens the exchange checks that it signed itself: a Txn-Token presented for replacement. Follows
+    rotations: the set is re-read whenever the key ring's published JWKS changes."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+        self._seen: bytes | None = None
+        self._keys: dict[str, Key] = {}
+
+    def _current(self) -> dict[str, Key]:
+        published = self._keyring.jwks_bytes
+        if published is not self._seen:
+            try:
+                self._keys = parse_jwks(published)
+            except JWKSError:  # nothing published yet: nothing verifies
+                self._keys = {}
+            self._seen = published
+        return self._keys
+
+    async def get_key(self, kid: str) -> Key:
+        key = self._current().get(kid)
+        if key is None:
+            raise VerificationError("unknown_key", f"kid {kid!r} is not one of our published keys")
+        return key
+
+    def get_cached_key(self, kid: str) -> Key | None:
+        return self._current().get(kid)
+
+    async def get_keys(self) -> tuple[Key, ...]:
+        return tuple(self._current().values())
+
+    def cached_keys(self) -> tuple[Key, ...]:
+        return tuple(self._current().values())

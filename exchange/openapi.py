@@ -21,6 +21,8 @@ from schemas.wire import (
     GRANT_TOKEN_EXCHANGE,
     ISSUED_TOKEN_TYPES,
     SUBJECT_TOKEN_TYPES,
+    TOKEN_TYPE_TXN_TOKEN,
+    TXN_SUBJECT_TOKEN_TYPES,
     ErrorResponse,
     JWKSet,
     Liveness,
@@ -53,9 +55,11 @@ def _json(
 _REQUIRED = ["grant_type", "subject_token", "subject_token_type", "scope"]
 _VALUES = {
     "grant_type": [GRANT_TOKEN_EXCHANGE],
-    "subject_token_type": sorted(SUBJECT_TOKEN_TYPES),
+    # With [txn_tokens] configured, the Txn-Token profile's types too (draft-ietf-oauth-transaction-
+    # tokens-10 §11.1, §11.2); without, a request naming them is refused as unsupported.
+    "subject_token_type": sorted(TXN_SUBJECT_TOKEN_TYPES),
     "actor_token_type": sorted(SUBJECT_TOKEN_TYPES),
-    "requested_token_type": sorted(ISSUED_TOKEN_TYPES),
+    "requested_token_type": sorted(ISSUED_TOKEN_TYPES | {TOKEN_TYPE_TXN_TOKEN}),
     "client_assertion_type": [CLIENT_ASSERTION_TYPE_JWT],
 }
 
@@ -121,7 +125,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(
-                            "TokenResponse", "The purpose token (RFC 8693 §2.2.1).", headers=_NO_STORE
+                            "TokenResponse", "The purpose token or Txn-Token (RFC 8693 §2.2.1).", headers=_NO_STORE
                         ),
                         "400": _json(
                             error, "Refused (RFC 6749 §5.2, RFC 8693 §2.2.2); `denial` names a rule."

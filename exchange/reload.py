@@ -38,10 +38,18 @@ from exchange.errors import ConfigError
 from exchange.rundir import ReloadState, RunDir, alive
 from exchange.store.base import Store
 from exchange.trust import SubjectTrust, subject_trust
+from exchange.txn import TransactionTokens
 from exchange.verify.jwks import KeySource
 from rules import PolicyError, PurposePolicy, compile_policies
 from schemas.config import Settings
-from schemas.wire import GRANT_TOKEN_EXCHANGE, ServerMetadata
+from schemas.wire import (
+    GRANT_TOKEN_EXCHANGE,
+    ISSUED_TOKEN_TYPES,
+    SUBJECT_TOKEN_TYPES,
+    TOKEN_TYPE_TXN_TOKEN,
+    TXN_SUBJECT_TOKEN_TYPES,
+    ServerMetadata,
+)
 
 log = structlog.get_logger("exchange.reload")
 
@@ -84,6 +92,14 @@ def metadata(settings: Settings) -> ServerMetadata:
             {t for p in settings.purposes.values() for t in p.authorization_details}
         )
         or None,
+        # The token types a request may name here; with [txn_tokens], the Txn-Token and the subject
+        # types its profile adds (draft-ietf-oauth-transaction-tokens-10 §11.1, §11.2).
+        requested_token_types_supported=sorted(
+            ISSUED_TOKEN_TYPES | ({TOKEN_TYPE_TXN_TOKEN} if settings.txn_tokens else set())
+        ),
+        subject_token_types_supported=sorted(
+            TXN_SUBJECT_TOKEN_TYPES if settings.txn_tokens else SUBJECT_TOKEN_TYPES
+        ),
     )
 
 
@@ -97,6 +113,11 @@ class Configured:
     policies: dict[str, PurposePolicy]
     metadata: bytes
     digest: str  # SHA-256 of the file it was built from ("" when built from settings alone)
+    # With [txn_tokens]: the Transaction Token Service's decisions (exchange/txn.py).
+    txn: TransactionTokens | None = None
+    # The exchange's own published keys (keys.PublishedKeys), carried from build to build: what a
+    # Txn-Token presented for replacement is checked with.
+    own_keys: KeySource | None = None
 
     def key_sources(self) -> list[tuple[str, KeySource]]:
         """Every key source, named as metrics label it: trusted issuers by issuer, clients as client:ID."""
@@ -106,7 +127,12 @@ class Configured:
 
 
 def build(
-    settings: Settings, store: Store, *, digest: str = "", previous: Configured | None = None
+    settings: Settings,
+    store: Store,
+    *,
+    digest: str = "",
+    previous: Configured | None = None,
+    own_keys: KeySource | None = None,
 ) -> Configured:
     """Build the configured part of the runtime; raises ConfigError / PolicyError / ValueError."""
     policies = compile_policies(settings)
@@ -120,6 +146,23 @@ def build(
         max_assertion_lifetime=settings.limits.max_assertion_lifetime,
         previous=None if previous is None else previous.clients,
     )
+    own_keys = own_keys if own_keys is not None else None if previous is None else previous.own_keys
+    txn = None
+    if settings.txn_tokens is not None:
+        if own_keys is None:
+            raise ValueError("[txn_tokens] needs the exchange's own published keys (own_keys)")
+        registered = {
+            w.client_id: clients.registered_keys(w.client_id) for w in settings.txn_tokens.workloads
+        }
+        txn = TransactionTokens(
+            settings.txn_tokens,
+            issuer=settings.issuer,
+            token_endpoint=f"{settings.issuer}/token",
+            trust=trust,
+            own_keys=own_keys,
+            workload_keys={name: keys for name, keys in registered.items() if keys is not None},
+            max_token_bytes=settings.limits.max_token_bytes,
+        )
     return Configured(
         settings=settings,
         trust=trust,
@@ -127,6 +170,8 @@ def build(
         policies=policies,
         metadata=_encode(metadata(settings)),
         digest=digest,
+        txn=txn,
+        own_keys=own_keys,
     )
 
 

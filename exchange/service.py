@@ -1,6 +1,11 @@
 """The token exchange, step by step: parse → authenticate the client → trust the subject token →
 delegation and details → rules → mint → audit → respond.
 
+A Txn-Token request (requested_token_type ...:txn_token, draft-ietf-oauth-transaction-tokens-10 §11)
+takes the same steps, with the TTS's own decisions from exchange/txn.py: the requesting workload, the
+trust domain as audience, the subject by its kind (incl. a Txn-Token to replace), tctx and rctx in place
+of delegation and details; then the same rules, minting with the same key, the same audit (with `txn`).
+
 The client is authenticated before the subject token is looked at, so an unauthenticated caller
 cannot use the endpoint as an oracle for identity tokens. Every outcome of an authenticated client,
 granted or denied, is audited before the answer leaves; if the audit cannot be committed the token is
@@ -38,14 +43,18 @@ from exchange.errors import (
 from exchange.store.base import Store, StoreUnavailable
 from exchange.telemetry import AUDIT, CLIENT_AUTH, MINT, RULES, TRUST, ServiceMetrics, Steps
 from exchange.tokens import Minter
+from exchange.txn import TransactionTokens
 from rules import Denial, DenialError, PurposePolicy, RuleContext, actor_chain
 from rules.denials import STORE_UNAVAILABLE
+from schemas.config import Client
 from schemas.records import AuditRecord, RuleOutcome
 from schemas.wire import (
     GRANT_TOKEN_EXCHANGE,
     ISSUED_TOKEN_TYPES,
     SUBJECT_TOKEN_TYPES,
     TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_TXN_TOKEN,
+    TXN_SUBJECT_TOKEN_TYPES,
     TokenRequest,
     TokenResponse,
 )
@@ -69,6 +78,7 @@ class _Draft:
     actor: str | None = None
     jti: str | None = None
     exp: int | None = None
+    txn: str | None = None
     rules: tuple[RuleOutcome, ...] = ()
     trace_id: str | None = None
     # Set once the client authenticated: from then on each outcome is recorded one by one.
@@ -94,6 +104,7 @@ class _Draft:
             actor=self.actor,
             jti=self.jti,
             exp=self.exp,
+            txn=self.txn,
             rules=list(self.rules),
             trace_id=self.trace_id,
             **decision,
@@ -224,11 +235,14 @@ class TokenExchange:
             client = await configured.clients.authenticate(creds, request, now)
         draft.authenticated = True
 
+        txn = configured.txn if request.requested_token_type == TOKEN_TYPE_TXN_TOKEN else None
+        if request.requested_token_type == TOKEN_TYPE_TXN_TOKEN and txn is None:
+            raise InvalidRequest("unsupported requested_token_type")
         if not request.subject_token:
             raise InvalidRequest("subject_token is required")
         if not request.subject_token_type:
             raise InvalidRequest("subject_token_type is required")
-        if request.subject_token_type not in SUBJECT_TOKEN_TYPES:
+        if request.subject_token_type not in (TXN_SUBJECT_TOKEN_TYPES if txn else SUBJECT_TOKEN_TYPES):
             raise InvalidRequest("unsupported subject_token_type")
         if not request.scope:
             # RFC 6749 §3.3: we have no default scope, so a request without one "fails ... indicating an
@@ -243,6 +257,8 @@ class TokenExchange:
             raise InvalidScope("unknown purpose")
         if purpose not in client.purposes:
             raise UnauthorizedClient("this client may not request this purpose")
+        if txn is not None:
+            return await self._txn_token(txn, request, client, policy, now, draft, steps)
         requested = request.requested_token_type or TOKEN_TYPE_ACCESS_TOKEN
         if requested not in ISSUED_TOKEN_TYPES:
             raise InvalidRequest("unsupported requested_token_type")
@@ -326,10 +342,86 @@ class TokenExchange:
             authorization_details=claims.authorization_details,
         )
 
+    async def _txn_token(
+        self,
+        txn: TransactionTokens,
+        request: TokenRequest,
+        client: Client,
+        policy: PurposePolicy,
+        now: float,
+        draft: _Draft,
+        steps: Steps,
+    ) -> TokenResponse:
+        """A Txn-Token (draft §11): the TTS's checks, then the purpose's rules, then mint (§11.4)."""
+        mapping = policy.txn
+        if mapping is None:
+            raise InvalidRequest("this purpose does not issue Txn-Tokens")
+        if request.actor_token is not None or request.actor_token_type is not None:
+            raise InvalidRequest("a Txn-Token request takes no actor_token")
+        if request.authorization_details is not None:
+            raise InvalidRequest("a Txn-Token request carries its details in request_details")
+        assert request.subject_token_type is not None  # checked by _exchange
+        workload = txn.workload(client, request.subject_token_type)
+        draft.audience = txn.audience(request)
+        with steps(TRUST):
+            subject = await txn.subject(request, workload, client, now)
+        draft.issuer, draft.sub = subject.namespace, subject.sub
+        if subject.replacing is not None:
+            draft.txn = subject.replacing.txn
+        with steps(RULES):
+            try:
+                tctx, rctx = txn.grant(mapping, request, subject)
+            except DenialError as exc:
+                raise _denial_error(exc.denial) from None
+            decision = await policy.evaluate(
+                RuleContext(
+                    subject=subject.claims,
+                    issuer=subject.namespace,
+                    client_id=client.client_id,
+                    purpose=policy.name,
+                    audience=txn.trust_domain,
+                    details=mapping.details(tctx),
+                    now=now,
+                    store=self._store,
+                )
+            )
+            draft.rules = tuple(decision.outcomes)
+            if not decision.allowed:
+                assert decision.denial is not None
+                raise _denial_error(decision.denial)
+        with steps(MINT):
+            claims = self._minter.txn_claims(
+                trust_domain=txn.trust_domain,
+                namespace=subject.namespace,
+                sub=subject.sub,
+                purpose=policy.name,
+                workload=client.client_id,
+                ttl=mapping.ttl or txn.ttl,
+                now=now,
+                not_after=subject.exp,
+                tctx=tctx,
+                rctx=rctx,
+                replacing=subject.replacing,
+            )
+            if claims.exp <= int(now):
+                raise SubjectTokenInvalid("expires_now")
+            signed = self._minter.sign(claims)
+        draft.jti, draft.exp, draft.txn = claims.jti, claims.exp, claims.txn
+        # §11.4: token_type N_A (RFC 8693 §2.2.1: not an access token), never a refresh token.
+        return TokenResponse(
+            access_token=signed,
+            issued_token_type=TOKEN_TYPE_TXN_TOKEN,
+            token_type="N_A",
+            expires_in=claims.exp - int(now),
+            scope=policy.name,
+        )
+
     @staticmethod
     def _audience(request: TokenRequest, policy: PurposePolicy) -> str:
         """RFC 8693 `audience` and `resource` both name the target; together they must name one."""
         asked = set(request.audience) | set(request.resource)
+        if not policy.audiences:
+            raise InvalidTarget("this purpose issues Txn-Tokens only")
         if not asked:
             if len(policy.audiences) == 1:
                 return policy.audiences[0]

@@ -1,12 +1,15 @@
-"""Minting purpose tokens: RFC 9068 JWT access tokens signed with the active key.
+"""Minting: purpose tokens (RFC 9068 JWT access tokens) and Txn-Tokens (draft-ietf-oauth-transaction-
+tokens-10 §9), signed with the active key.
 
 Downscoping is structural: the claims are built from the purpose, the client and the verified subject
-only; nothing from the request or the subject token is copied wholesale.
+only; nothing from the request or the subject token is copied wholesale (a Txn-Token's tctx and rctx
+are what rules/txn.py validated, never the subject token, draft §13.4).
 """
 
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +20,15 @@ from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
 from exchange.keys import ActiveKey, KeyRing
 from exchange.verify.compact import b64url_encode
-from schemas.claims import PurposeClaims, SubjectId
+from schemas.claims import (
+    PURPOSE_TOKEN_TYP,
+    TXN_TOKEN_TYP,
+    WORKLOAD_SEPARATOR,
+    PurposeClaims,
+    SubjectId,
+    TxnClaims,
+    txn_subject,
+)
 
 _encode_claims = msgspec.json.Encoder().encode
 # Carried over from the subject token only when present and well-typed (RFC 9068 §2.2.1).
@@ -28,15 +39,16 @@ class Minter:
     def __init__(self, keyring: KeyRing, issuer: str) -> None:
         self._keyring = keyring
         self._issuer = issuer
-        # The header segment and algorithm of the active key, rebuilt only when the key changes.
-        self._prepared: tuple[ActiveKey, bytes, JWSAlgModel] | None = None
+        # Per typ: the header segment and algorithm of the active key, rebuilt only when the key changes.
+        self._prepared: dict[str, tuple[ActiveKey, bytes, JWSAlgModel]] = {}
 
-    def _prepare(self) -> tuple[ActiveKey, bytes, JWSAlgModel]:
+    def _prepare(self, typ: str) -> tuple[ActiveKey, bytes, JWSAlgModel]:
         active = self._keyring.active
-        prepared = self._prepared
+        prepared = self._prepared.get(typ)
         if prepared is None or prepared[0] is not active:
-            header = b64url_encode(_encode_claims(active.header)) + b"."
-            prepared = self._prepared = (active, header, JWSRegistry.algorithms[active.alg])
+            header = {"alg": active.alg, "typ": typ, "kid": active.kid}
+            segment = b64url_encode(_encode_claims(header)) + b"."
+            prepared = self._prepared[typ] = (active, segment, JWSRegistry.algorithms[active.alg])
         return prepared
 
     def claims(
@@ -75,8 +87,53 @@ class Minter:
             sub_id=SubjectId(format="iss_sub", iss=subject_issuer, sub=subject["sub"]),
         )
 
-    def sign(self, claims: PurposeClaims) -> str:
-        """Compact JWS of the claims; joserfc's algorithm object makes the signature (raw r||s for EC)."""
-        active, header, alg = self._prepare()
+    def txn_claims(
+        self,
+        *,
+        trust_domain: str,
+        namespace: str,
+        sub: str,
+        purpose: str,
+        workload: str,
+        ttl: int,
+        now: float,
+        not_after: int | None = None,
+        tctx: dict[str, Any] | None = None,
+        rctx: dict[str, Any] | None = None,
+        replacing: TxnClaims | None = None,
+    ) -> TxnClaims:
+        """The claims of one Txn-Token (draft §11.3): a fresh `txn`, or for a replacement (§13.15) the
+        replaced token's `txn`, `sub` and `aud` unchanged and its requesters kept, this one appended.
+        The lifetime is the ttl, never past `not_after` (the subject's exp, or the replaced token's)."""
+        iat = int(now)
+        exp = iat + ttl if not_after is None else min(iat + ttl, not_after)
+        if replacing is not None:
+            txn, sub_id = replacing.txn, replacing.sub_id
+            req_wl = replacing.req_wl + WORKLOAD_SEPARATOR + workload
+        else:
+            # RFC 8417 §2.2 `txn`; a UUID as in the draft's examples (§9.2.4).
+            txn, req_wl = str(uuid.uuid4()), workload
+            sub_id = SubjectId(format="iss_sub", iss=namespace, sub=sub)
+        return TxnClaims(
+            iss=self._issuer,
+            iat=iat,
+            aud=trust_domain,
+            exp=exp,
+            txn=txn,
+            sub=txn_subject(sub_id.iss, sub_id.sub),
+            scope=purpose,
+            req_wl=req_wl,
+            jti=secrets.token_urlsafe(18),
+            sub_id=sub_id,
+            tctx=tctx or None,
+            rctx=rctx or None,
+        )
+
+    def sign(self, claims: PurposeClaims | TxnClaims) -> str:
+        """Compact JWS of the claims, typed by their kind (at+jwt, txntoken+jwt: draft §9.1); joserfc's
+        algorithm object makes the signature (raw r||s for EC)."""
+        active, header, alg = self._prepare(
+            TXN_TOKEN_TYP if isinstance(claims, TxnClaims) else PURPOSE_TOKEN_TYP
+        )
         signing_input = header + b64url_encode(_encode_claims(claims))
         return (signing_input + b"." + b64url_encode(alg.sign(signing_input, active.key))).decode("ascii")

@@ -4,6 +4,10 @@ The request parameter is attacker-controlled JSON that ends up inside a signed t
 before parsing (size), bounded by parsing (msgspec decodes into a fixed shape: a list of flat objects
 whose values are scalars or lists of scalars, so depth is at most three), and then every entry must be
 an accepted type with only declared fields, each of the declared type and within its bounds.
+
+A Txn-Token request's `request_details` and `request_context` (draft-ietf-oauth-transaction-tokens-10
+§11.1) are single JSON objects under the same bounds (`decode_object`, depth two) and the same field
+checks (`validate_fields`); rules/txn.py maps them into `tctx` and `rctx`.
 """
 
 from __future__ import annotations
@@ -29,10 +33,61 @@ _TYPE_NAME = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 _Value = Scalar | list[Scalar]
 _decoder = msgspec.json.Decoder(list[dict[str, _Value]])
+_object_decoder = msgspec.json.Decoder(dict[str, _Value])
 
 
-def _deny(code: str, description: str) -> DenialError:
-    return DenialError(Denial(code=code, description=description, error=INVALID_AUTHORIZATION_DETAILS))
+def _deny(code: str, description: str, error: str = INVALID_AUTHORIZATION_DETAILS) -> DenialError:
+    return DenialError(Denial(code=code, description=description, error=error))
+
+
+def _bounded(raw: str, name: str, error: str) -> None:
+    if len(raw) > MAX_DETAILS_BYTES or len(raw.encode("utf-8", "surrogatepass")) > MAX_DETAILS_BYTES:
+        raise _deny(f"{name}_too_large", f"{name} must be at most {MAX_DETAILS_BYTES} bytes", error)
+
+
+def decode_object(raw: str, name: str, error: str) -> dict[str, Any]:
+    """One flat JSON object (scalar or array-of-scalar values) of at most MAX_DETAILS_BYTES.
+
+    `name` is the request parameter (in codes and messages); `error` the OAuth error of a refusal.
+    """
+    _bounded(raw, name, error)
+    try:
+        return _object_decoder.decode(raw)
+    except msgspec.DecodeError:
+        raise _deny(
+            f"{name}_malformed", f"{name} must be a JSON object with scalar or array-of-string values", error
+        ) from None
+
+
+def validate_fields(
+    fields: Mapping[str, FieldSpec],
+    entry: Mapping[str, Any],
+    where: str,
+    *,
+    error: str = INVALID_AUTHORIZATION_DETAILS,
+    required: bool = True,
+    skip: str | None = None,
+    path: str | None = None,
+) -> None:
+    """Every member of `entry` (but `skip`) is a declared field and fits it; with `required`, every
+    required field is present. `where` names the object in messages ("authorization_details[0] (payment)"),
+    `path` the prefix of a field's own ("authorization_details[0]", default `where`).
+    """
+    path = where if path is None else path
+    for name, value in entry.items():
+        if name == skip:
+            continue
+        spec = fields.get(name)
+        if spec is None:
+            # Names are echoed only when declared; an undeclared name is attacker text.
+            raise _deny("unknown_detail_field", f"{where} has a field that is not accepted", error)
+        reason = spec.problem_with(value)
+        if reason:
+            raise _deny("invalid_detail_field", f"{path}.{name} {reason}", error)
+    if required:
+        for name, spec in fields.items():
+            if spec.required and name not in entry:
+                raise _deny("detail_field_missing", f"{where} needs {name}", error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +177,7 @@ class DetailsSchema:
             compiled: dict[str, FieldSpec] = {}
             for name, spec in fields.items():
                 scope.where = f"{base}.authorization_details.{type_name}.{name}"
-                field = _compile_field(name, spec, scope)
+                field = compile_field(name, spec, scope)
                 if field is not None:
                     compiled[name] = field
             types[type_name] = compiled
@@ -142,11 +197,7 @@ class DetailsSchema:
         """Parse and validate the request's authorization_details; [] when absent."""
         if raw is None:
             return []
-        if len(raw) > MAX_DETAILS_BYTES or len(raw.encode("utf-8", "surrogatepass")) > MAX_DETAILS_BYTES:
-            raise _deny(
-                "authorization_details_too_large",
-                f"authorization_details must be at most {MAX_DETAILS_BYTES} bytes",
-            )
+        _bounded(raw, "authorization_details", INVALID_AUTHORIZATION_DETAILS)
         try:
             entries = _decoder.decode(raw)
         except msgspec.DecodeError:
@@ -172,28 +223,13 @@ class DetailsSchema:
                 "unknown_detail_type",
                 f"authorization_details[{index}]: type is not accepted for this purpose",
             )
-        for name, value in entry.items():
-            if name == "type":
-                continue
-            spec = fields.get(name)
-            if spec is None:
-                # Names are echoed only when declared; an undeclared name is attacker text.
-                raise _deny(
-                    "unknown_detail_field",
-                    f"authorization_details[{index}] ({type_name}) has a field that is not accepted",
-                )
-            reason = spec.problem_with(value)
-            if reason:
-                raise _deny("invalid_detail_field", f"authorization_details[{index}].{name} {reason}")
-        for name, spec in fields.items():
-            if spec.required and name not in entry:
-                raise _deny(
-                    "detail_field_missing", f"authorization_details[{index}] ({type_name}) needs {name}"
-                )
+        where = f"authorization_details[{index}]"
+        validate_fields(fields, entry, f"{where} ({type_name})", skip="type", path=where)
         return {"type": type_name, **{k: v for k, v in entry.items() if k != "type"}}
 
 
-def _compile_field(name: str, spec: DetailField, scope: Scope) -> FieldSpec | None:
+def compile_field(name: str, spec: DetailField, scope: Scope) -> FieldSpec | None:
+    """One declared field, checked (problems go to `scope`); None when it cannot be used."""
     ok = True
     if name == "type":
         scope.problem('"type" is the RFC 9396 type member and cannot be declared as a field')

@@ -31,6 +31,7 @@ from rules.limits import compile_rate_limit, compile_time_window
 from rules.python import compile_python
 from rules.rule import Rule, Scope, purpose_key
 from rules.store import StoreUnavailable
+from rules.txn import TxnMapping
 from schemas.config import Purpose, Settings
 from schemas.records import RuleOutcome
 from schemas.rules import (
@@ -107,6 +108,7 @@ class PurposePolicy:
         rules: Sequence[Rule],
         details: DetailsSchema,
         delegation: DelegationPolicy,
+        txn: TxnMapping | None = None,
     ) -> None:
         self.name = name
         self.audiences: tuple[str, ...] = tuple(audiences)
@@ -114,6 +116,8 @@ class PurposePolicy:
         self.single_use = single_use
         self.details = details
         self.delegation = delegation
+        # Set when the purpose issues Txn-Tokens: what enters tctx and rctx (rules/txn.py).
+        self.txn = txn
         # Cheap rules first, side effects last; a stable sort keeps the configured order within a stage.
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda rule: rule.stage))
 
@@ -183,6 +187,9 @@ def _compile_purpose(name: str, purpose: Purpose, settings: Settings, problems: 
     scope = Scope(purpose=name, settings=settings, details=DetailsSchema({}), problems=problems, where=key)
     scope.details = DetailsSchema.compile(purpose.authorization_details, scope)
     delegation = DelegationPolicy.compile(purpose.delegation, scope)
+    txn = TxnMapping.compile(name, purpose.txn_token, scope) if purpose.txn_token is not None else None
+    if not purpose.audiences and txn is None:
+        scope.problem("a purpose needs an audience (for purpose tokens) or a txn_token table (or both)")
     rules: list[Rule] = []
     for index, config in enumerate(purpose.rules):
         scope.where = f"{key}.rules[{index}] ({type(config).__struct_config__.tag})"
@@ -197,6 +204,7 @@ def _compile_purpose(name: str, purpose: Purpose, settings: Settings, problems: 
         rules=rules,
         details=scope.details,
         delegation=delegation,
+        txn=txn,
     )
 
 

@@ -11,7 +11,7 @@ import msgspec
 
 from schemas.algorithms import AsymmetricAlgorithm, SigningAlgorithm
 from schemas.base import Base, Identifier, Leeway, NonEmptyStr, TokenTTL
-from schemas.rules import Delegation, DetailField, RuleConfig
+from schemas.rules import ClaimPath, Delegation, DetailField, FieldName, RuleConfig
 
 # Subject tokens come from asymmetric issuers only: never "none", never HS*.
 SubjectAlgorithm = AsymmetricAlgorithm
@@ -68,17 +68,74 @@ class Client(Base, frozen=True):
     # name. See docs/CONFIGURATION.md ("Whose tokens a client may present").
     tokens_issued_to: list[Identifier] = msgspec.field(default_factory=list)
 
+#: What a workload may present as the subject of a Txn-Token request (draft-ietf-oauth-transaction-
+#: tokens-10 §11.2): the RFC 8693 types of a trusted issuer's tokens, a self-signed JWT (§11.2.1), an
+#: unsigned JSON object (§11.2.2), or a Txn-Token to replace (§13.15). Named by the URN's last part.
+TxnSubjectKind = Literal["access_token", "id_token", "jwt", "self_signed", "unsigned_json", "txn_token"]
+
+
+class TxnPurpose(Base, frozen=True):
+    """How a purpose issues Txn-Tokens (draft §11.3): what enters `tctx` and `rctx`, how the subject's
+    own scope is read (§13.6, §13.14), and which Txn-Tokens it may replace (§13.15)."""
+
+    # request_details is validated as this authorization_details type of the purpose and becomes tctx;
+    # None: the purpose takes no request_details.
+    request_details: NonEmptyStr | None = None
+    # The request_context members asserted in rctx, each with its field spec; others are not asserted.
+    request_context: dict[FieldName, DetailField] = msgspec.field(default_factory=dict)
+    # The scope values the subject token must carry for this purpose (draft §13.6); default: its name.
+    subject_scopes: list[NonEmptyStr] | None = None
+    # Where the subject's scope is read: a space-delimited string (RFC 8693 §4.2) or a list of strings.
+    scope_claim: ClaimPath = "scope"
+    # A subject whose scope cannot be determined: "refuse" (draft §13.14), or "purpose": this purpose's
+    # own rules are the trusted source of what it may do (for ID tokens, self-signed subjects...).
+    unscoped_subjects: Literal["refuse", "purpose"] = "refuse"
+    # Purposes whose Txn-Tokens a Txn-Token of this purpose may replace (it must be narrower); a
+    # purpose may always replace its own.
+    replaces: list[NonEmptyStr] = msgspec.field(default_factory=list)
+    # Seconds; default [txn_tokens] ttl.
+    ttl: TokenTTL | None = None
+
+
 class Purpose(Base, frozen=True):
-    audience: NonEmptyStr | list[NonEmptyStr]
+    # Where its purpose tokens may go; none: the purpose issues Txn-Tokens only.
+    audience: NonEmptyStr | list[NonEmptyStr] = msgspec.field(default_factory=list)
     ttl: TokenTTL = 60
     rules: list[RuleConfig] = msgspec.field(default_factory=list)
     single_use: bool = False
     authorization_details: dict[str, dict[str, DetailField]] = msgspec.field(default_factory=dict)
     delegation: Delegation = msgspec.field(default_factory=Delegation)
+    # Set: the purpose also issues Txn-Tokens (requested_token_type ...:txn_token).
+    txn_token: TxnPurpose | None = None
 
     @property
     def audiences(self) -> list[str]:
         return [self.audience] if isinstance(self.audience, str) else list(self.audience)
+
+
+class TxnWorkload(Base, frozen=True):
+    """A configured client that may request Txn-Tokens (draft §13.10), and what it may present."""
+
+    client_id: Identifier
+    subject_token_types: Annotated[list[TxnSubjectKind], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["access_token"]
+    )
+    # self_signed / unsigned_json: the namespace of the subjects the workload names. Default: its own
+    # (its subjects are its own, e.g. a scheduled job's); a trusted issuer's URL lets it speak for that
+    # issuer's users (impersonation, draft §8.2), which only a workload trusted that far should get.
+    subject_namespace: NonEmptyStr | None = None
+
+
+class TxnTokens(Base, frozen=True):
+    """The Transaction Token Service (draft §10): one trust domain, short lives, bounded replacement."""
+
+    # The Txn-Token `aud` and the `audience` a request must name (draft §9.2, §11.1).
+    trust_domain: NonEmptyStr
+    # Seconds; "minutes at most" (draft §6): never more than the longest token lifetime.
+    ttl: TokenTTL = 300
+    # How many times one transaction's Txn-Token may be replaced (draft §13.15).
+    max_replacements: Annotated[int, msgspec.Meta(ge=0, le=16)] = 4
+    workloads: list[TxnWorkload] = msgspec.field(default_factory=list)
 
 
 class DevIssuer(Base, frozen=True):
@@ -164,3 +221,4 @@ class Settings(Base, frozen=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
+    txn_tokens: TxnTokens | None = None

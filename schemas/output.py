@@ -41,6 +41,7 @@ class AuditLine(Base, frozen=True):
     jti: str | None
     exp: UtcTime | None
     actor: str | None
+    txn: str | None
     rules: list[AuditRule]
     trace_id: str | None = None  # the request's W3C trace id, when tracing was on
 

@@ -54,6 +54,9 @@ class AuditRecord(Base, frozen=True, omit_defaults=True):
     jti: str | None = None
     exp: int | None = None
     actor: str | None = None
+    # The transaction of a Txn-Token request (draft-ietf-oauth-transaction-tokens-10 §13.2): the issued
+    # token's, or the replaced token's when a replacement is refused.
+    txn: str | None = None
     rules: list[RuleOutcome] = msgspec.field(default_factory=list)
     # The W3C trace id of the request, when tracing is on: from the audit record to its trace.
     trace_id: str | None = None

@@ -14,6 +14,17 @@ TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT})
 ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
+# draft-ietf-oauth-transaction-tokens-10 §16.1: the Txn-Token and the two subject token types it adds.
+TOKEN_TYPE_TXN_TOKEN = "urn:ietf:params:oauth:token-type:txn_token"
+TOKEN_TYPE_SELF_SIGNED = "urn:ietf:params:oauth:token-type:self_signed"
+TOKEN_TYPE_UNSIGNED_JSON = "urn:ietf:params:oauth:token-type:unsigned_json"
+TOKEN_TYPE_PREFIX = "urn:ietf:params:oauth:token-type:"
+#: Every subject_token_type a Txn-Token request may name (draft §11.2); config names them by their last part.
+TXN_SUBJECT_TOKEN_TYPES = SUBJECT_TOKEN_TYPES | {
+    TOKEN_TYPE_SELF_SIGNED,
+    TOKEN_TYPE_UNSIGNED_JSON,
+    TOKEN_TYPE_TXN_TOKEN,
+}
 CLIENT_ASSERTION_TYPE_JWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -30,6 +41,9 @@ class TokenRequest(Base, frozen=True):
     resource: tuple[str, ...] = ()
     requested_token_type: str | None = None
     authorization_details: str | None = None
+    # draft-ietf-oauth-transaction-tokens-10 §11.1: JSON objects for a Txn-Token's rctx and tctx.
+    request_context: str | None = None
+    request_details: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
     client_assertion: str | None = None
@@ -77,6 +91,9 @@ class ServerMetadata(Base, frozen=True, omit_defaults=True):
     token_endpoint_auth_signing_alg_values_supported: list[str] | None = None
     scopes_supported: list[str] | None = None
     authorization_details_types_supported: list[str] | None = None
+    # Extensions (RFC 8414 §2 allows them): the RFC 8693 token types a request may name here.
+    requested_token_types_supported: list[str] | None = None
+    subject_token_types_supported: list[str] | None = None
     service_documentation: str | None = None
 
 

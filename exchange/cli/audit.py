@@ -76,6 +76,7 @@ def filter_options(command: F) -> F:
         click.option("--denial", default=None, help="Only denials with this code, e.g. mfa_required."),
         click.option("--request-id", default=None, help="Only the record(s) of this request id."),
         click.option("--jti", default=None, help="Only the record of the token with this jti."),
+        click.option("--txn", default=None, help="Only the records of this transaction (Txn-Tokens)."),
         click.option(
             "--since",
             metavar="TIME",
@@ -117,6 +118,7 @@ def audit_line(r: AuditRecord) -> AuditLine:
         jti=r.jti,
         exp=utc(r.exp),
         actor=r.actor,
+        txn=r.txn,
         rules=[AuditRule(rule=o.rule, outcome=o.outcome, code=o.code) for o in r.rules],
         trace_id=r.trace_id,
     )

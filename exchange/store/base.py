@@ -28,6 +28,7 @@ class AuditFilter:
     denial: str | None = None
     request_id: str | None = None
     jti: str | None = None
+    txn: str | None = None
     since: float | None = None
     until: float | None = None
 

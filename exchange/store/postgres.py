@@ -50,18 +50,18 @@ _log = structlog.get_logger("exchange.store.postgres")
 # The key watch outlives outages: any of these means "reconnect after a pause".
 _WATCH_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailable, *UNAVAILABLE)
 
-# One statement for a whole batch: sixteen typed arrays, unnested into rows in array order (WITH
+# One statement for a whole batch: seventeen typed arrays, unnested into rows in array order (WITH
 # ORDINALITY makes the order explicit, so ids follow the batch). A single statement is its own
 # transaction: one round trip, one commit, all or nothing. bench/audit_bench.py measured it against
 # executemany in one transaction (which asyncpg pipelines): within ~10% of each other at every batch
 # size from 1 to 500, so the simpler, driver-independent single statement stays.
 _INSERT_AUDIT = f"""
 INSERT INTO audit_records ({", ".join(sql.AUDIT_COLUMNS)})
-SELECT t, r, d, c, i, s, p, a, e, dn, rs, j, x, ac, ru::jsonb, tr
+SELECT t, r, d, c, i, s, p, a, e, dn, rs, j, x, ac, ru::jsonb, tr, tx
 FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::text[],
-            $15::text[], $16::text[])
-     WITH ORDINALITY AS u(t, r, d, c, i, s, p, a, e, dn, rs, j, x, ac, ru, tr, n)
+            $15::text[], $16::text[], $17::text[])
+     WITH ORDINALITY AS u(t, r, d, c, i, s, p, a, e, dn, rs, j, x, ac, ru, tr, tx, n)
 ORDER BY n
 """  # noqa: S608 - a constant column list; every value is a $n parameter
 

@@ -35,6 +35,7 @@ AUDIT_COLUMNS = (
     "actor",
     "rules",
     "trace_id",
+    "txn",
 )
 KEY_COLUMNS = ("kid", "alg", "state", "created_at", "retired_at", "public_jwk", "private_jwk")
 
@@ -67,6 +68,7 @@ _FILTER_COLUMNS = {
     "denial": "denial",
     "request_id": "request_id",
     "jti": "jti",
+    "txn": "txn",
 }
 
 
@@ -215,13 +217,14 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
         _text(r.actor),
         _text(_rules_encoder.encode(r.rules).decode()),
         _text(r.trace_id),
+        _text(r.txn),
     )
 
 
 def audit_record(row: Iterable[Any]) -> AuditRecord:
     """A row selected by SELECT_AUDIT (an sqlite3 tuple or an asyncpg Record) back into a record."""
     (seq, time, request_id, decision, client_id, issuer, sub, purpose, audience, error, denial, reason,
-     jti, exp, actor, rules, trace_id) = row  # fmt: skip
+     jti, exp, actor, rules, trace_id, txn) = row  # fmt: skip
     return AuditRecord(
         seq=seq,
         time=time,
@@ -240,6 +243,7 @@ def audit_record(row: Iterable[Any]) -> AuditRecord:
         actor=actor,
         rules=_rules_decoder.decode(rules),
         trace_id=trace_id,
+        txn=txn,
     )
 
 

@@ -40,7 +40,7 @@ DEFAULT_LEEWAY: Final = 10
 DEFAULT_MAX_LIFETIME: Final = MAX_TOKEN_LIFETIME
 
 # The core's precise problems, as the verifier's stable (coarser) reason codes.
-_REASON: Final[dict[Problem, Reason]] = {
+REASON_OF: Final[dict[Problem, Reason]] = {
     "oversized": "malformed",
     "malformed": "malformed",
     "forbidden_header": "malformed",
@@ -120,7 +120,7 @@ class PurposeTokenVerifier:
         try:
             payload = self._jws.verify_sync(token, self.keys).payload
         except JWSError as exc:
-            raise VerificationError(_REASON[exc.problem], str(exc)) from None
+            raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         claims, at = self._check(payload, purpose, now)
         if claims.single_use and not self._sync_guard.consume_sync(
             claims.issuer, claims.jti, claims.exp + self._leeway, now=at
@@ -135,7 +135,7 @@ class PurposeTokenVerifier:
         try:
             payload = (await self._jws.verify(token, self.keys)).payload
         except JWSError as exc:
-            raise VerificationError(_REASON[exc.problem], str(exc)) from None
+            raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         claims, at = self._check(payload, purpose, now)
         if claims.single_use and not await self.replay_guard.consume(
             claims.issuer, claims.jti, claims.exp + self._leeway, now=at

@@ -107,7 +107,7 @@ class TestList:
         lines = json_lines(trail.audit("list", "--json").stdout)
         fields = {"seq", "time", "request_id", "decision", "client_id", "issuer", "sub", "purpose",
                   "audience", "error", "denial", "reason", "jti", "exp", "actor", "rules",
-                  "trace_id"}  # fmt: skip
+                  "trace_id", "txn"}  # fmt: skip
         assert all(set(line) == fields for line in lines)
         assert all(Z_TIME.match(line["time"]) for line in lines)
         granted = [line for line in lines if line["decision"] == "granted"]

@@ -172,6 +172,7 @@ class TestAudit:
             jti="jti-1",
             exp=1_800_000_060,
             actor="svc",
+            txn="97053963-771d-49cc-a4e3-20aad399c312",
             rules=[
                 RuleOutcome(rule="claim", outcome="allow"),
                 RuleOutcome(rule="claim", outcome="deny", code="mfa"),
@@ -213,7 +214,7 @@ class TestAudit:
     async def test_every_filter_matches_exactly_and_filters_combine(self, store: Store) -> None:
         await store.append_audit(
             [
-                make_record(1, sub="alice", client_id="web", purpose="pay", jti="j1"),
+                make_record(1, sub="alice", client_id="web", purpose="pay", jti="j1", txn="t1"),
                 make_record(2, sub="bob", client_id="web", purpose="pay", decision="denied", denial="mfa"),
                 make_record(3, sub="alice", client_id="batch", purpose="export", decision="denied"),
                 make_record(4, sub="alice%", client_id="web", purpose="pay"),  # LIKE wildcards are data
@@ -230,6 +231,7 @@ class TestAudit:
         assert await ids(denial="mfa") == ["req-2"]
         assert await ids(request_id="req-4") == ["req-4"]
         assert await ids(jti="j1") == ["req-1"]
+        assert await ids(txn="t1") == ["req-1"]
         assert await ids(sub="alice", client_id="web") == ["req-1"]
         assert await ids(sub="alice'; --") == []
 
