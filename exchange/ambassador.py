@@ -11,6 +11,12 @@ upstream connection is taken, so a slow upload cannot starve the pool); then the
 upstream over our own lean HTTP/1.1 pool (exchange/upstream.py) and the response streamed back.
 Refusals are the one RFC 6750 shape from exchange.verify.bearer; the upstream never sees them.
 Upstream failures are 502 (unreachable or broken) or 504 (timed out).
+
+Inside a trust domain (`--txn-trust-domain`), it also checks the `Txn-Token` header (draft-ietf-oauth-
+transaction-tokens-10 §12: exactly one token, typ txntoken+jwt, signature, aud = the trust domain, exp;
+per `--txn-routes`, whose purposes are Txn-Token scopes, or `--txn-scope`, or any scope), adds
+`X-Purpose-Txn-Claims` (the verified claims as ASCII JSON: txn, req_wl, tctx, rctx, ...) and forwards
+the `Txn-Token` header itself unmodified (§12.2). Without `--audience` it checks Txn-Tokens alone.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ from exchange.forwarding import (
     upstream_headers,
 )
 from exchange.logging import configure_logging
-from exchange.placement import PlacementConfig, build_verifier, serve
+from exchange.placement import PlacementConfig, build_txn_verifier, build_verifier, serve
 from exchange.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
-from exchange.verify.asgi import Receive, Scope, Send, check_scope, send_refusal
+from exchange.verify.asgi import Receive, Scope, Send, check_scope, check_txn_scope, send_refusal
 from exchange.verify.bearer import Refusal, non_canonical
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.routes import RouteTable
+from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 log = structlog.get_logger("exchange.ambassador")
@@ -73,8 +80,10 @@ class Ambassador:
         self,
         *,
         upstream: str,
-        verifier: PurposeTokenVerifier,
+        verifier: PurposeTokenVerifier | None,
         routes: RouteTable,
+        txn_verifier: TxnTokenVerifier | None = None,
+        txn_routes: RouteTable | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 30.0,
         max_connections: int = 32,
@@ -91,8 +100,12 @@ class Ambassador:
         self._host = parts.hostname
         self._port = parts.port or 80
         self._host_header = parts.netloc.encode("ascii")
+        if verifier is None and txn_verifier is None:
+            raise ValueError("the ambassador needs a purpose-token verifier, a Txn-Token verifier or both")
         self.verifier = verifier
         self.routes = routes
+        self.txn_verifier = txn_verifier
+        self.txn_routes = txn_routes if txn_routes is not None else RouteTable.single(None)
         self.health_path = health_path
         self.trusted_proxies = trusted_proxies
         self._connect_timeout = connect_timeout
@@ -109,7 +122,7 @@ class Ambassador:
         self._pool_loop = None
         if pool is not None:
             await pool.aclose()
-        close = getattr(self.verifier.replay_guard, "close", None)
+        close = getattr(getattr(self.verifier, "replay_guard", None), "close", None)
         if close is not None:
             await close()
 
@@ -138,7 +151,11 @@ class Ambassador:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._upstream()
-                await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per request
+                # Warm the JWKS; a failure is retried per request.
+                if self.verifier is not None:
+                    await self.verifier.refresh_keys()
+                if self.txn_verifier is not None:
+                    await self.txn_verifier.refresh_keys()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -153,17 +170,20 @@ class Ambassador:
             await _send_json(send, 200, {"status": "ok"})
             return
         claims: VerifiedClaims | None = None
-        refusal: Refusal | None
+        txn: TxnToken | None = None
+        refusal: Refusal | None = None
         problem = connection_problem(scope["headers"])
         if problem is not None:
             refusal = non_canonical(problem)
-        else:
+        elif self.verifier is not None:
             claims, refusal = await check_scope(self.verifier, self.routes, scope)
+        if refusal is None and self.txn_verifier is not None:
+            txn, refusal = await check_txn_scope(self.txn_verifier, self.txn_routes, scope)
         if refusal is not None:
             await send_refusal(send, refusal)
             status = refusal.status
         else:
-            status = await self._forward(scope, receive, send, claims)
+            status = await self._forward(scope, receive, send, claims, txn)
         # The one canonical line per request: identity by sub and jti, never the token.
         log.info(
             "ambassador_request",
@@ -174,16 +194,17 @@ class Ambassador:
             sub=claims.sub if claims else None,
             jti=claims.jti if claims else None,
             purpose=claims.purpose if claims else None,
+            txn=txn.claims.txn if txn else None,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None
+        self, scope: Scope, receive: Receive, send: Send, claims: VerifiedClaims | None, txn: TxnToken | None
     ) -> int:
         client = scope.get("client")
         headers = upstream_headers(
             scope["headers"], peer=client[0] if client else None, scheme=scope.get("scheme", "http"),
-            trusted=self.trusted_proxies, claims=claims,
+            trusted=self.trusted_proxies, claims=claims, txn=txn,
         )  # fmt: skip
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("ascii")
         target = self._upstream_base_path + raw_path.split(b"?", 1)[0]
@@ -283,10 +304,13 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any], *, close:
 def build_ambassador(config: AmbassadorConfig) -> Ambassador:
     """The app for `config`: key source, verifier and route table built once, here."""
     verifier, routes = build_verifier(config)
+    txn_verifier, txn_routes = build_txn_verifier(config)
     return Ambassador(
         upstream=config.upstream,
         verifier=verifier,
         routes=routes,
+        txn_verifier=txn_verifier,
+        txn_routes=txn_routes,
         connect_timeout=config.connect_timeout,
         timeout=config.timeout,
         max_connections=config.max_connections,

@@ -27,12 +27,13 @@ from urllib.parse import quote
 import msgspec
 
 from exchange.verify.claims import VerifiedClaims
+from exchange.verify.txn import TxnToken
 
 Headers = list[tuple[bytes, bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IDENTITY_PREFIX: Final = b"x-purpose-"
-IDENTITY_HEADERS: Final = (b"x-purpose-sub", b"x-purpose-scope", b"x-purpose-claims")
+IDENTITY_HEADERS: Final = (b"x-purpose-sub", b"x-purpose-scope", b"x-purpose-claims", b"x-purpose-txn-claims")
 #: RFC 9110 §7.6.1 hop-by-hop fields, plus Host and the framing headers (the proxy frames the body).
 HOP_BY_HOP: Final = frozenset(
     {
@@ -103,6 +104,13 @@ def identity_headers(claims: VerifiedClaims) -> Headers:
     ]
 
 
+def txn_identity_headers(txn: TxnToken) -> Headers:
+    """What a verified Txn-Token says (txn, req_wl, tctx, rctx, ...), as ASCII JSON. The `Txn-Token`
+    header itself goes on to the service untouched (draft-ietf-oauth-transaction-tokens-10 §12.2)."""
+    encoded = json.dumps(txn.claims.to_dict(), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return [(b"x-purpose-txn-claims", encoded)]
+
+
 def encode_identity(value: str) -> bytes:
     """Injective, header-safe: UTF-8 percent-encoding of everything outside RFC 3986 pchar."""
     return quote(value, safe=_PCHAR_SAFE, errors="surrogatepass").encode("ascii")
@@ -115,6 +123,7 @@ def upstream_headers(
     scheme: str,
     trusted: Sequence[Network] = (),
     claims: VerifiedClaims | None = None,
+    txn: TxnToken | None = None,
 ) -> Headers:
     """The request headers the service gets: the client's minus ours, then ours (forwarding, identity)."""
     out: Headers = []
@@ -164,6 +173,8 @@ def upstream_headers(
     out.append((b"forwarded", b", ".join([*prior, element])))
     if claims is not None:
         out.extend(identity_headers(claims))
+    if txn is not None:
+        out.extend(txn_identity_headers(txn))
     return out
 
 

@@ -10,6 +10,10 @@ from where that proxy puts them, run the same access decision as every other pla
 200 with the identity headers (exchange/forwarding.py: the proxy copies them to the upstream) or the
 one refusal shape (401/403 with the RFC 6750 challenge; 400 for a non-canonical target; 404 unrouted).
 
+Inside a trust domain (`--txn-trust-domain`) the check also needs a valid `Txn-Token` header (draft-
+ietf-oauth-transaction-tokens-10 §12), answered in the same shape, and the 200 carries
+`X-Purpose-Txn-Claims`; the proxy passes the `Txn-Token` header itself on to the upstream unmodified.
+
 Where each proxy puts the original request (exactly one value each, or the check is refused):
     nginx            X-Original-Method, X-Original-URI (set in the config: $request_method, $request_uri)
     traefik, caddy   X-Forwarded-Method, X-Forwarded-Uri (set by the proxy itself)
@@ -26,13 +30,14 @@ from urllib.parse import unquote
 import msgspec
 import structlog
 
-from exchange.forwarding import identity_headers
+from exchange.forwarding import identity_headers, txn_identity_headers
 from exchange.logging import configure_logging
-from exchange.placement import PlacementConfig, build_verifier, serve
-from exchange.verify.access import check_request
+from exchange.placement import PlacementConfig, build_txn_verifier, build_verifier, serve
+from exchange.verify.access import TXN_TOKEN, check_request, check_txn_request
 from exchange.verify.asgi import Receive, Scope, Send, header_values, send_refusal
 from exchange.verify.bearer import Refusal, non_canonical
 from exchange.verify.routes import RouteTable, path_problem
+from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 log = structlog.get_logger("exchange.gateway")
@@ -63,16 +68,22 @@ class Gateway:
     def __init__(
         self,
         *,
-        verifier: PurposeTokenVerifier,
+        verifier: PurposeTokenVerifier | None,
         routes: RouteTable,
+        txn_verifier: TxnTokenVerifier | None = None,
+        txn_routes: RouteTable | None = None,
         proxy: Proxy = "nginx",
         envoy_prefix: str = "/check",
         health_path: str = "/.gateway/health",
     ) -> None:
         if proxy not in PROXIES:
             raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+        if verifier is None and txn_verifier is None:
+            raise ValueError("the gateway needs a purpose-token verifier, a Txn-Token verifier or both")
         self.verifier = verifier
         self.routes = routes
+        self.txn_verifier = txn_verifier
+        self.txn_routes = txn_routes if txn_routes is not None else RouteTable.single(None)
         self.proxy = proxy
         self._envoy_prefix = envoy_prefix.rstrip("/").encode("ascii")
         self.health_path = health_path
@@ -82,10 +93,14 @@ class Gateway:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    await self.verifier.refresh_keys()  # warm the JWKS; a failure is retried per check
+                    # Warm the JWKS; a failure is retried per check.
+                    if self.verifier is not None:
+                        await self.verifier.refresh_keys()
+                    if self.txn_verifier is not None:
+                        await self.txn_verifier.refresh_keys()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    close = getattr(self.verifier.replay_guard, "close", None)
+                    close = getattr(getattr(self.verifier, "replay_guard", None), "close", None)
                     if close is not None:
                         await close()
                     await send({"type": "lifespan.shutdown.complete"})
@@ -125,17 +140,25 @@ class Gateway:
             return
         original = self.original_request(scope)
         claims = None
+        txn: TxnToken | None = None
+        refusal: Refusal | None = None
         if isinstance(original, Refusal):
-            refusal: Refusal | None = original
+            refusal = original
             method, path = "?", "?"
         else:
             method, uri = original
             raw_path = uri.split(b"?", 1)[0]
             # Decoded only for matching, and only once the raw path is known to be canonical.
             path = unquote(raw_path.decode("ascii")) if path_problem(raw_path) is None else "?"
-            claims, refusal = await check_request(
-                self.verifier, self.routes, method, raw_path, path, header_values(scope, b"authorization")
-            )
+            if self.verifier is not None:
+                claims, refusal = await check_request(
+                    self.verifier, self.routes, method, raw_path, path, header_values(scope, b"authorization")
+                )
+            if refusal is None and self.txn_verifier is not None:
+                txn, refusal = await check_txn_request(
+                    self.txn_verifier, self.txn_routes, method, raw_path, path,
+                    header_values(scope, TXN_TOKEN.encode("ascii")),
+                )  # fmt: skip
         if refusal is not None:
             await send_refusal(send, refusal)
             status = refusal.status
@@ -143,6 +166,8 @@ class Gateway:
             headers = list(_ALLOWED_HEAD)
             if claims is not None:
                 headers.extend(identity_headers(claims))
+            if txn is not None:
+                headers.extend(txn_identity_headers(txn))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             status = 200
@@ -155,6 +180,7 @@ class Gateway:
             sub=claims.sub if claims else None,
             jti=claims.jti if claims else None,
             purpose=claims.purpose if claims else None,
+            txn=txn.claims.txn if txn else None,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
@@ -162,9 +188,10 @@ class Gateway:
 def build_gateway(config: GatewayConfig) -> Gateway:
     """The app for `config`: key source, verifier and route table built once, here."""
     verifier, routes = build_verifier(config)
+    txn_verifier, txn_routes = build_txn_verifier(config)
     return Gateway(
-        verifier=verifier, routes=routes, proxy=config.proxy, envoy_prefix=config.envoy_prefix,
-        health_path=config.health_path,
+        verifier=verifier, routes=routes, txn_verifier=txn_verifier, txn_routes=txn_routes,
+        proxy=config.proxy, envoy_prefix=config.envoy_prefix, health_path=config.health_path,
     )  # fmt: skip
 
 

@@ -272,6 +272,9 @@ class PublishedKeys:
         return self._keys
 
     async def get_key(self, kid: str) -> Key:
+        return self.get_key_sync(kid)
+
+    def get_key_sync(self, kid: str) -> Key:
         key = self._current().get(kid)
         if key is None:
             raise VerificationError("unknown_key", f"kid {kid!r} is not one of our published keys")
@@ -281,6 +284,9 @@ class PublishedKeys:
         return self._current().get(kid)
 
     async def get_keys(self) -> tuple[Key, ...]:
+        return self.get_keys_sync()
+
+    def get_keys_sync(self) -> tuple[Key, ...]:
         return tuple(self._current().values())
 
     def cached_keys(self) -> tuple[Key, ...]:

@@ -125,7 +125,9 @@ def document(settings: Settings) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(
-                            "TokenResponse", "The purpose token or Txn-Token (RFC 8693 §2.2.1).", headers=_NO_STORE
+                            "TokenResponse",
+                            "The purpose token or Txn-Token (RFC 8693 §2.2.1).",
+                            headers=_NO_STORE,
                         ),
                         "400": _json(
                             error, "Refused (RFC 6749 §5.2, RFC 8693 §2.2.2); `denial` names a rule."

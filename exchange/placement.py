@@ -12,9 +12,10 @@ import tempfile
 
 import msgspec
 
-from exchange.verify.jwks import key_source
+from exchange.verify.jwks import KeySource, key_source
 from exchange.verify.replay import FileReplayGuard, InMemoryReplayGuard, PostgresReplayGuard, ReplayGuard
 from exchange.verify.routes import RouteTable
+from exchange.verify.txn import TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 
@@ -22,7 +23,8 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Whose tokens, which keys, which routes, and where single-use jtis are remembered."""
 
     issuer: str
-    audience: str
+    # The protected service's audience for purpose tokens; None: purpose tokens are not checked.
+    audience: str | None = None
     jwks_uri: str | None = None
     jwks_file: str | None = None
     routes_file: str | None = None
@@ -33,6 +35,12 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Where single-use jtis are remembered across workers and replicas: PostgreSQL, or a file (one host).
     replay_dsn: str | None = None
     replay_file: str | None = None
+    # Set: every request also needs a Txn-Token of this trust domain (draft-ietf-oauth-transaction-
+    # tokens-10 §12), per txn_routes_file (a route's purpose is the Txn-Token's scope), else of
+    # txn_scope, else of any scope.
+    txn_trust_domain: str | None = None
+    txn_routes_file: str | None = None
+    txn_scope: str | None = None
 
 
 def replay_guard(dsn: str | None, file: str | None) -> ReplayGuard:
@@ -46,22 +54,46 @@ def replay_guard(dsn: str | None, file: str | None) -> ReplayGuard:
     return InMemoryReplayGuard()
 
 
-def build_verifier(config: PlacementConfig) -> tuple[PurposeTokenVerifier, RouteTable]:
-    """The verifier and route table for `config`, built once per worker."""
-    keys = key_source(
+def build_verifier(config: PlacementConfig) -> tuple[PurposeTokenVerifier | None, RouteTable]:
+    """The purpose-token verifier (None without an audience) and route table for `config`, built once
+    per worker."""
+    if config.audience is None and config.txn_trust_domain is None:
+        raise ValueError("a placement needs an audience (purpose tokens), a Txn-Token trust domain or both")
+    routes = (
+        RouteTable.from_file(config.routes_file) if config.routes_file else RouteTable.single(config.purpose)
+    )
+    if config.audience is None:
+        return None, routes
+    verifier = PurposeTokenVerifier(
+        issuer=config.issuer, audience=config.audience, jwks=_keys(config),
+        replay_guard=replay_guard(config.replay_dsn, config.replay_file),
+    )  # fmt: skip
+    return verifier, routes
+
+
+def build_txn_verifier(config: PlacementConfig) -> tuple[TxnTokenVerifier | None, RouteTable]:
+    """The Txn-Token verifier (None without a trust domain) and its route table, built once per worker."""
+    if config.txn_routes_file and config.txn_scope:
+        raise ValueError("use a Txn-Token route table or a Txn-Token scope, not both")
+    routes = (
+        RouteTable.from_file(config.txn_routes_file)
+        if config.txn_routes_file
+        else RouteTable.single(config.txn_scope)
+    )
+    if config.txn_trust_domain is None:
+        return None, routes
+    return TxnTokenVerifier(
+        trust_domain=config.txn_trust_domain, issuer=config.issuer, jwks=_keys(config)
+    ), routes
+
+
+def _keys(config: PlacementConfig) -> KeySource:
+    return key_source(
         jwks_file=config.jwks_file,
         jwks_uri=config.jwks_uri,
         issuer=config.issuer,
         allow_insecure_http=config.allow_insecure_http,
     )
-    verifier = PurposeTokenVerifier(
-        issuer=config.issuer, audience=config.audience, jwks=keys,
-        replay_guard=replay_guard(config.replay_dsn, config.replay_file),
-    )  # fmt: skip
-    routes = (
-        RouteTable.from_file(config.routes_file) if config.routes_file else RouteTable.single(config.purpose)
-    )
-    return verifier, routes
 
 
 def serve(

@@ -26,7 +26,7 @@ def placement_options(function: F) -> F:
     """The options every placement shares, applied in order."""
     options = [
         click.option("--issuer", required=True, help="The exchange's issuer URL."),
-        click.option("--audience", required=True, help="The protected service's audience."),
+        click.option("--audience", default=None, help="The protected service's audience (purpose tokens)."),
         click.option("--jwks-uri", default=None, help="JWKS URL (default: {issuer}/.well-known/jwks.json)."),
         click.option(
             "--jwks-file", type=click.Path(dir_okay=False, exists=True), default=None, help="JWKS JSON file."
@@ -41,6 +41,21 @@ def placement_options(function: F) -> F:
         click.option("--purpose", default=None, help="Without --routes: the purpose every request needs."),
         click.option(
             "--insecure-jwks-http", is_flag=True, help="Allow plain http to a non-loopback JWKS host."
+        ),
+        click.option(
+            "--txn-trust-domain",
+            default=None,
+            help="Also require a Txn-Token of this trust domain (Txn-Token header).",
+        ),
+        click.option(
+            "--txn-routes",
+            "txn_routes_file",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="TOML route table for Txn-Tokens (a route's purpose is the Txn-Token scope).",
+        ),
+        click.option(
+            "--txn-scope", default=None, help="Without --txn-routes: the Txn-Token scope every request needs."
         ),
         click.option(
             "--replay-file",
@@ -75,12 +90,20 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         raise click.UsageError("use --jwks-uri or --jwks-file, not both")
     if options["routes_file"] and options["purpose"]:
         raise click.UsageError("use --routes or --purpose, not both")
+    if options["audience"] is None and options["txn_trust_domain"] is None:
+        raise click.UsageError("give --audience (purpose tokens), --txn-trust-domain (Txn-Tokens) or both")
+    if (options["txn_routes_file"] or options["txn_scope"]) and options["txn_trust_domain"] is None:
+        raise click.UsageError("--txn-routes and --txn-scope need --txn-trust-domain")
+    if options["txn_routes_file"] and options["txn_scope"]:
+        raise click.UsageError("use --txn-routes or --txn-scope, not both")
     return {
         "issuer": options["issuer"], "audience": options["audience"], "jwks_uri": options["jwks_uri"],
         "jwks_file": options["jwks_file"], "routes_file": options["routes_file"],
         "purpose": options["purpose"],
         "allow_insecure_http": options["insecure_jwks_http"], "replay_file": options["replay_file"],
         "replay_dsn": os.environ.get(REPLAY_DSN_ENV) or None,
+        "txn_trust_domain": options["txn_trust_domain"], "txn_routes_file": options["txn_routes_file"],
+        "txn_scope": options["txn_scope"],
     }  # fmt: skip
 
 

@@ -156,7 +156,8 @@ def rules_explain(
             issuer=issuer,
             client_id=client_id or "-",
             purpose=policy.name,
-            audience=audience or policy.audiences[0],
+            # A purpose of Txn-Tokens only has no audience of its own: its tokens go to the trust domain.
+            audience=audience or (policy.audiences[0] if policy.audiences else _trust_domain(settings)),
             details=details,
             actor_chain=actor_chain(act),
             now=time.time(),
@@ -296,3 +297,7 @@ def _show(e: Explanation, as_json: bool) -> None:
     )
     verdict = e.decision if e.denial is None else f"{e.decision}: {e.denial}"
     click.echo(f"decision: {verdict}")
+
+
+def _trust_domain(settings: Settings) -> str:
+    return settings.txn_tokens.trust_domain if settings.txn_tokens is not None else "-"

@@ -6,8 +6,10 @@ order: a non-canonical method or path is refused (400, never normalised: the ser
 not resolve a path we matched differently); the route table picks the purpose (no route: 404, open:
 no token); all values of the credentials header are read (two of them: 400); the token is verified.
 
-The verifier and the header name are parameters, so a second token kind (issue 13's Txn-Token) is one
-more call with its own verifier and header, answered with the same refusal shape.
+The Txn-Token (draft-ietf-oauth-transaction-tokens-10 §12) is the second token kind: the same steps
+with its own header (`Txn-Token`, exactly one token, §12.1), its own verifier (TxnTokenVerifier: typ,
+signature, aud = our trust domain, exp, §12.2) and the route's purpose read as the Txn-Token's scope,
+answered in the same refusal shape (403 without a challenge: a Txn-Token is not a credential, §13.12).
 """
 
 from __future__ import annotations
@@ -16,17 +18,30 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
-from exchange.verify.bearer import NO_ROUTE, Refusal, non_canonical, read_bearer, refusal_for, token_hash
+from exchange.verify.bearer import (
+    NO_ROUTE,
+    NO_TXN_TOKEN,
+    TWO_TXN_TOKENS,
+    Refusal,
+    non_canonical,
+    read_bearer,
+    refusal_for,
+    token_hash,
+    txn_refusal_for,
+)
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.errors import VerificationError
 from exchange.verify.routes import Route, RouteTable, method_problem, path_problem
+from exchange.verify.txn import TXN_TOKEN_HEADER, TxnToken, TxnTokenVerifier, txn_token_of
 from exchange.verify.verifier import PurposeTokenVerifier
 
 AUTHORIZATION: Final = "authorization"
+TXN_TOKEN: Final = TXN_TOKEN_HEADER
 
 log = logging.getLogger("exchange.verify")
 
 Outcome = tuple[VerifiedClaims | None, Refusal | None]
+TxnOutcome = tuple[TxnToken | None, Refusal | None]
 
 
 def route_for(routes: RouteTable, method: str, raw_path: bytes, path: str) -> Route | Refusal:
@@ -110,3 +125,87 @@ def _refused(exc: VerificationError, purpose: str | None, path: str, token: str)
         exc.reason, exc.detail, path, token_hash(token),
     )  # fmt: skip
     return refusal_for(exc, purpose=purpose)
+
+
+def read_txn_token(values: Sequence[str | bytes]) -> str | Refusal:
+    """The one Txn-Token among a request's values of its `Txn-Token` header, or the refusal."""
+    try:
+        token = txn_token_of(values)
+    except VerificationError:
+        return TWO_TXN_TOKENS
+    return NO_TXN_TOKEN if token is None else token
+
+
+async def check_txn_token(
+    verifier: TxnTokenVerifier, values: Sequence[str | bytes], scope: str | None, path: str
+) -> TxnOutcome:
+    """Verify the Txn-Token among `values` (every value of the header), of `scope` when given."""
+    token = read_txn_token(values)
+    if isinstance(token, Refusal):
+        return None, token
+    try:
+        return TxnToken(await verifier.averify(token, scope=scope), token), None
+    except VerificationError as exc:
+        return None, _txn_refused(exc, path, token)
+
+
+def check_txn_token_sync(
+    verifier: TxnTokenVerifier, values: Sequence[str | bytes], scope: str | None, path: str
+) -> TxnOutcome:
+    """`check_txn_token` for WSGI frameworks: the verifier's synchronous `verify` (it fetches keys itself)."""
+    token = read_txn_token(values)
+    if isinstance(token, Refusal):
+        return None, token
+    try:
+        return TxnToken(verifier.verify(token, scope=scope), token), None
+    except VerificationError as exc:
+        return None, _txn_refused(exc, path, token)
+
+
+async def check_txn_request(
+    verifier: TxnTokenVerifier,
+    routes: RouteTable,
+    method: str,
+    raw_path: bytes,
+    path: str,
+    values: Sequence[str | bytes],
+) -> TxnOutcome:
+    """Decide one request on its Txn-Token; a route's purpose is the Txn-Token scope it needs."""
+    route = route_for(routes, method, raw_path, path)
+    if isinstance(route, Refusal):
+        return None, route
+    if route.open:
+        return None, None
+    return await check_txn_token(verifier, values, route.purpose, path)
+
+
+def check_txn_request_sync(
+    verifier: TxnTokenVerifier,
+    routes: RouteTable,
+    method: str,
+    raw_path: bytes,
+    path: str,
+    values: Sequence[str | bytes],
+) -> TxnOutcome:
+    """`check_txn_request` with the synchronous verifier, for WSGI frameworks."""
+    route = route_for(routes, method, raw_path, path)
+    if isinstance(route, Refusal):
+        return None, route
+    if route.open:
+        return None, None
+    return check_txn_token_sync(verifier, values, route.purpose, path)
+
+
+def txn_scope_refusal(token: TxnToken, scope: str | None) -> Refusal | None:
+    """For a Txn-Token already verified on this request: the refusal when it is not of `scope`."""
+    if scope is None or token.claims.scope == scope:
+        return None
+    return txn_refusal_for(VerificationError("wrong_purpose", f"Txn-Token is for {token.claims.scope!r}"))
+
+
+def _txn_refused(exc: VerificationError, path: str, token: str) -> Refusal:
+    log.info(
+        "txn_token_refused reason=%s detail=%s path=%s token_sha256=%s",
+        exc.reason, exc.detail, path, token_hash(token),
+    )  # fmt: skip
+    return txn_refusal_for(exc)

@@ -6,6 +6,12 @@
 
 Verified claims are put in `scope["state"]["purpose_claims"]`, which Starlette exposes as
 `request.state.purpose_claims`; `claims_from_scope(scope)` reads them in any framework.
+
+Inside a trust domain, `TxnTokenMiddleware` does the same for the `Txn-Token` header
+(draft-ietf-oauth-transaction-tokens-10 §12): the verified `TxnToken` (claims and the header value to
+forward unmodified) goes to `scope["state"]["txn_token"]`, read with `txn_token_from_scope(scope)`.
+
+    app = TxnTokenMiddleware(app, verifier=TxnTokenVerifier(trust_domain=..., issuer=...))
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 from urllib.parse import quote
 
-from exchange.verify.access import Outcome, check_request
+from exchange.verify.access import TXN_TOKEN, Outcome, TxnOutcome, check_request, check_txn_request
 from exchange.verify.bearer import Refusal
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.routes import RouteTable
+from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 Scope = MutableMapping[str, Any]
@@ -27,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLAIMS_KEY: Final = "purpose_claims"
+TXN_KEY: Final = "txn_token"
 # WebSocket close code 1008 (policy violation): the handshake is refused before accept.
 _WS_POLICY_VIOLATION: Final = 1008
 
@@ -68,6 +76,14 @@ async def check_scope(verifier: PurposeTokenVerifier, routes: RouteTable, scope:
     )  # fmt: skip
 
 
+async def check_txn_scope(verifier: TxnTokenVerifier, routes: RouteTable, scope: Scope) -> TxnOutcome:
+    """The same decision on the request's `Txn-Token` header (shared with the ambassador)."""
+    return await check_txn_request(
+        verifier, routes, scope.get("method", "GET"), raw_path(scope), scope["path"],
+        header_values(scope, TXN_TOKEN.encode("ascii")),
+    )  # fmt: skip
+
+
 class PurposeMiddleware:
     """Require a valid purpose token (of `purpose`, or per `routes`) before calling `app`."""
 
@@ -99,4 +115,47 @@ class PurposeMiddleware:
         if claims is not None:
             state = scope.setdefault("state", {})
             state[CLAIMS_KEY] = claims
+        await self.app(scope, receive, send)
+
+
+def txn_token_from_scope(scope: Scope) -> TxnToken | None:
+    """The Txn-Token TxnTokenMiddleware verified for this request, if any (None on open routes)."""
+    state = scope.get("state")
+    token = state.get(TXN_KEY) if isinstance(state, MutableMapping) else None
+    return token if isinstance(token, TxnToken) else None
+
+
+class TxnTokenMiddleware:
+    """Require a valid Txn-Token (of `scope`, or per `routes`, whose purposes are scopes) before `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TxnTokenVerifier,
+        scope: str | None = None,
+        routes: RouteTable | None = None,
+    ) -> None:
+        if scope is not None and routes is not None:
+            raise ValueError("pass scope or routes, not both")
+        self.app = app
+        self.verifier = verifier
+        self.routes = routes if routes is not None else RouteTable.single(scope)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        token, refusal = await check_txn_request(
+            self.verifier, self.routes, scope.get("method", "GET"), raw_path(scope), scope["path"],
+            header_values(scope, TXN_TOKEN.encode("ascii")),
+        )  # fmt: skip
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
+            else:
+                await send_refusal(send, refusal)
+            return
+        if token is not None:
+            scope.setdefault("state", {})[TXN_KEY] = token
         await self.app(scope, receive, send)

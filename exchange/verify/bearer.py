@@ -46,7 +46,7 @@ class Refusal(NamedTuple):
 
 _BODIES: Final = {
     code: msgspec.json.encode({"error": code})
-    for code in ("invalid_token", "insufficient_scope", "invalid_request", "not_found")
+    for code in ("invalid_token", "insufficient_scope", "invalid_request", "not_found", "invalid_txn_token")
 }
 
 #: No credentials at all (or another scheme): §3.1 says the challenge then carries no error code.
@@ -54,6 +54,13 @@ NO_TOKEN: Final = Refusal(401, "invalid_token", "Bearer", "no_token")
 #: Two Authorization headers (or two credentials): ambiguous, so neither is guessed at (§3.1 invalid_request).
 TWO_CREDENTIALS: Final = Refusal(400, "invalid_request", 'Bearer error="invalid_request"', "two_credentials")
 NO_ROUTE: Final = Refusal(404, "not_found", None, "no_route")
+
+# The `Txn-Token` header (draft-ietf-oauth-transaction-tokens-10 §12) is not an HTTP authentication
+# scheme, and a Txn-Token is not a credential (§13.12): a request without a valid one is not authorised
+# (403, no challenge), in the same JSON shape. Two headers, or two tokens in one, are ambiguous (§12.1:
+# exactly one), answered like two Authorization headers.
+NO_TXN_TOKEN: Final = Refusal(403, "invalid_txn_token", None, "no_txn_token")
+TWO_TXN_TOKENS: Final = Refusal(400, "invalid_request", None, "two_txn_tokens")
 
 
 def non_canonical(reason: str) -> Refusal:
@@ -96,6 +103,14 @@ def refusal_for(error: VerificationError, *, purpose: str | None = None) -> Refu
                            error.reason)  # fmt: skip
         return Refusal(403, "insufficient_scope", 'Bearer error="insufficient_scope"', error.reason)
     return Refusal(401, "invalid_token", 'Bearer error="invalid_token"', error.reason)
+
+
+def txn_refusal_for(error: VerificationError) -> Refusal:
+    """The answer to a Txn-Token that failed verification: 403, `insufficient_scope` for a valid token
+    of another scope, `invalid_txn_token` otherwise (no challenge: §13.12)."""
+    if error.reason == "wrong_purpose":
+        return Refusal(403, "insufficient_scope", None, error.reason)
+    return Refusal(403, "invalid_txn_token", None, error.reason)
 
 
 def token_hash(token: str) -> str:

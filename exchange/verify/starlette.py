@@ -7,6 +7,12 @@
     async def approve(payment_id: str, claims: VerifiedClaims = Depends(require_purpose("payments.approve"))):
         claims.require_detail(type="payment", payment_id=payment_id)   # 403 when not covered
 
+Inside a trust domain, `require_txn_token(scope)` is the dependency for the `Txn-Token` header
+(draft-ietf-oauth-transaction-tokens-10 §12); `install(app, txn_verifier=TxnTokenVerifier(...))`:
+
+    async def place(txn: TxnToken = Depends(require_txn_token("orders.place"))):
+        txn.claims.tctx["quantity"]; httpx.post(next_service, headers=txn.headers())
+
 `require_purpose(...)` is a FastAPI dependency returning the verified claims; in plain Starlette call
 `await verified_claims(request, "payments.approve")` in the endpoint, or put the ASGI middleware
 (exchange.verify.asgi.PurposeMiddleware) in front. `install` registers the verifier and the handler that
@@ -23,16 +29,32 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from exchange.verify.access import check_token, refused_in_handler
+from exchange.verify.access import (
+    TXN_TOKEN,
+    check_token,
+    check_txn_token,
+    refused_in_handler,
+    txn_scope_refusal,
+)
 from exchange.verify.bearer import Refusal, refusal_for
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.errors import VerificationError
+from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
-__all__ = ["PurposeTokenRefused", "install", "require_purpose", "verified_claims"]
+__all__ = [
+    "PurposeTokenRefused",
+    "install",
+    "require_purpose",
+    "require_txn_token",
+    "verified_claims",
+    "verified_txn_token",
+]
 
 STATE_VERIFIER: Final = "purpose_verifier"
 STATE_CLAIMS: Final = "purpose_claims"
+STATE_TXN_VERIFIER: Final = "txn_verifier"
+STATE_TXN: Final = "txn_token"
 
 
 class PurposeTokenRefused(Exception):
@@ -43,9 +65,19 @@ class PurposeTokenRefused(Exception):
         self.refusal = refusal
 
 
-def install(app: Starlette, verifier: PurposeTokenVerifier) -> None:
-    """Register the verifier on `app.state` and the handlers that answer refusals."""
-    setattr(app.state, STATE_VERIFIER, verifier)
+def install(
+    app: Starlette,
+    verifier: PurposeTokenVerifier | None = None,
+    *,
+    txn_verifier: TxnTokenVerifier | None = None,
+) -> None:
+    """Register the verifiers on `app.state` and the handlers that answer refusals."""
+    if verifier is None and txn_verifier is None:
+        raise ValueError("install needs a verifier, a txn_verifier or both")
+    if verifier is not None:
+        setattr(app.state, STATE_VERIFIER, verifier)
+    if txn_verifier is not None:
+        setattr(app.state, STATE_TXN_VERIFIER, txn_verifier)
     app.add_exception_handler(PurposeTokenRefused, _refusal_handler)
     app.add_exception_handler(VerificationError, _verification_error_handler)
 
@@ -76,6 +108,36 @@ def require_purpose(purpose: str | None = None) -> Callable[[Request], Awaitable
 
     async def dependency(request: Request) -> VerifiedClaims:
         return await verified_claims(request, purpose)
+
+    return dependency
+
+
+async def verified_txn_token(request: Request, scope: str | None = None) -> TxnToken:
+    """The request's verified Txn-Token (of `scope` when given); raises PurposeTokenRefused."""
+    token = getattr(request.state, STATE_TXN, None)
+    if isinstance(token, TxnToken):
+        refusal = txn_scope_refusal(token, scope)
+        if refusal is not None:
+            raise PurposeTokenRefused(refusal)
+        return token
+    verifier = getattr(request.app.state, STATE_TXN_VERIFIER, None)
+    if not isinstance(verifier, TxnTokenVerifier):
+        raise RuntimeError("require_txn_token needs exchange.verify.starlette.install(app, txn_verifier=...)")
+    found, refusal = await check_txn_token(
+        verifier, request.headers.getlist(TXN_TOKEN), scope, request.url.path
+    )
+    if refusal is not None:
+        raise PurposeTokenRefused(refusal)
+    assert found is not None
+    setattr(request.state, STATE_TXN, found)
+    return found
+
+
+def require_txn_token(scope: str | None = None) -> Callable[[Request], Awaitable[TxnToken]]:
+    """A FastAPI dependency: `txn: TxnToken = Depends(require_txn_token("orders.place"))`."""
+
+    async def dependency(request: Request) -> TxnToken:
+        return await verified_txn_token(request, scope)
 
     return dependency
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -34,11 +34,23 @@ from schemas.algorithms import DEFAULT_ALGORITHMS
 from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
 from schemas.claims import TXN_TOKEN_TYPS, TxnClaims, txn_subject
 
-__all__ = ["TXN_TOKEN_HEADER", "TxnClaims", "TxnTokenVerifier", "txn_token_of"]
+__all__ = ["TXN_TOKEN_HEADER", "TxnClaims", "TxnToken", "TxnTokenVerifier", "txn_token_of"]
 
 #: The HTTP field that carries a Txn-Token between workloads (draft §12.1), lower-cased as ASGI has it.
 TXN_TOKEN_HEADER: Final = "txn-token"
 _DECODER: Final = msgspec.json.Decoder(TxnClaims)
+
+
+class TxnToken(NamedTuple):
+    """What a service gets for a request that carried a valid Txn-Token: the verified `claims` (`txn`,
+    `req_wl`, `tctx`, `rctx`, `sub`, `scope`...) and the header `value`, to pass on unmodified."""
+
+    claims: TxnClaims
+    value: str
+
+    def headers(self) -> dict[str, str]:
+        """The header for an outbound call in the same transaction (draft §12.2: as it was received)."""
+        return {"Txn-Token": self.value}
 
 
 def txn_token_of(values: Iterable[str | bytes]) -> str | None:
@@ -100,9 +112,10 @@ class TxnTokenVerifier:
         return self._jws.algorithms
 
     def verify(self, token: str | bytes, *, scope: str | None = None, now: float | None = None) -> TxnClaims:
-        """Verify with keys already cached (never does I/O). Raises VerificationError."""
+        """Verify synchronously (Flask, Django, threads), fetching keys when needed, as
+        PurposeTokenVerifier.verify does. Raises VerificationError."""
         try:
-            payload = self._jws.verify_cached(token, self.keys).payload
+            payload = self._jws.verify_sync(token, self.keys).payload
         except JWSError as exc:
             raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         return self._check(payload, scope, now)

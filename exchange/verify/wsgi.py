@@ -4,6 +4,8 @@
     # or: PurposeWSGIMiddleware(app, verifier=verifier, purpose="payments.approve")
 
 Verified claims are put in `environ["purpose.claims"]` (`claims_from_environ(environ)` reads them).
+`TxnTokenWSGIMiddleware` checks the `Txn-Token` header the same way (draft-ietf-oauth-transaction-
+tokens-10 §12) and puts the verified `TxnToken` in `environ["txn.token"]` (`txn_token_from_environ`).
 Refusals are the one shape every integration sends (exchange.verify.bearer). The verifier's synchronous
 `verify` fetches and refreshes keys itself, so a threaded WSGI server needs no event loop.
 """
@@ -14,10 +16,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import quote_from_bytes
 
-from exchange.verify.access import check_request_sync
+from exchange.verify.access import check_request_sync, check_txn_request_sync
 from exchange.verify.bearer import Refusal
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.routes import RouteTable
+from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 Environ = dict[str, Any]
@@ -25,6 +28,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 CLAIMS_KEY: Final = "purpose.claims"
+TXN_KEY: Final = "txn.token"
 _STATUS_TEXT: Final = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
 
 
@@ -38,6 +42,18 @@ def environ_credentials(environ: Environ) -> list[str]:
     """The Authorization value (WSGI servers fold two headers into one, which `read_bearer` refuses)."""
     value = environ.get("HTTP_AUTHORIZATION")
     return [] if value is None else [value]
+
+
+def environ_txn_values(environ: Environ) -> list[str]:
+    """The Txn-Token value (two headers arrive folded with a comma, which is refused as two tokens)."""
+    value = environ.get("HTTP_TXN_TOKEN")
+    return [] if value is None else [value]
+
+
+def txn_token_from_environ(environ: Environ) -> TxnToken | None:
+    """The Txn-Token TxnTokenWSGIMiddleware verified for this request, if any."""
+    token = environ.get(TXN_KEY)
+    return token if isinstance(token, TxnToken) else None
 
 
 def environ_target(environ: Environ) -> tuple[str, bytes, str]:
@@ -86,4 +102,32 @@ class PurposeWSGIMiddleware:
         if refusal is not None:
             return refusal_response(refusal, start_response)
         environ[CLAIMS_KEY] = claims
+        return self.app(environ, start_response)
+
+
+class TxnTokenWSGIMiddleware:
+    """Require a valid Txn-Token (of `scope`, or per `routes`, whose purposes are scopes) before `app`."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        verifier: TxnTokenVerifier,
+        scope: str | None = None,
+        routes: RouteTable | None = None,
+    ) -> None:
+        if scope is not None and routes is not None:
+            raise ValueError("pass scope or routes, not both")
+        self.app = app
+        self.verifier = verifier
+        self.routes = routes if routes is not None else RouteTable.single(scope)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method, raw_path, path = environ_target(environ)
+        token, refusal = check_txn_request_sync(
+            self.verifier, self.routes, method, raw_path, path, environ_txn_values(environ)
+        )
+        if refusal is not None:
+            return refusal_response(refusal, start_response)
+        environ[TXN_KEY] = token
         return self.app(environ, start_response)

@@ -161,3 +161,34 @@ def postgres_dsn() -> str:
 
 
 MintFn = Callable[..., str]
+
+
+TRUST_DOMAIN = "trust-domain.example"
+TXN_SCOPE = "orders.place"
+
+
+def txn_claims(**overrides: Any) -> dict[str, Any]:
+    """A Txn-Token's claims as the exchange mints them (draft-ietf-oauth-transaction-tokens-10 §9.2)."""
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "iat": NOW,
+        "aud": TRUST_DOMAIN,
+        "exp": NOW + 300,
+        "txn": "97053963-771d-49cc-a4e3-20aad399c312",
+        "sub": "https://idp.example alice",
+        "scope": TXN_SCOPE,
+        "req_wl": "gateway",
+        "jti": uuid.uuid4().hex,
+        "sub_id": {"format": "iss_sub", "iss": "https://idp.example", "sub": "alice"},
+        "tctx": {"item": "sku-42", "quantity": 3},
+        "rctx": {"req_ip": "69.151.72.123"},
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def mint_txn(key: Key, claims: dict[str, Any] | None = None, *, alg: str = "ES256", **header: Any) -> str:
+    """Sign `claims` (default: txn_claims()) as a Txn-Token (typ txntoken+jwt) with `key`."""
+    return mint(
+        key, claims if claims is not None else txn_claims(), alg=alg, **{"typ": "txntoken+jwt", **header}
+    )

@@ -20,10 +20,23 @@ import httpx
 import pytest
 from joserfc.jwk import Key
 
-from exchange.ambassador import Ambassador
+from exchange.ambassador import Ambassador, AmbassadorConfig, build_ambassador
 from exchange.verify import PurposeTokenVerifier
 from exchange.verify.routes import Route, RouteTable
-from tests.verify.conftest import AUDIENCE, ISSUER, NOW, PURPOSE, base_claims, mint, public_jwks
+from exchange.verify.txn import TxnTokenVerifier
+from tests.verify.conftest import (
+    AUDIENCE,
+    ISSUER,
+    NOW,
+    PURPOSE,
+    TRUST_DOMAIN,
+    TXN_SCOPE,
+    base_claims,
+    mint,
+    mint_txn,
+    public_jwks,
+    txn_claims,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -347,3 +360,102 @@ class TestLogging:
             (401, "malformed", None),  # a stray "x" leaves the signature non-canonical base64url
         ]
         assert token not in repr(logs)
+
+
+class TestTxnTokens:
+    """Inside a trust domain: the ambassador checks the Txn-Token header (draft §12) and forwards it as is."""
+
+    @pytest.fixture
+    async def txn_ambassador(self, upstream: str, ec_key: Key) -> AsyncIterator[Ambassador]:
+        verifier = TxnTokenVerifier(
+            trust_domain=TRUST_DOMAIN, issuer=ISSUER, jwks=public_jwks(ec_key), clock=lambda: NOW
+        )
+        routes = RouteTable([Route(prefix="/open", open=True), Route(prefix="/orders", purpose=TXN_SCOPE),
+                             Route(prefix="/")])  # fmt: skip
+        app = Ambassador(upstream=upstream, verifier=None, routes=routes, txn_verifier=verifier,
+                         txn_routes=routes, timeout=1.0)  # fmt: skip
+        yield app
+        await app.aclose()
+
+    async def test_the_txn_token_is_verified_exposed_and_forwarded_unmodified(
+        self, txn_ambassador: Ambassador, ec_key: Key
+    ) -> None:
+        token = mint_txn(ec_key)
+        forged = {"X-Purpose-Txn-Claims": '{"req_wl":"admin"}'}
+        async with client_for(txn_ambassador) as client:
+            response = await client.get("/orders/1", headers={"Txn-Token": token, **forged})
+        assert response.status_code == 200
+        echo = response.json()
+        assert header_values(echo, "txn-token") == [token]
+        [exposed] = header_values(echo, "x-purpose-txn-claims")
+        claims = json.loads(exposed)
+        assert (claims["txn"], claims["req_wl"]) == ("97053963-771d-49cc-a4e3-20aad399c312", "gateway")
+        assert (
+            claims["tctx"] == {"item": "sku-42", "quantity": 3}
+            and claims["rctx"]["req_ip"] == "69.151.72.123"
+        )
+
+    @pytest.mark.parametrize(
+        ("headers", "status", "error"),
+        [
+            ({}, 403, "invalid_txn_token"),
+            ({"Txn-Token": "x.y.z"}, 403, "invalid_txn_token"),
+        ],
+    )
+    async def test_refusals_never_reach_the_upstream(
+        self, txn_ambassador: Ambassador, headers: dict[str, str], status: int, error: str
+    ) -> None:
+        async with client_for(txn_ambassador) as client:
+            response = await client.get("/orders/1", headers=headers)
+        assert (response.status_code, response.json()) == (status, {"error": error})
+        assert "x-upstream" not in response.headers and "www-authenticate" not in response.headers
+
+    async def test_scope_wrong_domain_and_two_tokens(self, txn_ambassador: Ambassador, ec_key: Key) -> None:
+        async with client_for(txn_ambassador) as client:
+            other_scope = await client.get(
+                "/orders/1", headers={"Txn-Token": mint_txn(ec_key, txn_claims(scope="x"))}
+            )
+            elsewhere = await client.get(
+                "/a", headers={"Txn-Token": mint_txn(ec_key, txn_claims(aud="other.example"))}
+            )
+            two = await client.get(
+                "/a", headers=[("Txn-Token", mint_txn(ec_key)), ("Txn-Token", mint_txn(ec_key))]
+            )
+            anywhere = await client.get("/a", headers={"Txn-Token": mint_txn(ec_key, txn_claims(scope="x"))})
+            open_route = await client.get("/open/x")
+        assert (other_scope.status_code, other_scope.json()) == (403, {"error": "insufficient_scope"})
+        assert (elsewhere.status_code, elsewhere.json()) == (403, {"error": "invalid_txn_token"})
+        assert (two.status_code, two.json()) == (400, {"error": "invalid_request"})
+        assert anywhere.status_code == open_route.status_code == 200
+
+    async def test_both_tokens_when_both_are_configured(self, upstream: str, ec_key: Key) -> None:
+        purpose = PurposeTokenVerifier(
+            issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key), clock=lambda: NOW
+        )
+        txn = TxnTokenVerifier(
+            trust_domain=TRUST_DOMAIN, issuer=ISSUER, jwks=public_jwks(ec_key), clock=lambda: NOW
+        )
+        app = Ambassador(upstream=upstream, verifier=purpose, routes=ROUTES, txn_verifier=txn, timeout=1.0)
+        try:
+            async with client_for(app) as client:
+                only_bearer = await client.get("/a", headers=bearer(ec_key))
+                both = await client.get("/a", headers={**bearer(ec_key), "Txn-Token": mint_txn(ec_key)})
+        finally:
+            await app.aclose()
+        assert (only_bearer.status_code, only_bearer.json()) == (403, {"error": "invalid_txn_token"})
+        echo = both.json()
+        assert header_values(echo, "x-purpose-sub") == ["alice"] and header_values(
+            echo, "x-purpose-txn-claims"
+        )
+
+    def test_the_config_builds_a_txn_only_ambassador(self, tmp_path: Path, ec_key: Key) -> None:
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps(public_jwks(ec_key)))
+        app = build_ambassador(AmbassadorConfig(upstream="http://127.0.0.1:9", issuer=ISSUER,
+                                                jwks_file=str(jwks), txn_trust_domain=TRUST_DOMAIN,
+                                                txn_scope=TXN_SCOPE))  # fmt: skip
+        assert app.verifier is None and app.txn_verifier is not None
+        with pytest.raises(ValueError):
+            build_ambassador(
+                AmbassadorConfig(upstream="http://127.0.0.1:9", issuer=ISSUER, jwks_file=str(jwks))
+            )

@@ -40,8 +40,9 @@ from tests.verify.conftest import PURPOSE
 
 ROUTES = RouteTable([Route(prefix="/open", open=True), Route(prefix="/", purpose=PURPOSE)])
 
-#: Read by the Django settings (a dotted path), set by the test before the app serves.
+#: Read by the Django settings (dotted paths), set by the test before the app serves.
 DJANGO_VERIFIER: PurposeTokenVerifier | None = None
+DJANGO_TXN_VERIFIER: Any = None  # a TxnTokenVerifier (tests/verify/frameworks/txn_apps.py)
 
 
 def asgi_middleware(verifier: PurposeTokenVerifier) -> Any:
@@ -182,10 +183,14 @@ def wsgi_middleware(verifier: PurposeTokenVerifier) -> Any:
     return PurposeWSGIMiddleware(app, verifier=verifier, routes=ROUTES)
 
 
-def _django(verifier: PurposeTokenVerifier, *, middleware: bool) -> Any:
+def configure_django(verifier: PurposeTokenVerifier | None) -> None:
+    """Django's settings, once per process (both the purpose-token and the Txn-Token variants)."""
     global DJANGO_VERIFIER
-    DJANGO_VERIFIER = verifier
+    if verifier is not None:
+        DJANGO_VERIFIER = verifier
     if not settings.configured:
+        from tests.verify.frameworks.txn_apps import TXN_ROUTES
+
         settings.configure(
             DEBUG=False,
             ALLOWED_HOSTS=["*"],
@@ -194,12 +199,17 @@ def _django(verifier: PurposeTokenVerifier, *, middleware: bool) -> Any:
             MIDDLEWARE=[],
             PURPOSE_TOKEN_VERIFIER="tests.verify.frameworks.apps.DJANGO_VERIFIER",
             PURPOSE_TOKEN_ROUTES=ROUTES,
+            TXN_TOKEN_VERIFIER="tests.verify.frameworks.apps.DJANGO_TXN_VERIFIER",
+            TXN_TOKEN_ROUTES=TXN_ROUTES,
             USE_TZ=True,
         )
         django.setup()
 
+
+def _django(verifier: PurposeTokenVerifier, *, middleware: bool) -> Any:
+    configure_django(verifier)
     settings.MIDDLEWARE = ["exchange.verify.django.PurposeTokenMiddleware"] if middleware else []
-    return WSGIHandler()
+    return WSGIHandler()  # reads MIDDLEWARE now
 
 
 def django_decorator(verifier: PurposeTokenVerifier) -> Any:

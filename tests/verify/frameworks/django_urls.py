@@ -6,8 +6,8 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from exchange.verify.django import require_purpose
-from tests.verify.conftest import PURPOSE
+from exchange.verify.django import require_purpose, require_txn_token
+from tests.verify.conftest import PURPOSE, TXN_SCOPE
 
 
 @require_purpose(PURPOSE)
@@ -26,4 +26,24 @@ def open_route(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-urlpatterns = [path("whoami", whoami), path("pay/<str:payment_id>", pay), path("open", open_route)]
+@require_txn_token(TXN_SCOPE)
+def order(request: HttpRequest) -> JsonResponse:
+    from tests.verify.frameworks.txn_apps import seen
+
+    return JsonResponse(seen(request.txn_token))  # type: ignore[attr-defined]
+
+
+@require_txn_token()
+def any_scope(request: HttpRequest) -> JsonResponse:
+    from tests.verify.frameworks.txn_apps import seen
+
+    return JsonResponse(seen(request.txn_token))  # type: ignore[attr-defined]
+
+
+urlpatterns = [
+    path("whoami", whoami),
+    path("pay/<str:payment_id>", pay),
+    path("open", open_route),
+    path("order", order),
+    path("any", any_scope),
+]
