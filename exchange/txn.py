@@ -144,7 +144,7 @@ class TransactionTokens:
             return await self._self_signed_subject(token, workload, now)
         if kind == TOKEN_TYPE_UNSIGNED_JSON:
             return self._unsigned_subject(token, workload, now)
-        verified = await self._trust.validate(token, kind, now=now)
+        verified = await self._trust.validate(token, kind, presenter=client, now=now)
         return TxnSubject(
             namespace=verified.issuer,
             sub=str(verified.claims["sub"]),

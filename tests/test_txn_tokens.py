@@ -58,6 +58,7 @@ client_id = "gateway"
 auth_method = "client_secret_basic"
 secret_hash = "{hashed}"
 purposes = ["orders.place", "orders.login", "payments.approve"]
+tokens_issued_to = ["shop-app"]            # the outside app whose users' tokens the gateway receives
 [[clients]]
 client_id = "orders"
 auth_method = "client_secret_basic"
@@ -178,9 +179,14 @@ def ask(
 
 
 def user_token(idp: FakeIdP, **claims: Any) -> str:
-    """An access token the gateway received from outside, scoped for orders."""
+    """An access token the gateway received from outside (issued to the shop's app), scoped for orders."""
     claims.setdefault("scope", "orders profile")
+    claims.setdefault("client_id", "shop-app")
     return idp.token(typ="at+jwt", **claims)
+
+
+def id_token(idp: FakeIdP) -> str:
+    return idp.token(azp="shop-app")
 
 
 def granted(resp: httpx.Response) -> dict[str, Any]:
@@ -328,10 +334,12 @@ class TestContext:
         )
 
     def test_a_purpose_without_a_details_type_takes_none(self, tts: Server, idp: FakeIdP) -> None:
-        resp = ask(tts, idp.token(), scope="orders.login", subject_token_type=ID_TOKEN, request_details=None)
+        resp = ask(
+            tts, id_token(idp), scope="orders.login", subject_token_type=ID_TOKEN, request_details=None
+        )
         assert "tctx" not in payload(granted(resp)["access_token"])
         refused(
-            ask(tts, idp.token(), scope="orders.login", subject_token_type=ID_TOKEN),
+            ask(tts, id_token(idp), scope="orders.login", subject_token_type=ID_TOKEN),
             400,
             "invalid_request",
             "request_details_not_accepted",
@@ -423,7 +431,7 @@ class TestSubjectScope:
         refused(resp, 400, "invalid_scope", "subject_scope_exceeded")  # §13.6
 
     def test_a_subject_of_unknown_scope_is_refused(self, tts: Server, idp: FakeIdP) -> None:
-        resp = ask(tts, idp.token(), subject_token_type=ID_TOKEN)  # an ID token has no scope
+        resp = ask(tts, id_token(idp), subject_token_type=ID_TOKEN)  # an ID token has no scope
         refused(resp, 400, "invalid_scope", "subject_scope_unknown")  # §13.14
         weird = ask(tts, user_token(idp, scope={"orders": True}))
         refused(weird, 400, "invalid_scope", "subject_scope_unknown")
@@ -434,7 +442,9 @@ class TestSubjectScope:
     def test_a_purpose_may_derive_an_unknown_scope_from_its_own_rules(
         self, tts: Server, idp: FakeIdP
     ) -> None:
-        resp = ask(tts, idp.token(), subject_token_type=ID_TOKEN, scope="orders.login", request_details=None)
+        resp = ask(
+            tts, id_token(idp), subject_token_type=ID_TOKEN, scope="orders.login", request_details=None
+        )
         assert payload(granted(resp)["access_token"])["scope"] == "orders.login"
 
 
