@@ -297,7 +297,8 @@ class TokenExchange:
                 details = policy.validate_details(request.authorization_details)
             except DenialError as exc:
                 raise _denial_error(exc.denial) from None
-            decision = await policy.evaluate(
+            await self._judge(
+                policy,
                 RuleContext(
                     subject=subject.claims,
                     issuer=subject.issuer,
@@ -308,12 +309,9 @@ class TokenExchange:
                     actor_chain=actor_chain(act),
                     now=now,
                     store=self._store,
-                )
+                ),
+                draft,
             )
-            draft.rules = tuple(decision.outcomes)
-            if not decision.allowed:
-                assert decision.denial is not None
-                raise _denial_error(decision.denial)
 
         with steps(MINT):
             claims = self._minter.claims(
@@ -373,7 +371,8 @@ class TokenExchange:
                 tctx, rctx = txn.grant(mapping, request, subject)
             except DenialError as exc:
                 raise _denial_error(exc.denial) from None
-            decision = await policy.evaluate(
+            await self._judge(
+                policy,
                 RuleContext(
                     subject=subject.claims,
                     issuer=subject.namespace,
@@ -383,12 +382,9 @@ class TokenExchange:
                     details=mapping.details(tctx),
                     now=now,
                     store=self._store,
-                )
+                ),
+                draft,
             )
-            draft.rules = tuple(decision.outcomes)
-            if not decision.allowed:
-                assert decision.denial is not None
-                raise _denial_error(decision.denial)
         with steps(MINT):
             claims = self._minter.txn_claims(
                 trust_domain=txn.trust_domain,
@@ -415,6 +411,15 @@ class TokenExchange:
             expires_in=claims.exp - int(now),
             scope=policy.name,
         )
+
+    @staticmethod
+    async def _judge(policy: PurposePolicy, ctx: RuleContext, draft: _Draft) -> None:
+        """The purpose's rules on this request; their outcomes go to the audit record. Raises the denial."""
+        decision = await policy.evaluate(ctx)
+        draft.rules = tuple(decision.outcomes)
+        if not decision.allowed:
+            assert decision.denial is not None
+            raise _denial_error(decision.denial)
 
     @staticmethod
     def _audience(request: TokenRequest, policy: PurposePolicy) -> str:

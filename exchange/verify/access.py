@@ -15,8 +15,8 @@ answered in the same refusal shape (403 without a challenge: a Txn-Token is not 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeVar
 
 from exchange.verify.bearer import (
     NO_ROUTE,
@@ -42,6 +42,7 @@ log = logging.getLogger("exchange.verify")
 
 Outcome = tuple[VerifiedClaims | None, Refusal | None]
 TxnOutcome = tuple[TxnToken | None, Refusal | None]
+T = TypeVar("T")
 
 
 def route_for(routes: RouteTable, method: str, raw_path: bytes, path: str) -> Route | Refusal:
@@ -53,30 +54,56 @@ def route_for(routes: RouteTable, method: str, raw_path: bytes, path: str) -> Ro
     return NO_ROUTE if route is None else route
 
 
+def guarded_route(routes: RouteTable, method: str, raw_path: bytes, path: str) -> Route | Refusal | None:
+    """The route whose token must be checked, the refusal, or None for an open route."""
+    route = route_for(routes, method, raw_path, path)
+    return None if isinstance(route, Route) and route.open else route
+
+
+def _decided(
+    token: str | Refusal, verify: Callable[[str], T], refuse: Callable[[VerificationError, str], Refusal]
+) -> tuple[T | None, Refusal | None]:
+    if isinstance(token, Refusal):
+        return None, token
+    try:
+        return verify(token), None
+    except VerificationError as exc:
+        return None, refuse(exc, token)
+
+
+async def _adecided(
+    token: str | Refusal,
+    verify: Callable[[str], Awaitable[T]],
+    refuse: Callable[[VerificationError, str], Refusal],
+) -> tuple[T | None, Refusal | None]:
+    if isinstance(token, Refusal):
+        return None, token
+    try:
+        return await verify(token), None
+    except VerificationError as exc:
+        return None, refuse(exc, token)
+
+
 async def check_token(
     verifier: PurposeTokenVerifier, credentials: Sequence[str | bytes], purpose: str | None, path: str
 ) -> Outcome:
     """Verify the bearer token among `credentials` (every value of the header) for `purpose`."""
-    token = read_bearer(credentials)
-    if isinstance(token, Refusal):
-        return None, token
-    try:
-        return await verifier.averify(token, purpose=purpose), None
-    except VerificationError as exc:
-        return None, _refused(exc, purpose, path, token)
+    return await _adecided(
+        read_bearer(credentials),
+        lambda token: verifier.averify(token, purpose=purpose),
+        lambda exc, token: _refused(exc, purpose, path, token),
+    )
 
 
 def check_token_sync(
     verifier: PurposeTokenVerifier, credentials: Sequence[str | bytes], purpose: str | None, path: str
 ) -> Outcome:
     """`check_token` for WSGI frameworks: the verifier's synchronous `verify` (it fetches keys itself)."""
-    token = read_bearer(credentials)
-    if isinstance(token, Refusal):
-        return None, token
-    try:
-        return verifier.verify(token, purpose=purpose), None
-    except VerificationError as exc:
-        return None, _refused(exc, purpose, path, token)
+    return _decided(
+        read_bearer(credentials),
+        lambda token: verifier.verify(token, purpose=purpose),
+        lambda exc, token: _refused(exc, purpose, path, token),
+    )
 
 
 async def check_request(
@@ -88,11 +115,9 @@ async def check_request(
     credentials: Sequence[str | bytes],
 ) -> Outcome:
     """Decide one request: (claims, None), (None, None) on an open route, or (None, refusal)."""
-    route = route_for(routes, method, raw_path, path)
-    if isinstance(route, Refusal):
+    route = guarded_route(routes, method, raw_path, path)
+    if not isinstance(route, Route):
         return None, route
-    if route.open:
-        return None, None
     return await check_token(verifier, credentials, route.purpose, path)
 
 
@@ -105,11 +130,9 @@ def check_request_sync(
     credentials: Sequence[str | bytes],
 ) -> Outcome:
     """`check_request` with the synchronous verifier, for WSGI frameworks."""
-    route = route_for(routes, method, raw_path, path)
-    if isinstance(route, Refusal):
+    route = guarded_route(routes, method, raw_path, path)
+    if not isinstance(route, Route):
         return None, route
-    if route.open:
-        return None, None
     return check_token_sync(verifier, credentials, route.purpose, path)
 
 
@@ -140,26 +163,22 @@ async def check_txn_token(
     verifier: TxnTokenVerifier, values: Sequence[str | bytes], scope: str | None, path: str
 ) -> TxnOutcome:
     """Verify the Txn-Token among `values` (every value of the header), of `scope` when given."""
-    token = read_txn_token(values)
-    if isinstance(token, Refusal):
-        return None, token
-    try:
-        return TxnToken(await verifier.averify(token, scope=scope), token), None
-    except VerificationError as exc:
-        return None, _txn_refused(exc, path, token)
+
+    async def verify(token: str) -> TxnToken:
+        return TxnToken(await verifier.averify(token, scope=scope), token)
+
+    return await _adecided(read_txn_token(values), verify, lambda exc, token: _txn_refused(exc, path, token))
 
 
 def check_txn_token_sync(
     verifier: TxnTokenVerifier, values: Sequence[str | bytes], scope: str | None, path: str
 ) -> TxnOutcome:
     """`check_txn_token` for WSGI frameworks: the verifier's synchronous `verify` (it fetches keys itself)."""
-    token = read_txn_token(values)
-    if isinstance(token, Refusal):
-        return None, token
-    try:
-        return TxnToken(verifier.verify(token, scope=scope), token), None
-    except VerificationError as exc:
-        return None, _txn_refused(exc, path, token)
+    return _decided(
+        read_txn_token(values),
+        lambda token: TxnToken(verifier.verify(token, scope=scope), token),
+        lambda exc, token: _txn_refused(exc, path, token),
+    )
 
 
 async def check_txn_request(
@@ -171,11 +190,9 @@ async def check_txn_request(
     values: Sequence[str | bytes],
 ) -> TxnOutcome:
     """Decide one request on its Txn-Token; a route's purpose is the Txn-Token scope it needs."""
-    route = route_for(routes, method, raw_path, path)
-    if isinstance(route, Refusal):
+    route = guarded_route(routes, method, raw_path, path)
+    if not isinstance(route, Route):
         return None, route
-    if route.open:
-        return None, None
     return await check_txn_token(verifier, values, route.purpose, path)
 
 
@@ -188,11 +205,9 @@ def check_txn_request_sync(
     values: Sequence[str | bytes],
 ) -> TxnOutcome:
     """`check_txn_request` with the synchronous verifier, for WSGI frameworks."""
-    route = route_for(routes, method, raw_path, path)
-    if isinstance(route, Refusal):
+    route = guarded_route(routes, method, raw_path, path)
+    if not isinstance(route, Route):
         return None, route
-    if route.open:
-        return None, None
     return check_txn_token_sync(verifier, values, route.purpose, path)
 
 

@@ -84,8 +84,39 @@ async def check_txn_scope(verifier: TxnTokenVerifier, routes: RouteTable, scope:
     )  # fmt: skip
 
 
-class PurposeMiddleware:
+class _Guard:
+    """What both middlewares do around their own check: pass lifespan through, send the refusal (or
+    close a WebSocket handshake), put what was verified in the scope's state, call the app."""
+
+    _state_key: str
+
+    def __init__(self, app: ASGIApp, routes: RouteTable) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def _check(self, scope: Scope) -> tuple[object | None, Refusal | None]:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan and friends pass through
+            return
+        verified, refusal = await self._check(scope)
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
+            else:
+                await send_refusal(send, refusal)
+            return
+        if verified is not None:
+            scope.setdefault("state", {})[self._state_key] = verified
+        await self.app(scope, receive, send)
+
+
+class PurposeMiddleware(_Guard):
     """Require a valid purpose token (of `purpose`, or per `routes`) before calling `app`."""
+
+    _state_key = CLAIMS_KEY
 
     def __init__(
         self,
@@ -95,27 +126,11 @@ class PurposeMiddleware:
         purpose: str | None = None,
         routes: RouteTable | None = None,
     ) -> None:
-        if purpose is not None and routes is not None:
-            raise ValueError("pass purpose or routes, not both")
-        self.app = app
+        super().__init__(app, RouteTable.chosen(routes, purpose, "purpose"))
         self.verifier = verifier
-        self.routes = routes if routes is not None else RouteTable.single(purpose)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)  # lifespan and friends pass through
-            return
-        claims, refusal = await check_scope(self.verifier, self.routes, scope)
-        if refusal is not None:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
-            else:
-                await send_refusal(send, refusal)
-            return
-        if claims is not None:
-            state = scope.setdefault("state", {})
-            state[CLAIMS_KEY] = claims
-        await self.app(scope, receive, send)
+    async def _check(self, scope: Scope) -> Outcome:
+        return await check_scope(self.verifier, self.routes, scope)
 
 
 def txn_token_from_scope(scope: Scope) -> TxnToken | None:
@@ -125,8 +140,10 @@ def txn_token_from_scope(scope: Scope) -> TxnToken | None:
     return token if isinstance(token, TxnToken) else None
 
 
-class TxnTokenMiddleware:
+class TxnTokenMiddleware(_Guard):
     """Require a valid Txn-Token (of `scope`, or per `routes`, whose purposes are scopes) before `app`."""
+
+    _state_key = TXN_KEY
 
     def __init__(
         self,
@@ -136,26 +153,8 @@ class TxnTokenMiddleware:
         scope: str | None = None,
         routes: RouteTable | None = None,
     ) -> None:
-        if scope is not None and routes is not None:
-            raise ValueError("pass scope or routes, not both")
-        self.app = app
+        super().__init__(app, RouteTable.chosen(routes, scope, "scope"))
         self.verifier = verifier
-        self.routes = routes if routes is not None else RouteTable.single(scope)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        token, refusal = await check_txn_request(
-            self.verifier, self.routes, scope.get("method", "GET"), raw_path(scope), scope["path"],
-            header_values(scope, TXN_TOKEN.encode("ascii")),
-        )  # fmt: skip
-        if refusal is not None:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
-            else:
-                await send_refusal(send, refusal)
-            return
-        if token is not None:
-            scope.setdefault("state", {})[TXN_KEY] = token
-        await self.app(scope, receive, send)
+    async def _check(self, scope: Scope) -> TxnOutcome:
+        return await check_txn_scope(self.verifier, self.routes, scope)

@@ -69,6 +69,13 @@ class RouteTable:
         return cls([Route(prefix="/", purpose=purpose)])
 
     @classmethod
+    def chosen(cls, routes: RouteTable | None, required: str | None, what: str = "purpose") -> RouteTable:
+        """A middleware's table: `routes`, or every request needing `required` (not both)."""
+        if required is not None and routes is not None:
+            raise ValueError(f"pass {what} or routes, not both")
+        return routes if routes is not None else cls.single(required)
+
+    @classmethod
     def from_config(cls, configs: Iterable[RouteConfig]) -> RouteTable:
         routes = []
         for config in configs:

@@ -29,7 +29,7 @@ from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, key_source
 from exchange.verify.jws import JWSVerifier
 from exchange.verify.strictjson import AmbiguousJSON, refuse_duplicates
-from exchange.verify.verifier import DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, REASON_OF
+from exchange.verify.verifier import DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, REASON_OF, check_window
 from schemas.algorithms import DEFAULT_ALGORITHMS
 from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
 from schemas.claims import TXN_TOKEN_TYPS, TxnClaims, txn_subject
@@ -147,13 +147,7 @@ class TxnTokenVerifier:
         if claims.aud != self.trust_domain:
             raise VerificationError("wrong_audience", f"aud {claims.aud!r} is not our trust domain")
         at = self._clock() if now is None else now
-        if at >= claims.exp + self._leeway:
-            raise VerificationError("expired", f"exp {claims.exp} passed (leeway {self._leeway}s)")
-        if claims.iat > at + self._leeway:
-            raise VerificationError("expired", f"iat {claims.iat} is in the future (not yet valid)")
-        lifetime = claims.exp - claims.iat
-        if not 0 < lifetime <= self._max_lifetime:
-            raise VerificationError("malformed", f"lifetime {lifetime}s outside (0, {self._max_lifetime}]")
+        check_window(claims.iat, claims.exp, at, leeway=self._leeway, max_lifetime=self._max_lifetime)
         if claims.sub != txn_subject(claims.sub_id.iss, claims.sub_id.sub):
             raise VerificationError("malformed", "sub does not name sub_id's subject")
         if scope is not None and claims.scope != scope:

@@ -160,13 +160,19 @@ class PurposeTokenVerifier:
         if claims.audience != self.audience:
             raise VerificationError("wrong_audience", f"aud {claims.audience!r}")
         at = self._clock() if now is None else now
-        if at >= claims.exp + self._leeway:
-            raise VerificationError("expired", f"exp {claims.exp} passed (leeway {self._leeway}s)")
-        if claims.iat > at + self._leeway:
-            raise VerificationError("expired", f"iat {claims.iat} is in the future (not yet valid)")
-        lifetime = claims.exp - claims.iat
-        if not 0 < lifetime <= self._max_lifetime:
-            raise VerificationError("malformed", f"lifetime {lifetime}s outside (0, {self._max_lifetime}]")
+        check_window(claims.iat, claims.exp, at, leeway=self._leeway, max_lifetime=self._max_lifetime)
         if purpose is not None and claims.purpose != purpose:
             raise VerificationError("wrong_purpose", f"token is for {claims.purpose!r}, not {purpose!r}")
         return claims, at
+
+
+def check_window(iat: int, exp: int, at: float, *, leeway: int, max_lifetime: int) -> None:
+    """The time checks every token the exchange mints gets: not expired, not issued in the future, a
+    lifetime in (0, max_lifetime]. Raises VerificationError."""
+    if at >= exp + leeway:
+        raise VerificationError("expired", f"exp {exp} passed (leeway {leeway}s)")
+    if iat > at + leeway:
+        raise VerificationError("expired", f"iat {iat} is in the future (not yet valid)")
+    lifetime = exp - iat
+    if not 0 < lifetime <= max_lifetime:
+        raise VerificationError("malformed", f"lifetime {lifetime}s outside (0, {max_lifetime}]")

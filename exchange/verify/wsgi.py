@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import quote_from_bytes
 
-from exchange.verify.access import check_request_sync, check_txn_request_sync
+from exchange.verify.access import Outcome, TxnOutcome, check_request_sync, check_txn_request_sync
 from exchange.verify.bearer import Refusal
 from exchange.verify.claims import VerifiedClaims
 from exchange.verify.routes import RouteTable
@@ -77,8 +77,31 @@ def refusal_response(refusal: Refusal, start_response: StartResponse) -> list[by
     return [body]
 
 
-class PurposeWSGIMiddleware:
+class _Guard:
+    """What both middlewares do around their own check: answer the refusal, or put what was verified
+    in the environ and call the app."""
+
+    _environ_key: str
+
+    def __init__(self, app: WSGIApp, routes: RouteTable) -> None:
+        self.app = app
+        self.routes = routes
+
+    def _check(self, environ: Environ) -> tuple[object | None, Refusal | None]:
+        raise NotImplementedError
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        verified, refusal = self._check(environ)
+        if refusal is not None:
+            return refusal_response(refusal, start_response)
+        environ[self._environ_key] = verified
+        return self.app(environ, start_response)
+
+
+class PurposeWSGIMiddleware(_Guard):
     """Require a valid purpose token (of `purpose`, or per `routes`) before calling `app`."""
+
+    _environ_key = CLAIMS_KEY
 
     def __init__(
         self,
@@ -88,25 +111,20 @@ class PurposeWSGIMiddleware:
         purpose: str | None = None,
         routes: RouteTable | None = None,
     ) -> None:
-        if purpose is not None and routes is not None:
-            raise ValueError("pass purpose or routes, not both")
-        self.app = app
+        super().__init__(app, RouteTable.chosen(routes, purpose, "purpose"))
         self.verifier = verifier
-        self.routes = routes if routes is not None else RouteTable.single(purpose)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _check(self, environ: Environ) -> Outcome:
         method, raw_path, path = environ_target(environ)
-        claims, refusal = check_request_sync(
+        return check_request_sync(
             self.verifier, self.routes, method, raw_path, path, environ_credentials(environ)
         )
-        if refusal is not None:
-            return refusal_response(refusal, start_response)
-        environ[CLAIMS_KEY] = claims
-        return self.app(environ, start_response)
 
 
-class TxnTokenWSGIMiddleware:
+class TxnTokenWSGIMiddleware(_Guard):
     """Require a valid Txn-Token (of `scope`, or per `routes`, whose purposes are scopes) before `app`."""
+
+    _environ_key = TXN_KEY
 
     def __init__(
         self,
@@ -116,18 +134,11 @@ class TxnTokenWSGIMiddleware:
         scope: str | None = None,
         routes: RouteTable | None = None,
     ) -> None:
-        if scope is not None and routes is not None:
-            raise ValueError("pass scope or routes, not both")
-        self.app = app
+        super().__init__(app, RouteTable.chosen(routes, scope, "scope"))
         self.verifier = verifier
-        self.routes = routes if routes is not None else RouteTable.single(scope)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _check(self, environ: Environ) -> TxnOutcome:
         method, raw_path, path = environ_target(environ)
-        token, refusal = check_txn_request_sync(
+        return check_txn_request_sync(
             self.verifier, self.routes, method, raw_path, path, environ_txn_values(environ)
         )
-        if refusal is not None:
-            return refusal_response(refusal, start_response)
-        environ[TXN_KEY] = token
-        return self.app(environ, start_response)
