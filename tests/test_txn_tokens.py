@@ -661,3 +661,74 @@ class TestReplacement:
             ).fetchall()
         conn.close()
         assert rows == [("gateway", "granted"), ("orders", "granted")]
+
+
+def test_txn_tokens_are_part_of_the_live_configuration(tmp_path: Path, idp: FakeIdP) -> None:
+    """A reload (exchange config reload) brings [txn_tokens] in, and changes it, like any purpose."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    config = tmp_path / "exchange.toml"
+    base = f'''
+issuer = "http://127.0.0.1:{port}"
+[store]
+url = "sqlite:///exchange.db"
+[[trusted_issuers]]
+issuer = "{idp.issuer}"
+jwks_file = "{idp.write_jwks(tmp_path / "idp.json")}"
+audiences = ["purpose-exchange"]
+algorithms = ["RS256"]
+[[clients]]
+client_id = "gateway"
+auth_method = "client_secret_basic"
+secret_hash = "{hash_secret(SECRET)}"
+purposes = ["orders.place"]
+tokens_issued_to = ["shop-app"]
+[[clients]]
+client_id = "orders"
+auth_method = "client_secret_basic"
+secret_hash = "{hash_secret(SECRET)}"
+purposes = ["orders.place"]
+[purposes."orders.place"]
+audience = "https://orders.internal"
+'''
+    txn = f'''
+[txn_tokens]
+trust_domain = "{TRUST_DOMAIN}"
+[[txn_tokens.workloads]]
+client_id = "gateway"
+[[txn_tokens.workloads]]
+client_id = "orders"
+subject_token_types = ["txn_token"]
+[purposes."orders.place".txn_token]
+subject_scopes = ["orders"]
+'''
+    config.write_text(base)
+    server = Server(config, port)
+
+    def reload() -> None:
+        exe = str(Path(sys.executable).with_name("exchange"))
+        command = [exe, "config", "reload", "--config", str(config)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+    try:
+        server.wait_ready()
+        before = ask(server, user_token(idp), request_details=None, request_context=None)
+        assert before.json()["error_description"] == "unsupported requested_token_type"
+        config.write_text(base + txn)
+        reload()
+        token = granted(ask(server, user_token(idp), request_details=None, request_context=None))[
+            "access_token"
+        ]
+        # A token issued before the next reload is still replaceable after it: our own keys carry over.
+        config.write_text(base + txn.replace("[txn_tokens]", "[txn_tokens]\nttl = 200"))
+        reload()
+        bare = {"request_details": None, "request_context": None}
+        replaced = ask(server, token, workload="orders", subject_token_type=TXN, **bare)
+        assert payload(granted(replaced)["access_token"])["req_wl"] == "gateway,orders"
+        fresh = payload(granted(ask(server, user_token(idp), **bare))["access_token"])
+        assert 0 < fresh["exp"] - fresh["iat"] <= 200
+    finally:
+        server.stop()
