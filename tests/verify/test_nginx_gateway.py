@@ -21,7 +21,18 @@ from typing import Any
 import pytest
 from joserfc.jwk import Key
 
-from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, base_claims, mint, public_jwks
+from tests.verify.conftest import (
+    AUDIENCE,
+    ISSUER,
+    PURPOSE,
+    TRUST_DOMAIN,
+    TXN_SCOPE,
+    base_claims,
+    mint,
+    mint_txn,
+    public_jwks,
+    txn_claims,
+)
 from tests.verify.test_ambassador import ROOT, free_port, start, stop
 
 sys.path.insert(0, str(ROOT / "bench"))  # the benches' nginx helpers: one way to run nginx here
@@ -211,3 +222,60 @@ class TestNoBypass:
         good = token(ec_key)
         status, _, _ = raw(front, request("GET", "/accounts/1", [*good, ("Authorization", "Bearer junk")]))
         assert status not in range(200, 400)
+
+
+@pytest.fixture(scope="module")
+def txn_front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+    """The same docs block in front of a gateway that checks Txn-Tokens only (--txn-trust-domain)."""
+    binary = nginx_binary()
+    work = tmp_path_factory.mktemp("nginx-txn-gateway")
+    (work / "jwks.json").write_text(json.dumps(public_jwks(ec_key)))
+    up_port, gw_port, listen = free_port(), free_port(), free_port()
+    upstream = start(
+        [sys.executable, "-m", "uvicorn", "tests.verify.upstream_app:app", "--host", "127.0.0.1",
+         "--port", str(up_port), "--log-level", "warning", "--no-access-log"], up_port,
+    )  # fmt: skip
+    gateway = start(
+        [str(Path(sys.executable).parent / "exchange"), "gateway", "--proxy", "nginx",
+         "--listen", f"127.0.0.1:{gw_port}", "--issuer", ISSUER, "--txn-trust-domain", TRUST_DOMAIN,
+         "--txn-scope", TXN_SCOPE, "--jwks-file", str(work / "jwks.json")], gw_port,
+    )  # fmt: skip
+    block = nginx.docs_gateway_block(
+        ROOT / "docs" / "VERIFY.md", listen=listen, upstream=up_port, gateway=gw_port
+    )
+    front = start(nginx.argv(binary, nginx.write_config(work, block)), listen)
+    try:
+        yield listen
+    finally:
+        for process in (front, gateway, upstream):
+            stop(process)
+
+
+def txn_token(key: Key, **claims: Any) -> str:
+    now = int(time.time())
+    return mint_txn(key, txn_claims(iat=now, exp=now + 300, **claims))
+
+
+class TestTxnTokens:
+    def test_a_txn_token_reaches_the_upstream_unmodified_with_its_claims(
+        self, txn_front: int, ec_key: Key
+    ) -> None:
+        value = txn_token(ec_key)
+        forged = [("X-Purpose-Txn-Claims", '{"req_wl":"admin"}')]
+        status, _, body = raw(txn_front, request("GET", "/orders/1", [("Txn-Token", value), *forged]))
+        assert status == 200, body
+        headers = echoed(body)["header_map"]
+        assert headers["txn-token"] == [value]
+        [claims] = headers["x-purpose-txn-claims"]
+        assert json.loads(claims)["req_wl"] == "gateway"
+
+    @pytest.mark.parametrize("claims", [{"aud": "other.example"}, {"scope": "orders.read"}])
+    def test_refused_txn_tokens_never_reach_the_upstream(
+        self, txn_front: int, ec_key: Key, claims: dict[str, Any]
+    ) -> None:
+        status, _, body = raw(
+            txn_front, request("GET", "/orders/1", [("Txn-Token", txn_token(ec_key, **claims))])
+        )
+        assert status == 403 and b"x-upstream" not in body.lower()
+        status, _, _ = raw(txn_front, request("GET", "/orders/1"))
+        assert status == 403
