@@ -151,6 +151,18 @@ class SubjectTokenInvalid(InvalidRequest):
         super().__init__(f"{which} is invalid", reason=f"{which}:{reason}")
 
 
+class IssuerKeysUnavailable(TemporarilyUnavailable):
+    """The token's issuer is trusted but its keys could not be fetched: the token cannot be judged
+    either way, and that is not the client's fault. 503 with `Retry-After`, so the (authenticated)
+    client retries instead of sending its user to sign in again for a token that may be fine."""
+
+    def __init__(self, *, which: str = "subject_token") -> None:
+        super().__init__(
+            f"the keys of the {which}'s issuer cannot be fetched right now; retry later",
+            reason=f"{which}:jwks_unavailable",
+        )
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; each problem is one clear line naming the key."""
 

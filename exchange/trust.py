@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from exchange import devidp
-from exchange.errors import SubjectTokenInvalid
+from exchange.errors import IssuerKeysUnavailable, SubjectTokenInvalid
 from exchange.verify.compact import JWSError, split_compact
 from exchange.verify.jwks import KeySource, key_source
 from exchange.verify.jws import JWSVerifier
@@ -114,6 +114,8 @@ class SubjectTrust:
         try:
             verified = await issuer.jws.verify(parts, issuer.keys)
         except JWSError as exc:
+            if exc.problem == "jwks_unavailable":
+                raise IssuerKeysUnavailable(which=which) from None
             raise fail(exc.problem) from None
 
         _check_claims(issuer, claims, fail, time.time() if now is None else now)

@@ -83,9 +83,14 @@ def test_readyz_degrades_when_an_issuers_jwks_stops_answering_and_recovers(tmp_p
         assert named[f"issuer {DOWN}"]["status"] == "down"
         assert "cannot be fetched" in named[f"issuer {DOWN}"]["detail"]
 
-        # A token of the issuer whose keys cannot be had: refused, and the audit says why.
-        assert exchange(FakeIdP(DOWN, "idp_ec", "ES256").token(), "down-1").status_code == 400
+        # A token of the issuer whose keys cannot be had cannot be judged: 503, retry later (not the
+        # opaque 400 that would send the user to sign in again), and the audit says why.
+        down = exchange(FakeIdP(DOWN, "idp_ec", "ES256").token(), "down-1")
+        assert (down.status_code, down.headers["retry-after"]) == (503, "2"), down.text
+        assert down.json()["error"] == "temporarily_unavailable"
+        assert "access_token" not in down.json()
         assert server.audit("down-1")["reason"] == "subject_token:jwks_unavailable"
+        assert server.audit("down-1")["decision"] == "denied"
 
         # A made-up kid within the steady issuer's cooldown is not looked for again, and that shows.
         assert exchange(steady_idp.token(header={"kid": "made-up"}), "suppressed-1").status_code == 400
@@ -98,7 +103,7 @@ def test_readyz_degrades_when_an_issuers_jwks_stops_answering_and_recovers(tmp_p
         time.sleep(1.2)
         flaky.httpd.shutdown()
         flaky.httpd.server_close()
-        assert exchange(rotated.token(), "flaky-down").status_code == 400
+        assert exchange(rotated.token(), "flaky-down").status_code == 503
         assert server.audit("flaky-down")["reason"] == "subject_token:jwks_unavailable"
         status, overall, named = checks(server)
         assert (status, overall) == (200, "degraded")

@@ -130,7 +130,7 @@ def rules_explain(
         source = "claims" if claims is not None else "subject_token"
         subject, issuer = claims or {}, str((claims or {}).get("iss", "-"))
         if token is not None:
-            from exchange.errors import SubjectTokenInvalid
+            from exchange.errors import IssuerKeysUnavailable, SubjectTokenInvalid
             from exchange.trust import subject_trust
 
             try:
@@ -138,7 +138,7 @@ def rules_explain(
                 verified = await subject_trust(settings).validate(
                     token, subject_token_type, presenter=presenter, now=time.time()
                 )
-            except SubjectTokenInvalid as exc:
+            except (SubjectTokenInvalid, IssuerKeysUnavailable) as exc:
                 return _refused(source, policy, client_id, exc.reason or "subject_token:invalid")
             subject, issuer = dict(verified.claims), verified.issuer
         refusal = _client_refusal(settings, client_id, policy.name)
