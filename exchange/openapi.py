@@ -137,7 +137,9 @@ def document(settings: Settings) -> dict[str, Any]:
                             error, "A rate limit was reached (`denial`: rate_limited).", headers=_RETRY_AFTER
                         ),
                         "503": _json(
-                            error, "Temporarily unavailable (the store, or a trusted issuer's keys); retry.", headers=_RETRY_AFTER
+                            error,
+                            "Temporarily unavailable (the store, or a trusted issuer's keys); retry.",
+                            headers=_RETRY_AFTER,
                         ),
                     },
                 }
