@@ -16,15 +16,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -35,13 +32,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange import devlogin, health, openapi, reload
 from exchange.audit import Auditor, DenialTally
+from exchange.endpoint import Front, TokenEndpoint, bind_request_id, error_body, error_headers
 from exchange.errors import (
     UNAVAILABLE_RETRY_AFTER,
     ConfigError,
-    InvalidClient,
     InvalidRequest,
     OAuthError,
-    RequestTimeout,
     ServerError,
 )
 from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, PublishedKeys, load_kek
@@ -55,19 +51,14 @@ from exchange.store import make_store
 from exchange.store.base import Store, StoreUnavailable
 from exchange.telemetry import ServiceMetrics
 from exchange.tokens import Minter
-from exchange.tracing import RequestTrace, Tracing
+from exchange.tracing import Tracing
 from exchange.verify.jwks import JWKSCache
 from rules import PolicyError, compile_policies
 from schemas.config import Settings
-from schemas.records import AuditRecord
-from schemas.wire import ErrorResponse, TokenRequest
+from schemas.wire import ErrorResponse
 
 log = structlog.get_logger("exchange.app")
 _encode = msgspec.json.Encoder().encode
-_FORM_FIELDS = frozenset(f for f in TokenRequest.__struct_fields__ if f not in {"audience", "resource"})
-# What a caller's X-Request-ID may be: it is written to logs, the audit trail and a response header.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PURGE_SECONDS = 60.0
 # Retention deletes at most PURGE_BATCHES * PURGE_BATCH audit records per sweep, PURGE_BATCH at a time.
 PURGE_BATCH = 10_000
@@ -170,85 +161,17 @@ async def build_runtime(
     )
 
 
-def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
-    """RFC 6749 §3.2: form-encoded, each parameter at most once (audience/resource may repeat, RFC 8693)."""
-    try:
-        pairs = parse_qsl(
-            body.decode("utf-8"),
-            keep_blank_values=False,
-            strict_parsing=False,
-            max_num_fields=max_fields,
-            errors="strict",  # bad percent-encoded UTF-8 is an error, not a silent U+FFFD
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("malformed form body") from None
-    single: dict[str, str] = {}
-    audience: list[str] = []
-    resource: list[str] = []
-    for name, value in pairs:
-        if name == "audience":
-            audience.append(value)
-        elif name == "resource":
-            resource.append(value)
-        elif name in _FORM_FIELDS:
-            if name in single:
-                raise InvalidRequest(f"parameter {name} is repeated")
-            single[name] = value
-        # Unknown parameters are ignored (RFC 6749 §3.2).
-    return TokenRequest(audience=tuple(audience), resource=tuple(resource), **single)
-
-
-def _error_body(exc: OAuthError) -> bytes:
-    return _encode(
-        ErrorResponse(
-            error=exc.error,
-            error_description=exc.description,
-            denial=exc.denial,
-            acr_values=exc.acr_values,
-            max_age=exc.max_age,
-        )
-    )
-
-
-def _error_headers(exc: OAuthError) -> dict[str, str]:
-    headers = dict(NO_STORE)
-    if isinstance(exc, InvalidClient) and exc.basic:
-        headers["WWW-Authenticate"] = 'Basic realm="purpose-exchange"'
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, RequestTimeout):
-        headers["Connection"] = "close"  # RFC 9110 §15.5.9: the rest of that request is not wanted
-    return headers
-
-
-_NO_STORE_RAW = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-
-
-def request_id(given: str | None) -> str:
-    """The caller's X-Request-ID when it is a safe token (1-64 of `A-Za-z0-9._:-`), else a fresh one.
-
-    Validated before anything else sees it: a header may carry any byte a server lets through (bytes
-    over 0x7F, tabs, kilobytes), and this value lands in terminals, JSON logs and audit queries.
-    """
-    if given is not None and _REQUEST_ID.fullmatch(given):
-        return given
-    return secrets.token_hex(8)
-
-
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Every HTTP request gets its id here, once: bound to the log context (every log line of the
-    request carries it), kept in the request state for handlers, and echoed as `X-Request-ID`."""
+    """Every HTTP request to a litestar route gets its id here, once: bound to the log context (every
+    log line of the request carries it), kept in the request state for handlers, and echoed as
+    `X-Request-ID` (the front's /token does the same itself, exchange/endpoint.py)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = request_id(None if given is None else given.decode("latin-1"))
+        rid = bind_request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = rid
-        # Each request is its own task, but start clean anyway: no id may leak into another request.
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
         echo = (b"x-request-id", rid.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
@@ -261,74 +184,16 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def _peer(scope: Scope) -> str | None:
-    """The TCP peer's address (behind a proxy: the proxy's). Forwarded headers are not trusted here."""
-    client = scope.get("client")
-    return None if not client else str(client[0])[:64]
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    # Header names arrive lower-cased (ASGI spec); latin-1 is how HTTP header bytes map to text.
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-
-
-async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes:
-    """The whole body, at most `limit` bytes, within `seconds` in all (not per chunk: a client
-    sending a byte a second would keep a per-chunk timer alive forever)."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await _receive_body(receive, limit)
-    except TimeoutError:
-        raise RequestTimeout("the request body did not arrive in time") from None
-
-
-async def _receive_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Any = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest("request body too large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    start: Any = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *headers,
-        ],
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_error(send: Send, exc: OAuthError, trace: RequestTrace | None = None) -> None:
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _error_headers(exc).items()]
-    if trace is not None:
-        headers.append(trace.response_header)
-    await _send(send, exc.status, _error_body(exc), headers)
-
-
 def error_response(exc: OAuthError) -> Response[bytes]:
     """The same RFC 6749 §5.2 answer as /token's, for litestar routes and handlers."""
     return Response(
-        _error_body(exc), status_code=exc.status, media_type="application/json", headers=_error_headers(exc)
+        error_body(exc), status_code=exc.status, media_type="application/json", headers=error_headers(exc)
     )
 
 
 def create_app(
     settings: Settings, *, clock: Callable[[], float] = time.time, config_file: Path | None = None
-) -> Litestar:
+) -> Front:
     """The ASGI app for these settings. Nothing is opened until the lifespan starts. With `config_file`
     (what `exchange serve` runs), SIGHUP reloads purposes, clients and trusted issuers from it."""
 
@@ -364,7 +229,7 @@ def create_app(
             background.append(asyncio.create_task(_snapshots(runtime, run_dir), name="snapshots"))
         if config_file is not None:
             runtime.reloader = _reloader(runtime, config_file, run_dir)
-        app.state.runtime = runtime
+        app.state.runtime = endpoint.runtime = runtime
         log.info(
             "service_started",
             issuer=settings.issuer,
@@ -389,52 +254,15 @@ def create_app(
     jwks_headers = {"Cache-Control": f"public, max-age={settings.signing.jwks_max_age}"}
     openapi_document = _encode(openapi.document(settings))
 
-    # /token is a bare ASGI route: it is the hot path, and litestar's request parsing and response
-    # machinery cost about as much as the exchange's own work. Everything else stays idiomatic.
+    # POST /token is answered by the endpoint before litestar (Front); the route here takes the other
+    # spellings of the path litestar routes to it. Everything else stays idiomatic litestar.
+    endpoint = TokenEndpoint(
+        max_body_bytes=settings.limits.max_body_bytes, body_timeout=settings.limits.body_timeout, clock=clock
+    )
+
     @asgi("/token", copy_scope=False)
     async def token(scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            if scope.get("method") != "POST":
-                await _send(
-                    send,
-                    405,
-                    b'{"error":"invalid_request","error_description":"use POST"}',
-                    [(b"allow", b"POST")],
-                )
-                return
-            headers = _headers(scope)
-            rid: str = scope["state"]["request_id"]  # validated by request_id_middleware
-            runtime: Runtime = scope["app"].state.runtime
-            try:
-                ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-                if ctype != "application/x-www-form-urlencoded":
-                    raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-                body = await _read_body(receive, settings.limits.max_body_bytes, settings.limits.body_timeout)
-                form = parse_form(body)
-            except OAuthError as exc:  # refused before the exchange, so before any client authenticated
-                log.info("http_request", method="POST", path="/token", status=exc.status, error=exc.error,
-                         error_description=exc.description, request_id=rid)  # fmt: skip
-                runtime.tally.count(
-                    AuditRecord(
-                        time=clock(), request_id=rid, decision="denied", error=exc.error, reason=exc.reason
-                    ),
-                    _peer(scope),
-                )
-                await _send_error(send, exc)
-                return
-            trace = runtime.tracing.start(headers) if runtime.tracing is not None else None
-            try:
-                answer = await runtime.exchange.handle(
-                    form, headers.get("authorization"), rid, source=_peer(scope), trace=trace
-                )
-            except OAuthError as exc:
-                await _send_error(send, exc, trace)
-                return
-            extra = _NO_STORE_RAW if trace is None else [*_NO_STORE_RAW, trace.response_header]
-            await _send(send, 200, _encode(answer), extra)
-        except Exception as exc:  # never a stack trace, never an HTML page
-            log.error("unhandled_error", error=exc.__class__.__name__)
-            await _send_error(send, ServerError("internal error"))
+        await endpoint.handle(scope, receive, send, scope["state"]["request_id"])  # set by the middleware
 
     @get("/.well-known/jwks.json", middleware=[_request_line])
     async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -505,14 +333,17 @@ def create_app(
     if settings.dev_issuer is not None:
         # The dev identity provider's sign-in pages: only with [dev_issuer], like its trust.
         routes.append(devlogin.routes(settings.dev_issuer, store_of=lambda app: app.state.runtime.store))
-    return Litestar(
-        route_handlers=routes,
-        lifespan=[lifespan],
-        exception_handlers={HTTPException: on_http_error, Exception: on_crash},
-        middleware=[request_id_middleware],
-        request_max_body_size=settings.limits.max_body_bytes,
-        openapi_config=None,
-        debug=False,
+    return Front(
+        Litestar(
+            route_handlers=routes,
+            lifespan=[lifespan],
+            exception_handlers={HTTPException: on_http_error, Exception: on_crash},
+            middleware=[request_id_middleware],
+            request_max_body_size=settings.limits.max_body_bytes,
+            openapi_config=None,
+            debug=False,
+        ),
+        endpoint,
     )
 
 
@@ -651,7 +482,7 @@ def _version() -> str:
         return "unknown"
 
 
-def app_from_env() -> Litestar:
+def app_from_env() -> Front:
     """Factory for ASGI servers: reads the config named by $EXCHANGE_CONFIG."""
     from exchange.config import config_path, load_settings
 

@@ -504,3 +504,32 @@ class TestDiscovery:
         resp = httpx.get(f"{server.url}/token")
         assert resp.status_code == 405
         assert resp.json()["error"] == "invalid_request"
+
+    @pytest.mark.parametrize("path", ["/token/", "//token"])
+    def test_another_spelling_of_the_token_path_gets_the_same_answers(
+        self, server: Server, idp: FakeIdP, path: str
+    ) -> None:
+        # /token itself is answered before litestar; the spellings litestar normalises reach the same
+        # endpoint through it, with the same headers.
+        def answers(at: str, **form: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+            resp = httpx.post(
+                f"{server.url}{at}",
+                data=exchange_form(idp.token(), **form),
+                headers={"X-Request-ID": "spelling-1"},
+            )
+            kept = {k: resp.headers.get(k, "") for k in ("cache-control", "pragma", "x-request-id")}
+            return resp.status_code, resp.json(), kept
+
+        no_grant = answers(path, grant_type="nope")
+        assert no_grant == answers("/token", grant_type="nope")
+        assert no_grant[0] == 400 and no_grant[1]["error"] == "unsupported_grant_type"
+        never_stored = {"cache-control": "no-store", "pragma": "no-cache"}
+        assert no_grant[2] == {**never_stored, "x-request-id": "spelling-1"}
+        status, body, headers = answers(path)
+        assert (status, headers["cache-control"]) == (200, "no-store")
+        assert body["token_type"] == "Bearer"
+
+    def test_a_bad_host_header_is_refused_on_the_token_path_too(self, server: Server) -> None:
+        resp = httpx.post(f"{server.url}/token", headers={"Host": "bad host"}, content=b"")
+        assert resp.status_code == 400
+        assert resp.json() == {"error": "invalid_request", "error_description": "Invalid host header"}

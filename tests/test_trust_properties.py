@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.app import parse_form
+from exchange.endpoint import parse_form
 from exchange.errors import InvalidRequest, SubjectTokenInvalid
 from exchange.trust import SubjectTrust
 from exchange.verify import StaticJWKS
 from schemas.config import Client, TrustedIssuer
-from schemas.wire import TOKEN_TYPE_JWT
+from schemas.wire import TOKEN_TYPE_JWT, TokenRequest
 from tests.idp import FakeIdP
 
 IDP = FakeIdP("https://idp.example.com", "idp_ec", "ES256")
@@ -79,3 +80,47 @@ def test_arbitrary_form_bodies_are_parsed_or_refused_cleanly(body: bytes) -> Non
         parse_form(body)
     except InvalidRequest:
         pass
+
+
+def parsed_by_parse_qsl(body: bytes) -> TokenRequest | str:
+    """What the form parser answered when it was urllib's parse_qsl (the reference): the request, or
+    the description of its refusal."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), max_num_fields=32, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return "malformed form body"
+    single: dict[str, str] = {}
+    many: dict[str, list[str]] = {"audience": [], "resource": []}
+    for name, value in pairs:
+        if name in many:
+            many[name].append(value)
+        elif name in TokenRequest.__struct_fields__:
+            if name in single:
+                return f"parameter {name} is repeated"
+            single[name] = value
+    return TokenRequest(audience=tuple(many["audience"]), resource=tuple(many["resource"]), **single)
+
+
+def parsed(body: bytes) -> TokenRequest | str:
+    try:
+        return parse_form(body)
+    except InvalidRequest as exc:
+        return exc.description
+
+
+_PIECES = st.sampled_from(
+    ["grant_type", "scope", "audience", "resource", "client_id", "subject_token", "x", "",
+     "=", "&", "+", "%", "%2", "%41", "%zz", "%C3%A9", "%C3", "%FF", "%00", "a+b", "é", "\x00", ";"]
+)  # fmt: skip
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=600), st.lists(_PIECES, max_size=60).map(lambda p: "".join(p).encode())))
+def test_the_form_parser_reads_exactly_what_parse_qsl_reads(body: bytes) -> None:
+    assert parsed(body) == parsed_by_parse_qsl(body)
+
+
+def test_a_form_with_too_many_fields_is_refused_like_parse_qsl_refuses_it() -> None:
+    body = b"&".join([b"scope=a"] + [b"x=1"] * 31)
+    assert parsed(body) == parsed_by_parse_qsl(body) != "malformed form body"
+    assert parsed(body + b"&x=1") == parsed_by_parse_qsl(body + b"&x=1") == "malformed form body"
