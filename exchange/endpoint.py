@@ -210,14 +210,20 @@ class TokenEndpoint:
                 return
             runtime = self.runtime
             assert runtime is not None, "the lifespan has not started"
-            # Header names arrive lower-cased (ASGI spec); the last of a repeated header counts.
+            # Header names arrive lower-cased (ASGI spec). A repeated Content-Type or Authorization is
+            # refused: which one counts would depend on who reads the request (a proxy, us).
             ctype = authorization = None
+            repeated = False
             for name, value in scope["headers"]:
                 if name == b"content-type":
+                    repeated |= ctype is not None
                     ctype = value
                 elif name == b"authorization":
+                    repeated |= authorization is not None
                     authorization = value
             try:
+                if repeated:
+                    raise InvalidRequest("the Content-Type or Authorization header is repeated")
                 if ctype is None or ctype.decode("latin-1").split(";", 1)[0].strip().lower() != _FORM:
                     raise InvalidRequest("the body must be application/x-www-form-urlencoded")
                 body = await _read_body(receive, self._max_body, self._timeout)

@@ -279,6 +279,28 @@ class TestSecrets:
             challenge=True,
         )
 
+    def test_a_repeated_authorization_or_content_type_header_is_refused(
+        self, auth_server: Server, idp: FakeIdP
+    ) -> None:
+        # Two credentials in one request: which one counts would depend on who reads it (a proxy that
+        # logs the first, a server that takes the last). Refused whichever order, before any client
+        # authenticates, and no token.
+        from urllib.parse import urlencode
+
+        body = urlencode(export_form(idp, client_id=None))
+        form = ("content-type", "application/x-www-form-urlencoded")
+        good = ("authorization", basic("backoffice", CLIENT_SECRET)["Authorization"])
+        other = ("authorization", basic("batch", CLIENT_SECRET)["Authorization"])
+        for headers in ([form, good, other], [form, other, good], [form, good, good], [form, form, good]):
+            resp = httpx.post(f"{auth_server.url}/token", content=body, headers=headers, timeout=10)
+            assert resp.status_code == 400, (headers, resp.text)
+            assert resp.json()["error"] == "invalid_request"
+            assert "repeated" in resp.json()["error_description"]
+            assert "access_token" not in resp.json()
+        # One of each is fine.
+        resp = httpx.post(f"{auth_server.url}/token", content=body, headers=[form, good], timeout=10)
+        assert granted_to(resp) == "backoffice"
+
     def test_a_challenge_only_when_basic_was_used(self, auth_server: Server, idp: FakeIdP) -> None:
         wrong = "wrong-secret-0000000000"
         assert_invalid_client(
