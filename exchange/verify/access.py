@@ -3,7 +3,8 @@
 Every integration (ASGI, Starlette/FastAPI, Litestar, Flask, Django, WSGI), the ambassador and the
 gateway call these and render the `Refusal` they return; none of them decides on its own. Steps, in
 order: a non-canonical method or path is refused (400, never normalised: the service behind us must
-not resolve a path we matched differently); the route table picks the purpose (no route: 404, open:
+not resolve a path we matched differently), and so is a path whose route depends on letter case (an
+upstream may ignore case); the route table picks the purpose (no route: 404, open:
 no token); all values of the credentials header are read (two of them: 400); the token is verified.
 
 The Txn-Token (draft-ietf-oauth-transaction-tokens-10 §12) is the second token kind: the same steps
@@ -51,6 +52,9 @@ def route_for(routes: RouteTable, method: str, raw_path: bytes, path: str) -> Ro
     if problem is not None:
         return non_canonical(problem)
     route = routes.match(method, path)
+    case = routes.case_problem(method, path, route)
+    if case is not None:
+        return non_canonical(case)
     return NO_ROUTE if route is None else route
 
 

@@ -2,7 +2,15 @@
 
 Used by the ASGI middleware and the ambassador. Rules are tried in order and the first match wins, like
 a firewall: put specific prefixes before general ones. A request no rule matches is refused (404):
-forgetting a route must close it, not open it.
+forgetting a route must close it, not open it. Two mistakes are refused rather than run:
+
+- a table where a route can never win for some of its methods, because an earlier route of a shorter
+  (or the same) prefix takes those requests first (`/` open, then `/admin`: the admin rule would never
+  apply); `ValueError` when the table is built;
+- a request whose route depends on letter case (`/ADMIN/x` matching the catch-all where `/admin/x`
+  matches the admin rule): many upstreams route case-insensitively (Express by default, ASP.NET, IIS,
+  anything on a case-insensitive file system), so it is refused (400 `path_case_ambiguous`) rather
+  than guessed at, like a non-canonical path.
 
 TOML form (`--routes FILE`):
 
@@ -53,15 +61,44 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     def matches(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
-        # Segment-aware: "/pay" covers "/pay" and "/pay/x", never "/payments".
-        if self.prefix.endswith("/"):
-            return path.startswith(self.prefix) or path == self.prefix[:-1]
-        return path == self.prefix or path.startswith(self.prefix + "/")
+        return _under(path, self.prefix)
+
+    def takes_first(self, later: Route) -> bool:
+        """True when this route, placed before `later`, takes some of the requests `later` names:
+        its prefix is `later`'s or a shorter one covering it, and their methods overlap."""
+        methods = self.methods is None or later.methods is None or not self.methods.isdisjoint(later.methods)
+        return methods and _covers(self.prefix, later.prefix)
+
+
+def _under(path: str, prefix: str) -> bool:
+    # Segment-aware: "/pay" covers "/pay" and "/pay/x", never "/payments".
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _covers(outer: str, inner: str) -> bool:
+    """Every path under prefix `inner` is under prefix `outer` ("/pay" and "/pay/" name the same paths)."""
+    base = inner[:-1] if inner.endswith("/") else inner
+    return _under(base, outer) or _under(base + "/", outer)
 
 
 class RouteTable:
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
+        for index, later in enumerate(self.routes):
+            for earlier in self.routes[:index]:
+                if earlier.takes_first(later):
+                    raise ValueError(
+                        f"route {later.prefix!r} ({_methods(later)}) comes after route {earlier.prefix!r}"
+                        f" ({_methods(earlier)}), which takes its requests first: put the more specific"
+                        " route first"
+                    )
+        # The same table with prefixes in lower case: a request must pick the same route in both.
+        self._folded: tuple[Route, ...] = tuple(
+            msgspec.structs.replace(route, prefix=route.prefix.lower()) for route in self.routes
+        )
+        self._cased = any(route.prefix != route.prefix.lower() for route in self.routes)
 
     @classmethod
     def single(cls, purpose: str | None) -> RouteTable:
@@ -101,6 +138,20 @@ class RouteTable:
             if route.matches(method, path):
                 return route
         return None
+
+    def case_problem(self, method: str, path: str, route: Route | None) -> str | None:
+        """ "path_case_ambiguous" when `route` (this table's match for the request) is not the route
+        the same request matches with letter case ignored, else None."""
+        lowered = path.lower()
+        if lowered == path and not self._cased:
+            return None
+        folded = next((i for i, r in enumerate(self._folded) if r.matches(method, lowered)), None)
+        chosen = None if route is None else self.routes.index(route)
+        return None if folded == chosen else "path_case_ambiguous"
+
+
+def _methods(route: Route) -> str:
+    return "any method" if route.methods is None else ", ".join(sorted(route.methods))
 
 
 def method_problem(method: str) -> str | None:

@@ -1,0 +1,290 @@
+"""Red team, round 2: the placements as an attacker meets them, over real sockets.
+
+A real `exchange ambassador` (granian, two workers) in front of the tests' echo upstream, and a real
+`exchange gateway --proxy nginx` asked directly the way nginx's auth_request asks it. Every request is
+raw bytes, so no client library tidies it up first. Each row is one attack; docs/THREAT_MODEL.md maps
+them to their defences.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jwk import Key
+
+from exchange.verify.routes import Route, RouteTable
+from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, base_claims, mint, public_jwks
+from tests.verify.test_ambassador import free_port, start, stop
+from tests.verify.test_ambassador_rules import echo_of, request, send
+
+EXCHANGE = str(Path(sys.executable).parent / "exchange")
+
+# A catch-all open route last, as many tables end: what a request does not match above is public.
+ROUTES = f"""
+[[route]]
+prefix = "/open"
+open = true
+
+[[route]]
+methods = ["POST"]
+prefix = "/payments/"
+purpose = "{PURPOSE}"
+
+[[route]]
+methods = ["GET", "HEAD"]
+prefix = "/accounts/"
+
+[[route]]
+prefix = "/Admin"
+purpose = "{PURPOSE}"
+
+[[route]]
+prefix = "/"
+open = true
+"""
+
+
+@pytest.fixture(scope="module")
+def placements(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[dict[str, int]]:
+    work = tmp_path_factory.mktemp("attacks-placements")
+    (work / "jwks.json").write_text(json.dumps(public_jwks(ec_key)))
+    (work / "routes.toml").write_text(ROUTES)
+    up_port, amb_port, gw_port = free_port(), free_port(), free_port()
+    verifier = ["--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(work / "jwks.json"),
+                "--routes", str(work / "routes.toml")]  # fmt: skip
+    upstream = start(
+        [sys.executable, "-m", "uvicorn", "tests.verify.upstream_app:app", "--host", "127.0.0.1",
+         "--port", str(up_port), "--log-level", "warning", "--no-access-log"], up_port,
+    )  # fmt: skip
+    ambassador = start(
+        [EXCHANGE, "ambassador", "--listen", f"127.0.0.1:{amb_port}", "--upstream",
+         f"http://127.0.0.1:{up_port}", *verifier, "--workers", "2"], amb_port,
+    )  # fmt: skip
+    gateway = start(
+        [EXCHANGE, "gateway", "--proxy", "nginx", "--listen", f"127.0.0.1:{gw_port}", *verifier], gw_port
+    )
+    try:
+        yield {"ambassador": amb_port, "gateway": gw_port}
+    finally:
+        for process in (gateway, ambassador, upstream):
+            stop(process)
+
+
+def bearer(key: Key, **claims: Any) -> tuple[str, str]:
+    now = int(time.time())
+    return ("Authorization", f"Bearer {mint(key, base_claims(iat=now, exp=now + 300, **claims))}")
+
+
+def ask_gateway(port: int, method: str, uri: str, *headers: tuple[str, str]) -> tuple[int, dict[str, str]]:
+    """The check nginx's auth_request makes (docs/VERIFY.md): the original method and URI in headers."""
+    status, answer, _ = send(
+        port, request("GET", "/check", ("X-Original-Method", method), ("X-Original-URI", uri), *headers)
+    )
+    return status, answer
+
+
+# Each spells a path the upstream may take for a guarded one, while the exact match is the open catch-all.
+CASE_SPELLINGS = ["/ACCOUNTS/1", "/Accounts/1", "/accounts/../ACCOUNTS/1", "/%41ccounts/1", "/admin/users",
+                  "/ADMIN", "/aDmIn/x"]  # fmt: skip
+
+
+class TestLetterCase:
+    """An upstream that routes case-insensitively (Express's default, ASP.NET, IIS, a case-insensitive
+    file system) serves /ACCOUNTS/1 as /accounts/1: a route chosen by case would open it."""
+
+    @pytest.mark.parametrize("path", CASE_SPELLINGS)
+    def test_a_route_chosen_by_letter_case_is_refused_by_the_ambassador(
+        self, placements: dict[str, int], path: str
+    ) -> None:
+        status, _, body = send(placements["ambassador"], request("GET", path))
+        assert (status, json.loads(body)) == (400, {"error": "invalid_request"}), body
+
+    @pytest.mark.parametrize("path", CASE_SPELLINGS)
+    def test_a_route_chosen_by_letter_case_is_refused_by_the_gateway(
+        self, placements: dict[str, int], path: str
+    ) -> None:
+        assert ask_gateway(placements["gateway"], "GET", path)[0] == 400
+
+    def test_paths_whose_route_does_not_depend_on_case_pass(
+        self, placements: dict[str, int], ec_key: Key
+    ) -> None:
+        # Upper case under the catch-all, where folding picks the same route, stays open; the guarded
+        # routes in their own spelling still work.
+        status, _, body = send(placements["ambassador"], request("GET", "/Static/Logo.PNG"))
+        assert (status, echo_of(body).get("x-purpose-sub")) == (200, None)
+        status, _, body = send(placements["ambassador"], request("GET", "/accounts/1", bearer(ec_key)))
+        assert (status, echo_of(body)["x-purpose-sub"]) == (200, ["alice"])
+        assert send(placements["ambassador"], request("GET", "/Admin/x"))[0] == 401
+        assert ask_gateway(placements["gateway"], "GET", "/Admin/x", bearer(ec_key))[0] == 200
+
+
+class TestRouteTablePrecedence:
+    """A less specific route placed first takes a more specific one's requests: the table is refused."""
+
+    @pytest.mark.parametrize(
+        "routes",
+        [
+            [Route(prefix="/", open=True), Route(prefix="/admin", purpose=PURPOSE)],
+            [Route(prefix="/api/", methods=frozenset({"GET"}), open=True), Route(prefix="/api/admin")],
+            [
+                Route(prefix="/pay", purpose="a"),
+                Route(prefix="/pay/", methods=frozenset({"POST"}), purpose="b"),
+            ],
+            [Route(prefix="/x", methods=frozenset({"GET"})), Route(prefix="/x", methods=frozenset({"GET"}))],
+        ],
+    )
+    def test_a_route_an_earlier_one_shadows_is_refused(self, routes: list[Route]) -> None:
+        with pytest.raises(ValueError, match="takes its requests first"):
+            RouteTable(routes)
+
+    def test_disjoint_methods_and_specific_first_are_fine(self) -> None:
+        RouteTable([Route(prefix="/a/", methods=frozenset({"GET"}), open=True),
+                    Route(prefix="/a/", methods=frozenset({"POST"}), purpose=PURPOSE),
+                    Route(prefix="/pay/x", purpose="b"), Route(prefix="/pay"), Route(prefix="/payments"),
+                    Route(prefix="/", open=True)])  # fmt: skip
+
+    def test_the_ambassador_refuses_to_start_on_a_shadowed_route(self, tmp_path: Path, ec_key: Key) -> None:
+        (tmp_path / "jwks.json").write_text(json.dumps(public_jwks(ec_key)))
+        (tmp_path / "routes.toml").write_text(
+            f'[[route]]\nprefix = "/"\nopen = true\n\n[[route]]\nprefix = "/admin"\npurpose = "{PURPOSE}"\n'
+        )
+        done = subprocess.run(
+            [EXCHANGE, "ambassador", "--listen", f"127.0.0.1:{free_port()}", "--upstream", "http://127.0.0.1:1",
+             "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(tmp_path / "jwks.json"),
+             "--routes", str(tmp_path / "routes.toml")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "'/admin'" in done.stderr and "takes its requests first" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+class TestRequestTargets:
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "*",
+            "http://evil.test/open/../accounts/1",
+            "http://service.test//accounts/1",
+            "/open/%2e%2e/accounts/1",
+        ],
+    )
+    def test_odd_request_targets_never_reach_a_guarded_route(
+        self, placements: dict[str, int], target: str
+    ) -> None:
+        for method in ("GET", "OPTIONS"):
+            status, _, body = send(placements["ambassador"], request(method, target))
+            assert status in (400, 401), body
+
+    def test_an_absolute_form_target_is_judged_by_its_path(self, placements: dict[str, int]) -> None:
+        status, headers, _ = send(placements["ambassador"], request("GET", "http://evil.test/accounts/1"))
+        assert (status, headers["www-authenticate"]) == (401, "Bearer")
+
+    def test_a_fragment_or_query_cannot_carry_a_path(self, placements: dict[str, int]) -> None:
+        for target in ("/open?/../accounts/1", "/open#/../accounts/1"):
+            status, _, body = send(placements["ambassador"], request("GET", target))
+            assert status == 200
+            assert json.loads(body)["path"] == "/open"
+
+
+class TestHeaderSmuggling:
+    def test_a_tab_or_another_scheme_is_no_token(self, placements: dict[str, int], ec_key: Key) -> None:
+        name, value = bearer(ec_key)
+        for spelled in (value.replace(" ", "\t"), value.replace("Bearer", "Bearerx"), "Basic " + value[7:]):
+            status, _, _ = send(placements["ambassador"], request("GET", "/accounts/1", (name, spelled)))
+            assert status == 401
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            b"GET /accounts/1 HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer\r\n x\r\n\r\n",  # obs-fold
+            b"GET /open/x HTTP/1.1\r\nHost: s\r\nX-A: b\r\n\tX-Purpose-Sub: root\r\n\r\n",
+            b"GET /accounts/1 HTTP/1.1\r\nHost: s\r\nAuthorization : Bearer x\r\n\r\n",
+            b"POST /open/x HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            b"POST /open/x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ],
+    )
+    def test_malformed_framing_and_folding_are_refused(self, placements: dict[str, int], head: bytes) -> None:
+        assert send(placements["ambassador"], head)[0] == 400
+
+    def test_content_length_with_chunked_cannot_smuggle_a_second_request(
+        self, placements: dict[str, int]
+    ) -> None:
+        smuggled = b"GET /accounts/1 HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n"
+        head = b"POST /open/x HTTP/1.1\r\nHost: s\r\nContent-Length: %d\r\n" % (5 + len(smuggled))
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", placements["ambassador"]), timeout=5) as sock:
+            sock.sendall(head + b"0\r\n\r\n" + smuggled)
+            answers = _read_all(sock)
+        # Whatever the server makes of it, the bytes after the chunked body are a request of their own,
+        # checked like any other (no token: 401); the upstream never sees /accounts/1.
+        assert b'"path": "/accounts/1"' not in answers
+        assert answers.count(b"HTTP/1.1 ") <= 2
+
+    def test_a_pipelined_request_is_checked_on_its_own(self, placements: dict[str, int]) -> None:
+        with socket.create_connection(("127.0.0.1", placements["ambassador"]), timeout=5) as sock:
+            sock.sendall(
+                b"GET /open/x HTTP/1.1\r\nHost: s\r\n\r\n"
+                b"GET /accounts/1 HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n"
+            )
+            answers = _read_all(sock)
+        assert [line for line in answers.split(b"\r\n") if line.startswith(b"HTTP/1.1")] == [
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 401 Unauthorized",
+        ]
+
+    def test_identity_headers_in_every_spelling_never_reach_the_upstream(
+        self, placements: dict[str, int], ec_key: Key
+    ) -> None:
+        forged = [("X-Purpose-Sub", "root"), ("X_PURPOSE_SUB", "root"), ("x-purpose-txn-claims", "{}"),
+                  ("X-Purpose-Scope", PURPOSE), ("x-purpose-anything", "1")]  # fmt: skip
+        status, _, body = send(
+            placements["ambassador"], request("GET", "/accounts/1", *forged, bearer(ec_key))
+        )
+        assert status == 200
+        echo = echo_of(body)
+        ours = {n: v for n, v in echo.items() if n.replace("_", "-").startswith("x-purpose-")}
+        assert sorted(ours) == ["x-purpose-claims", "x-purpose-scope", "x-purpose-sub"]
+        assert (ours["x-purpose-sub"], ours["x-purpose-scope"]) == (["alice"], [PURPOSE])
+        assert json.loads(echo["x-purpose-claims"][0])["sub"] == "alice"
+
+
+class TestTokenConfusion:
+    @pytest.mark.parametrize(
+        "header, claims",
+        [
+            ({"typ": "txntoken+jwt"}, {}),  # a Txn-Token presented as a purpose token
+            ({"typ": "JWT"}, {}),  # an ID token or plain JWT
+            ({}, {"aud": "orders"}),  # another service's purpose token
+            ({}, {"iss": "https://idp.test"}),  # someone else's access token
+        ],
+    )
+    def test_other_tokens_are_not_purpose_tokens(
+        self, placements: dict[str, int], ec_key: Key, header: dict[str, str], claims: dict[str, str]
+    ) -> None:
+        now = int(time.time())
+        forged = mint(ec_key, base_claims(iat=now, exp=now + 300, **claims), **header)
+        auth = ("Authorization", f"Bearer {forged}")
+        status, headers, body = send(placements["ambassador"], request("GET", "/accounts/1", auth))
+        assert (status, headers["www-authenticate"], json.loads(body)) == (
+            401, 'Bearer error="invalid_token"', {"error": "invalid_token"}
+        )  # fmt: skip
+        assert ask_gateway(placements["gateway"], "GET", "/accounts/1", auth)[0] == 401
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
