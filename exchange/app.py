@@ -32,6 +32,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange import devlogin, health, openapi, reload
 from exchange.audit import Auditor, DenialTally
+from exchange.config import is_loopback_host
 from exchange.endpoint import Front, TokenEndpoint, bind_request_id, error_body, error_headers
 from exchange.errors import (
     UNAVAILABLE_RETRY_AFTER,
@@ -303,6 +304,11 @@ def create_app(
     async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
         assert runtime.metrics is not None, "the route exists only when metrics are enabled"
+        # On the service port, for this machine only: the series name every configured client and
+        # purpose (the roster that answering unknown client ids like known ones keeps from strangers)
+        # and their volumes. Another host scrapes the management port (`[metrics] listen`).
+        if request.client is None or not is_loopback_host(request.client.host):
+            raise NotFoundException()
         return Response(scrape(runtime.metrics, run_dir), media_type=METRICS_CONTENT_TYPE)
 
     def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -6,6 +6,7 @@ so a config means the same thing whatever directory the service is started from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,21 @@ def _resolve_env_secrets(s: Settings) -> Settings:
     return msgspec.structs.replace(s, clients=clients)
 
 
+def is_loopback_http(url: str) -> bool:
+    """A plain-http URL of this machine (127.0.0.0/8, ::1, localhost): where dev-only parts may run."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and is_loopback_host(parts.hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_url(value: str, *, loopback_http: bool = True) -> bool:
     parts = urlsplit(value)
     if parts.scheme == "https" and parts.netloc:
@@ -119,6 +135,15 @@ def check_settings(s: Settings) -> list[str]:
         seen.add(t.issuer)
     if s.dev_issuer is not None and s.dev_issuer.issuer in seen:
         problems.append(f"dev_issuer.issuer: {s.dev_issuer.issuer!r} is also a trusted issuer")
+    if s.dev_issuer is not None:
+        # It signs anyone in as anyone: a development setup on one machine only, never one that looks
+        # like a deployment (https, a real host name), so a copied dev section cannot go live.
+        for key, url in (("issuer", s.issuer), ("dev_issuer.issuer", s.dev_issuer.issuer)):
+            if not is_loopback_http(url):
+                problems.append(
+                    f"{key}: {url!r} is not a plain-http loopback URL, and [dev_issuer] (which signs anyone"
+                    " in as anyone) runs only on a loopback development setup; remove [dev_issuer]"
+                )
     if s.issuer in seen:
         problems.append(
             "trusted_issuers: the exchange must not trust its own purpose tokens as subject tokens"
@@ -174,6 +199,17 @@ def _check_txn_tokens(t: TxnTokens, s: Settings) -> list[str]:
             problems.append(
                 f"{where}.subject_namespace: {w.subject_namespace!r} is not a trusted issuer (unset: the"
                 " workload's own namespace)"
+            )
+        if (
+            w.subject_namespace is None
+            and {"self_signed", "unsigned_json"} & set(w.subject_token_types)
+            and w.client_id in issuers | {s.issuer}
+        ):
+            # Its subjects' namespace is its client id: that of an identity provider's users (or ours)
+            # would let it name them without a subject_namespace saying it may (draft §8.2).
+            problems.append(
+                f"{where}: its client id is the issuer {w.client_id!r}, so the subjects it names would pass"
+                " for that issuer's users; rename the client, or set subject_namespace to say it may"
             )
         if w.subject_namespace is not None and not {"self_signed", "unsigned_json"} & set(
             w.subject_token_types

@@ -51,6 +51,10 @@ ID_TOKEN_TTL: Final = 600
 _USER: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _CLIENT: Final = re.compile(r"^[\x21-\x7e]{1,256}$")
 _CHALLENGE: Final = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
+_REDIRECT: Final = re.compile(
+    r"https?://(?P<host>localhost|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[::1\])(?::[0-9]{1,5})?"
+    r"(?:[/?][!$&'()*+,\-./0-9:;=?@A-Z_a-z~%]*)?"
+)
 _ACR: Final = re.compile(r"^[\x21-\x7e]{1,256}( [\x21-\x7e]{1,256}){0,7}$")
 _PAGE_HEADERS: Final = {
     "Cache-Control": "no-store",
@@ -94,13 +98,21 @@ class BadRequest(ValueError):
 
 
 def _loopback(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+    """A redirect URI that every URL parser reads as this machine's.
+
+    Only one spelling: scheme, a loopback host (no user info), an optional port, then a path and query
+    of visible ASCII without a backslash or fragment. Python's parser and a browser's (WHATWG) disagree
+    on anything looser: `http://evil.example\\@127.0.0.1/` is 127.0.0.1 to urlsplit and evil.example to
+    a browser, which would carry the code there.
+    """
+    match = _REDIRECT.fullmatch(url)
+    if match is None:
         return False
-    if parts.hostname == "localhost":
+    host = match.group("host")
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

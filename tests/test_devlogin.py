@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,6 +20,7 @@ from exchange.verify.compact import b64url_decode, b64url_encode
 from tests.server import Server, free_port
 
 REDIRECT = "http://127.0.0.1:8070/callback"
+EXCHANGE = str(Path(sys.executable).with_name("exchange"))
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +153,15 @@ def test_a_code_needs_its_verifier_and_redirect_uri(dev_server: Server, broken: 
     ("override", "says"),
     [
         ({"redirect_uri": "https://attacker.example/callback"}, "loopback"),
+        # Parser differentials: 127.0.0.1 to Python's urlsplit, attacker.example to a browser (WHATWG
+        # reads "\\" as "/"), or user info that some parsers take for the host.
+        ({"redirect_uri": "http://attacker.example\\@127.0.0.1/callback"}, "loopback"),
+        ({"redirect_uri": "http://127.0.0.1\\@attacker.example/callback"}, "loopback"),
+        ({"redirect_uri": "http://127.0.0.1:8070@attacker.example/callback"}, "loopback"),
+        ({"redirect_uri": "http://attacker.example%40127.0.0.1/callback"}, "loopback"),
+        ({"redirect_uri": "http://127.0.0.1.attacker.example/callback"}, "loopback"),
+        ({"redirect_uri": "http://localhost.attacker.example/callback"}, "loopback"),
+        ({"redirect_uri": "http:/\\attacker.example/callback"}, "loopback"),
         ({"code_challenge_method": "plain"}, "PKCE"),
         ({"response_type": "token"}, "response_type=code"),
     ],
@@ -174,3 +187,46 @@ def test_no_jwt_travels_through_the_browser(dev_server: Server) -> None:
     params, _ = authorize_params()
     code = sign_in(dev_server, params)
     assert not code.startswith("eyJ") and code.count(".") == 0
+
+
+class TestNeverInProduction:
+    """The dev identity provider signs anyone in as anyone: it must not start where others can reach it."""
+
+    def config(self, folder: Path, issuer: str, dev: str) -> Path:
+        path = folder / "exchange.toml"
+        path.write_text(
+            f'issuer = "{issuer}"\n[store]\nurl = "sqlite:///{folder}/exchange.db"\n'
+            f'[dev_issuer]\nissuer = "{dev}"\nkey_file = "{folder}/dev-idp-key.json"\n'
+        )
+        return path
+
+    @pytest.mark.parametrize(
+        ("issuer", "dev", "named"),
+        [
+            ("https://exchange.example.com", "https://exchange.example.com/dev-idp", "issuer"),
+            ("http://127.0.0.1:8080", "https://login.example.com/dev-idp", "dev_issuer.issuer"),
+        ],
+    )
+    def test_a_dev_issuer_beside_a_real_issuer_is_refused(
+        self, tmp_path: Path, issuer: str, dev: str, named: str
+    ) -> None:
+        path = self.config(tmp_path, issuer, dev)
+        for command in (["config", "check"], ["serve", "--port", str(free_port())]):
+            done = subprocess.run(
+                [EXCHANGE, *command, "--config", str(path)], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 1, done.stderr
+            assert f"{named}: " in done.stderr and "[dev_issuer]" in done.stderr
+        assert not (tmp_path / "dev-idp-key.json").exists()
+
+    def test_serving_the_dev_issuer_beyond_loopback_is_refused(self, tmp_path: Path) -> None:
+        port = free_port()
+        path = self.config(tmp_path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/dev-idp")
+        done = subprocess.run(
+            [EXCHANGE, "serve", "--config", str(path), "--host", "0.0.0.0", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert done.stderr.strip().endswith("serve it on a loopback address, not 0.0.0.0")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/dev-idp/authorize", timeout=1)

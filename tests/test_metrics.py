@@ -228,3 +228,33 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exposes(metered: Ser
     # prometheus_client names counter families without their _total suffix.
     exposed |= {f"{name}_total" for name in exposed}
     assert used <= exposed, used - exposed
+
+
+def _outside_address() -> str:
+    """This machine's address on its outward interface: a peer that is not loopback (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: the route is looked up, nothing is sent
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), address
+    return address
+
+
+def test_the_service_port_shows_metrics_to_this_machine_only(
+    tmp_path: Path, idp: FakeIdP, idp_ec: FakeIdP
+) -> None:
+    # Red team round 2: the series name every configured client id and purpose, and how busy each is;
+    # behind a public proxy (deploy/nginx.conf passes every path) anyone could read the roster.
+    port = free_port()
+    srv = Server(write_config(tmp_path, port, idp, idp_ec), port, args=("--host", "0.0.0.0"))
+    try:
+        srv.wait_ready()
+        outside = f"http://{_outside_address()}:{port}"
+        assert httpx.get(f"{outside}/healthz").status_code == 200  # the same server, reached from outside
+        answer = httpx.get(f"{outside}/metrics")
+        assert answer.status_code == 404 and "client" not in answer.text
+        loaded = value(scrape(f"{srv.url}/metrics"), "purpose_exchange_config_last_reload_timestamp_seconds")
+        assert loaded > 0
+    finally:
+        srv.stop()

@@ -7,7 +7,7 @@ import os
 import click
 
 from exchange.cli.console import config_option, fail, settings_or_exit
-from exchange.config import config_path
+from exchange.config import config_path, is_loopback_host
 from exchange.errors import ConfigError
 
 
@@ -54,6 +54,13 @@ def serve(config_file: str | None, host: str, port: int, workers: int, run_dir: 
     except ConfigError as exc:
         fail(*exc.problems)
     if settings.dev_issuer is not None:
+        if not is_loopback_host(host):
+            # Its sign-in pages sign anyone in as anyone: reachable from another machine, they would be
+            # a way in for everyone who can reach the port.
+            fail(
+                "[dev_issuer] is for development on this machine only:"
+                f" serve it on a loopback address, not {host}"
+            )
         devidp.load_or_create_key(settings.dev_issuer.key_file)
     management = settings.metrics.listen if settings.metrics.enabled else None
     try:

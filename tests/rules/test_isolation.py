@@ -15,4 +15,3 @@ def test_importing_the_rule_engine_loads_nothing_of_the_exchange() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-

@@ -177,6 +177,22 @@ class TestConfig:
     def test_workload_problems_name_their_key(self, body: str, problem: str) -> None:
         assert problem in self.workloads("[[txn_tokens.workloads]]\n" + body + "\n")
 
+    @pytest.mark.parametrize("kind", ["unsigned_json", "self_signed"])
+    @pytest.mark.parametrize("client_id", ["https://idp.example.com", "http://127.0.0.1:8080"])
+    def test_a_workload_named_like_an_issuer_cannot_name_its_users(self, kind: str, client_id: str) -> None:
+        # Red team round 2: its subjects' namespace defaults to its client id, so "https://idp.example.com
+        # alice" from an unsigned JSON object would be the identity provider's alice (or ours) downstream.
+        client = (
+            f'[[clients]]\nclient_id = "{client_id}"\nauth_method = "private_key_jwt"\n'
+            f'jwks_uri = "https://keys.example.com/jwks"\npurposes = ["orders"]\n'
+        )
+        body = f'[[txn_tokens.workloads]]\nclient_id = "{client_id}"\nsubject_token_types = ["{kind}"]\n'
+        found = self.workloads(body, "\n" + client)
+        assert any(f"its client id is the issuer {client_id!r}" in p for p in found), found
+        # A trusted issuer's tokens only (their namespace is the issuer's anyway): no problem.
+        plain = f'[[txn_tokens.workloads]]\nclient_id = "{client_id}"\n'
+        assert self.workloads(plain, "\n" + client) == []
+
     def test_a_workload_is_listed_once(self) -> None:
         entry = '[[txn_tokens.workloads]]\nclient_id = "gateway"\n'
         assert "txn_tokens.workloads[1] (gateway): listed twice" in self.workloads(entry + entry)
