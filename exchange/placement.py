@@ -8,6 +8,7 @@ worker rebuilds the same app from them.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import msgspec
@@ -41,6 +42,9 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     txn_trust_domain: str | None = None
     txn_routes_file: str | None = None
     txn_scope: str | None = None
+    # Slow clients (granian): seconds a connection has to send its request head; also how long an idle
+    # keep-alive connection stays open. Without it, a connection that sends nothing is held forever.
+    header_timeout: float = 10.0
 
 
 def replay_guard(dsn: str | None, file: str | None) -> ReplayGuard:
@@ -121,9 +125,22 @@ def serve(
     from granian import Granian
     from granian.constants import Interfaces
 
+    from exchange.connections import raise_file_limit, server_options
     from exchange.logging import granian_log_config
+    from schemas.config import Limits
 
+    # The service's slow-client bounds (exchange/connections.py): HTTP/1.1 only (granian's auto mode
+    # waits for an HTTP/2 preface with no timeout), the request head within header_timeout, a bounded
+    # read buffer (a proxy's heads are larger: cookies beside two tokens), connections per worker.
+    limits = Limits(header_timeout=config.header_timeout, max_header_bytes=_MAX_HEADER_BYTES)
+    max_connections, warning = raise_file_limit(limits, workers)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     Granian(
         factory, factory=True, interface=Interfaces.ASGI, address=host,
         port=port, workers=workers, log_access=False, log_dictconfig=granian_log_config(),
+        **server_options(limits, max_connections),
     ).serve()  # fmt: skip
+
+
+_MAX_HEADER_BYTES = 64 * 1024

@@ -79,6 +79,13 @@ def placement_options(function: F) -> F:
             type=click.IntRange(1, 64),
             help="Worker processes (they share single-use jtis through the replay file).",
         ),
+        click.option(
+            "--header-timeout",
+            default=10.0,
+            show_default=True,
+            type=click.FloatRange(1, 300),
+            help="Seconds a connection has to send its request head (and an idle keep-alive one stays open).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -103,7 +110,7 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "allow_insecure_http": options["insecure_jwks_http"], "replay_file": options["replay_file"],
         "replay_dsn": os.environ.get(REPLAY_DSN_ENV) or None,
         "txn_trust_domain": options["txn_trust_domain"], "txn_routes_file": options["txn_routes_file"],
-        "txn_scope": options["txn_scope"],
+        "txn_scope": options["txn_scope"], "header_timeout": options["header_timeout"],
     }  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from tests.verify.test_ambassador import free_port, start, stop
 from tests.verify.test_ambassador_rules import echo_of, request, send
 
 EXCHANGE = str(Path(sys.executable).parent / "exchange")
+HEADER_TIMEOUT = 2
 
 # A catch-all open route last, as many tables end: what a request does not match above is public.
 ROUTES = f"""
@@ -59,7 +60,7 @@ def placements(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterato
     (work / "routes.toml").write_text(ROUTES)
     up_port, amb_port, gw_port = free_port(), free_port(), free_port()
     verifier = ["--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", str(work / "jwks.json"),
-                "--routes", str(work / "routes.toml")]  # fmt: skip
+                "--routes", str(work / "routes.toml"), "--header-timeout", str(HEADER_TIMEOUT)]  # fmt: skip
     upstream = start(
         [sys.executable, "-m", "uvicorn", "tests.verify.upstream_app:app", "--host", "127.0.0.1",
          "--port", str(up_port), "--log-level", "warning", "--no-access-log"], up_port,
@@ -278,6 +279,54 @@ class TestTokenConfusion:
             401, 'Bearer error="invalid_token"', {"error": "invalid_token"}
         )  # fmt: skip
         assert ask_gateway(placements["gateway"], "GET", "/accounts/1", auth)[0] == 401
+
+
+class TestSlowClients:
+    """Found in round 2: the placements ran granian in its auto mode, whose HTTP/2 sniffing read has no
+    timeout, so connections that sent nothing were held forever: 2,000 of them and the ambassador
+    answered no one. Now the service's bounds apply (HTTP/1.1, the head within --header-timeout)."""
+
+    @pytest.mark.parametrize("placement", ["ambassador", "gateway"])
+    def test_a_silent_or_dribbling_connection_is_closed(
+        self, placements: dict[str, int], placement: str
+    ) -> None:
+        port = placements[placement]
+        limit = HEADER_TIMEOUT + 10
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=limit) as silent,
+            socket.create_connection(("127.0.0.1", port), timeout=limit) as dribbler,
+        ):
+            started = time.monotonic()
+            try:
+                for byte in b"GET /open/x HTTP/1.1\r\nHost: s\r\n"[: HEADER_TIMEOUT * 4]:
+                    dribbler.sendall(bytes([byte]))  # never finishes its head in time
+                    time.sleep(0.5)
+            except OSError:
+                pass  # closed on us mid-head: what we want
+            closed = [_closed(silent), _closed(dribbler)]
+            assert closed == [True, True]
+            assert time.monotonic() - started < HEADER_TIMEOUT + 10
+
+    def test_many_silent_connections_do_not_lock_others_out(self, placements: dict[str, int]) -> None:
+        silent = [socket.create_connection(("127.0.0.1", placements["ambassador"])) for _ in range(1500)]
+        try:
+            status, _, _ = send(placements["ambassador"], request("GET", "/open/x"))
+            assert status == 200
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    """The server closed the connection (end of stream or reset) before the socket's timeout."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
 
 
 def _read_all(sock: socket.socket) -> bytes:
