@@ -7,6 +7,8 @@ forgetting a route must close it, not open it. Two mistakes are refused rather t
 - a table where a route can never win for some of its methods, because an earlier route of a shorter
   (or the same) prefix takes those requests first (`/` open, then `/admin`: the admin rule would never
   apply); `ValueError` when the table is built;
+- HEAD slipping past a GET-only rule: a route for GET is one for HEAD too (servers run the GET handler
+  for HEAD);
 - a request whose route depends on letter case (`/ADMIN/x` matching the catch-all where `/admin/x`
   matches the admin rule): many upstreams route case-insensitively (Express by default, ASP.NET, IIS,
   anything on a case-insensitive file system), so it is refused (400 `path_case_ambiguous`) rather
@@ -85,7 +87,14 @@ def _covers(outer: str, inner: str) -> bool:
 
 class RouteTable:
     def __init__(self, routes: Iterable[Route]) -> None:
-        self.routes: tuple[Route, ...] = tuple(routes)
+        # A route for GET is one for HEAD too: servers answer HEAD by running the GET handler (RFC 9110
+        # §9.3.2), so a GET-only rule must not let HEAD fall through to a later, open route.
+        self.routes: tuple[Route, ...] = tuple(
+            msgspec.structs.replace(route, methods=route.methods | {"HEAD"})
+            if route.methods is not None and "GET" in route.methods and "HEAD" not in route.methods
+            else route
+            for route in routes
+        )
         for index, later in enumerate(self.routes):
             for earlier in self.routes[:index]:
                 if earlier.takes_first(later):

@@ -8,6 +8,7 @@ them to their defences.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -45,6 +46,11 @@ prefix = "/accounts/"
 
 [[route]]
 prefix = "/Admin"
+purpose = "{PURPOSE}"
+
+[[route]]
+methods = ["GET"]
+prefix = "/reports"
 purpose = "{PURPOSE}"
 
 [[route]]
@@ -125,6 +131,24 @@ class TestLetterCase:
         assert (status, echo_of(body)["x-purpose-sub"]) == (200, ["alice"])
         assert send(placements["ambassador"], request("GET", "/Admin/x"))[0] == 401
         assert ask_gateway(placements["gateway"], "GET", "/Admin/x", bearer(ec_key))[0] == 200
+
+
+class TestHeadIsGet:
+    """Found in round 2: a GET-only rule let HEAD fall through to the open catch-all, and the upstream
+    ran its GET handler for it (status, headers and side effects of a guarded resource, no token)."""
+
+    def test_head_needs_what_get_needs(self, placements: dict[str, int], ec_key: Key) -> None:
+        status, headers, _ = send(placements["ambassador"], request("GET", "/reports/1"))
+        assert (status, headers["www-authenticate"]) == (401, "Bearer")
+        assert head(placements["ambassador"], "/reports/1") == (401, "Bearer")
+        for method in ("GET", "HEAD"):
+            assert ask_gateway(placements["gateway"], method, "/reports/1")[0] == 401
+        assert head(placements["ambassador"], "/reports/1", bearer(ec_key))[0] == 200
+        assert send(placements["ambassador"], request("POST", "/reports/1", body=b""))[0] == 200  # open
+
+    def test_a_get_route_matches_head(self) -> None:
+        table = RouteTable([Route(prefix="/r", methods=frozenset({"GET"}), purpose=PURPOSE)])
+        assert table.match("HEAD", "/r/1") is table.routes[0]
 
 
 class TestRouteTablePrecedence:
@@ -315,6 +339,15 @@ class TestSlowClients:
         finally:
             for sock in silent:
                 sock.close()
+
+
+def head(port: int, target: str, *headers: tuple[str, str]) -> tuple[int, str | None]:
+    """Status and challenge of a HEAD request (its answer has no body, whatever Content-Length says)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request("HEAD", target, *headers))
+        response = http.client.HTTPResponse(sock, method="HEAD")
+        response.begin()
+        return response.status, response.getheader("www-authenticate")
 
 
 def _closed(sock: socket.socket) -> bool:
