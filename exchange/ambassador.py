@@ -34,6 +34,7 @@ import structlog
 from exchange.forwarding import (
     Network,
     connection_problem,
+    host_problem,
     parse_networks,
     response_headers,
     upstream_headers,
@@ -172,7 +173,9 @@ class Ambassador:
         claims: VerifiedClaims | None = None
         txn: TxnToken | None = None
         refusal: Refusal | None = None
-        problem = connection_problem(scope["headers"])
+        problem = connection_problem(scope["headers"]) or host_problem(
+            scope["headers"], scope.get("http_version", "1.1")
+        )
         if problem is not None:
             refusal = non_canonical(problem)
         elif self.verifier is not None:

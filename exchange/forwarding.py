@@ -11,7 +11,8 @@ cannot drift apart:
 - Method-override headers (`X-HTTP-Method-Override` and kin) and URL-rewrite headers (`X-Original-URL`,
   `X-Rewrite-URL`) are dropped: the route table decided on the request's own method and path.
 - `Connection` may name only hop-by-hop options (close, keep-alive, upgrade, te): a client naming an
-  end-to-end or identity header there ("drop X-Forwarded-For on the next hop") is refused.
+  end-to-end or identity header there ("drop X-Forwarded-For on the next hop") is refused; so is a
+  request with two Host fields, or none on HTTP/1.1 (which host it is for would be a guess).
 - Identity values are percent-encoded as RFC 3986 `pchar` (UTF-8): `%` itself is always encoded, so
   the encoding is injective (two subjects never share one header value) and no byte can split a header.
 """
@@ -75,6 +76,18 @@ def connection_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
             for token in value.split(b","):
                 if token.strip().lower() not in _CONNECTION_OPTIONS:
                     return "connection_names_header"
+    return None
+
+
+def host_problem(headers: Sequence[tuple[bytes, bytes]], http_version: str) -> str | None:
+    """Why the request's Host is ambiguous, or None: two Host fields (an outer proxy may route on the
+    first while we forward the last), or none on HTTP/1.1 (RFC 9112 §3.2: both are answered 400)."""
+    hosts = [value for name, value in headers if name.lower() == b"host"]
+    if len(hosts) > 1:
+        return "two_hosts"
+    # granian hands a missing Host over as an empty one (and HTTP/1.0 as version "1").
+    if http_version == "1.1" and not (hosts and hosts[0]):
+        return "no_host"
     return None
 
 
