@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import msgspec
-
-# JWSAlgModel is public in joserfc.jws, though missing from its __all__.
-from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from joserfc.jws import JWSRegistry
 
 from exchange.keys import ActiveKey, KeyRing
 from exchange.verify.compact import b64url_encode
@@ -31,6 +33,9 @@ from schemas.claims import (
 )
 
 _encode_claims = msgspec.json.Encoder().encode
+# RFC 7518 §3.4: ES256 is ECDSA over P-256 with SHA-256, the signature the 32-byte R then the 32-byte S.
+_ES256_CURVE: Final = "secp256r1"
+_ES256_SIZE: Final = 32
 # Carried over from the subject token only when present and well-typed (RFC 9068 §2.2.1).
 _AUTH_CLAIMS = ("acr", "amr", "auth_time")
 
@@ -39,16 +44,16 @@ class Minter:
     def __init__(self, keyring: KeyRing, issuer: str) -> None:
         self._keyring = keyring
         self._issuer = issuer
-        # Per typ: the header segment and algorithm of the active key, rebuilt only when the key changes.
-        self._prepared: dict[str, tuple[ActiveKey, bytes, JWSAlgModel]] = {}
+        # Per typ: the header segment and the signer of the active key, rebuilt only when the key changes.
+        self._prepared: dict[str, tuple[ActiveKey, bytes, Callable[[bytes], bytes]]] = {}
 
-    def _prepare(self, typ: str) -> tuple[ActiveKey, bytes, JWSAlgModel]:
+    def _prepare(self, typ: str) -> tuple[ActiveKey, bytes, Callable[[bytes], bytes]]:
         active = self._keyring.active
         prepared = self._prepared.get(typ)
         if prepared is None or prepared[0] is not active:
             header = {"alg": active.alg, "typ": typ, "kid": active.kid}
             segment = b64url_encode(_encode_claims(header)) + b"."
-            prepared = self._prepared[typ] = (active, segment, JWSRegistry.algorithms[active.alg])
+            prepared = self._prepared[typ] = (active, segment, signer(active))
         return prepared
 
     def claims(
@@ -130,10 +135,35 @@ class Minter:
         )
 
     def sign(self, claims: PurposeClaims | TxnClaims) -> str:
-        """Compact JWS of the claims, typed by their kind (at+jwt, txntoken+jwt: draft §9.1); joserfc's
-        algorithm object makes the signature (raw r||s for EC)."""
-        active, header, alg = self._prepare(
-            TXN_TOKEN_TYP if isinstance(claims, TxnClaims) else PURPOSE_TOKEN_TYP
-        )
+        """Compact JWS of the claims, typed by their kind (at+jwt, txntoken+jwt: draft §9.1): the fixed
+        header segment, the claims' JSON, the signature of the two (`signer`)."""
+        _, header, sign = self._prepare(TXN_TOKEN_TYP if isinstance(claims, TxnClaims) else PURPOSE_TOKEN_TYP)
         signing_input = header + b64url_encode(_encode_claims(claims))
-        return (signing_input + b"." + b64url_encode(alg.sign(signing_input, active.key))).decode("ascii")
+        return (signing_input + b"." + b64url_encode(sign(signing_input))).decode("ascii")
+
+
+def signer(active: ActiveKey) -> Callable[[bytes], bytes]:
+    """What signs a JWS signing input with the active key, built once per key: for ES256 and Ed25519
+    pyca/cryptography's key object (and ECDSA parameters) directly, for RSA joserfc's algorithm object.
+
+    An ES256 signature is DER from cryptography, re-encoded as the fixed-size R || S of RFC 7518 §3.4
+    (what joserfc's ES256 does per call, less its per-call key lookup and parameter objects).
+    """
+    if active.alg == "ES256":
+        key = active.key.get_op_key("sign")
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != _ES256_CURVE:
+            raise ValueError(f"signing key {active.kid} is not a P-256 private key, as ES256 needs")
+        ecdsa = ec.ECDSA(hashes.SHA256())
+
+        def es256(data: bytes) -> bytes:
+            r, s = decode_dss_signature(key.sign(data, ecdsa))
+            return r.to_bytes(_ES256_SIZE, "big") + s.to_bytes(_ES256_SIZE, "big")
+
+        return es256
+    if active.alg == "Ed25519":
+        ed = active.key.get_op_key("sign")
+        if not isinstance(ed, Ed25519PrivateKey):
+            raise ValueError(f"signing key {active.kid} is not an Ed25519 private key")
+        return ed.sign
+    alg, key_object = JWSRegistry.algorithms[active.alg], active.key
+    return lambda data: alg.sign(data, key_object)

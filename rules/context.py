@@ -32,11 +32,19 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
+# What decoded JSON is made of besides containers: returned as they are, without the ABC checks below.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """A deep read-only copy: mappings become MappingProxyType, lists become tuples."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    # The exact types first: claims are dicts and lists, and an ABC check costs more than the copy.
+    if kind is dict or kind is MappingProxyType or isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
         return tuple(freeze(v) for v in value)
     return value
 

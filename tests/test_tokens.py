@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from pathlib import Path
 
+import jwt as pyjwt
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -49,6 +54,18 @@ async def test_each_algorithm_signs_verifiable_purpose_tokens(tmp_path: Path, al
 
         decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=[alg])
         assert decoded.header == {"alg": alg, "typ": "at+jwt", "kid": ring.active.kid}
+        if alg != "Ed25519":  # PyJWT knows Ed25519 only by its older name, EdDSA
+            # PyJWT reads the same token (it checks exp and aud itself).
+            public = pyjwt.PyJWK(jwks["keys"][0]).key
+            by_pyjwt = pyjwt.decode(token, public, algorithms=[alg], audience="https://payments.internal")
+            assert by_pyjwt == decoded.claims
+        if alg == "ES256":
+            # RFC 7518 §3.4: the 32-byte R then the 32-byte S (not DER), checked with cryptography alone.
+            signing_input, _, segment = token.rpartition(".")
+            signature = base64.urlsafe_b64decode(segment + "==")
+            assert len(signature) == 64
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            public.verify(encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256()))
         assert decoded.claims["scope"] == "payments.approve" and decoded.claims["exp"] == int(now) + 60
 
         verifier = PurposeTokenVerifier(

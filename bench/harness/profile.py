@@ -51,7 +51,10 @@ STEPS: list[tuple[str, Callable[[str], bool]]] = [
     ("form parsing (parse_form, urllib.parse)", lambda f: f.startswith("parse_form (")),
     ("orchestration (service.py)", lambda f: "exchange/service.py" in f),
     ("records and wire structs (schemas/)", lambda f: "(schemas/" in f),
-    ("/token handler: headers, body, response (app.py)", lambda f: "exchange/app.py" in f),
+    (
+        "/token handler: headers, body, response (endpoint.py, app.py)",
+        lambda f: "exchange/endpoint.py" in f or "exchange/app.py" in f,
+    ),
     # The launch frames are left out: `exchange serve` runs granian in-process, so they are under everything.
     (
         "other service code (exchange/)",
