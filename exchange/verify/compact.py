@@ -24,6 +24,7 @@ MAX_HEADER_BYTES: Final = 1024
 # base64url -> standard alphabet; "+", "/" and "=" become "!", which strict decoding refuses.
 _FROM_BASE64URL: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
 _PADDING: Final = (b"", b"", b"==", b"=")
+_a2b: Final = binascii.a2b_base64
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # The characters a segment of length 4k+2 (4 unused bits) or 4k+3 (2 unused bits) may end with.
 _CANONICAL_LAST: Final = {
@@ -109,10 +110,16 @@ def split_compact(token: str | bytes, max_bytes: int) -> Compact:
     if len(parts) != 3:
         raise JWSError("malformed", "a compact JWS has three segments")
     header_segment, payload_segment, signature_segment = parts
+    # b64url_decode twice, inlined: this is every token's path.
+    rest_p, rest_s = len(payload_segment) % 4, len(signature_segment) % 4
+    if (rest_p and payload_segment[-1] not in _CANONICAL_LAST[rest_p]) or (
+        rest_s and signature_segment[-1] not in _CANONICAL_LAST[rest_s]
+    ):
+        raise JWSError("malformed", "payload or signature is not canonical base64url")
     try:
-        payload = b64url_decode(payload_segment)
-        signature = b64url_decode(signature_segment)
-    except (ValueError, binascii.Error):
+        payload = _a2b(payload_segment.translate(_FROM_BASE64URL) + _PADDING[rest_p], strict_mode=True)
+        signature = _a2b(signature_segment.translate(_FROM_BASE64URL) + _PADDING[rest_s], strict_mode=True)
+    except binascii.Error:
         raise JWSError("malformed", "payload or signature is not base64url") from None
     signing_input = value[: len(header_segment) + 1 + len(payload_segment)]
     return Compact(signing_input, header_segment, payload, signature)

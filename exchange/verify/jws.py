@@ -12,10 +12,17 @@ check"):
    a subject token names, the client an assertion authenticates, the exchange a purpose token comes
    from). With a kid, that key; without one, when the policy allows it, each key of that source in
    turn (bounded by the source's key count, itself capped);
-4. the signature, by joserfc's algorithm object after `check_key` (the key's type, curve and own `alg`
-   must fit: an RSA public key never becomes an HMAC secret, an ES256 key never checks ES384). One
-   equivalence is deliberate: for an Ed25519 OKP key, "EdDSA" (RFC 8037) and "Ed25519" (RFC 9864) name
-   the same signature, whichever of the two the header, the allow-list or the key's own `alg` says.
+4. the signature, with the key fitted to the header's algorithm by joserfc's `check_key` (the key's
+   type, curve and own `alg` must fit: an RSA public key never becomes an HMAC secret, an ES256 key
+   never checks ES384), then checked by pyca/cryptography. One equivalence is deliberate: for an
+   Ed25519 OKP key, "EdDSA" (RFC 8037) and "Ed25519" (RFC 9864) name the same signature, whichever of
+   the two the header, the allow-list or the key's own `alg` says.
+
+Fitting a key is done once per (key, algorithm): a `PreparedKey` holds the outcome (joserfc's
+`check_key` passed, pyca/cryptography's public key object, its padding and hash objects, the curve's
+signature length), so the per-token work is the bare signature call. `PreparedKey.fit(key, alg)` is the
+one place that does it; a JWSVerifier remembers the PreparedKey of each key object its sources hand it
+(bounded, by object identity: a refreshed key set brings new objects, which are fitted anew).
 
 What comes back is the verified header and the payload bytes. Claims are the caller's: each token kind
 has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verify.verifier`), sharing
@@ -29,16 +36,25 @@ has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verif
 
 A JWSVerifier is built once (algorithm objects looked up once) and remembers the headers it has fully
 checked, byte for byte: the steady state of one issuer key skips the header parse. The memo is per
-instance, so a header is only ever skipped under the policy that checked it. Failures are JWSError with
+instance, so a header is only ever skipped under the policy that checked it, and keyed by the exact
+segment, so a header spelled any other way (another member order, whitespace, escapes, a repeated
+member, a non-canonical base64url character) is parsed and checked in full. Failures are JWSError with
 a stable `problem` code; callers map it to their own error (opaque to the client, precise in the log).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, NamedTuple
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ec import ECDSA, EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc.errors import JoseError
+from joserfc.jwa import ESAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 from joserfc.jwk import Key
 
 # JWSAlgModel is public in joserfc.jws, though missing from its __all__.
@@ -49,7 +65,7 @@ from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import MAX_KID_LENGTH, KeySource, UnknownKid
 from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
 
-__all__ = ["Compact", "JWSError", "JWSVerifier", "VerifiedJWS", "algorithm_models"]
+__all__ = ["Compact", "JWSError", "JWSVerifier", "PreparedKey", "VerifiedJWS", "algorithm_models"]
 
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 # RFC 9864 §2.2 deprecates the polymorphic "EdDSA" for the fully-specified "Ed25519": with an Ed25519
@@ -59,6 +75,9 @@ _ED25519_NAMES: Final = frozenset({"EdDSA", "Ed25519"})
 # Distinct headers remembered per verifier: one per (alg, kid, typ) in practice, so a handful; the bound
 # only stops a stream of junk headers from growing the memo.
 _HEADER_MEMO_SIZE: Final = 64
+# Fitted keys remembered per verifier: one per (key, algorithm) of its sources, which are capped at 32
+# keys each; the bound keeps a rotating or refetched set from piling up old objects.
+_KEY_MEMO_SIZE: Final = 64
 
 
 class VerifiedJWS(NamedTuple):
@@ -75,6 +94,90 @@ class _Header(NamedTuple):
     kid: str | None
     # The header's alg was admitted as the other name of Ed25519: only an Ed25519 key may check it.
     ed25519_only: bool = False
+
+
+class PreparedKey:
+    """A public key fitted to one algorithm, once: `verify(signing_input, signature)` is then the bare
+    pyca/cryptography call.
+
+    `PreparedKey.fit(key, alg)` runs joserfc's `check_key` (key type, curve, the key's own `alg`, its
+    `use`/`key_ops`) and takes the key's cryptography object and the algorithm's padding and hash
+    objects, as joserfc's own `verify` would per call. ES*: the r||s signature of exactly twice the
+    curve's length becomes DER with cryptography's `encode_dss_signature` (what joserfc does). An
+    algorithm without a fast path here keeps joserfc's `verify` (already fitted).
+    """
+
+    __slots__ = ("algorithm", "key", "verify")
+
+    def __init__(self, key: Key, algorithm: JWSAlgModel, verify: Callable[[bytes, bytes], bool]) -> None:
+        self.key = key
+        self.algorithm = algorithm
+        self.verify = verify
+
+    @classmethod
+    def fit(cls, key: Key, algorithm: JWSAlgModel, *, ed25519: bool = False) -> PreparedKey:
+        """Fit `key` to `algorithm`; raises JWSError("algorithm_key_mismatch") when it does not fit.
+
+        `ed25519`: the header named Ed25519 by its other name ("EdDSA" for "Ed25519" or the reverse):
+        only an Ed25519 key may check it, under either name.
+        """
+        try:
+            algorithm = _fitted(algorithm, key, ed25519)
+            public = key.get_op_key("verify")
+        except (JoseError, ValueError, TypeError):
+            raise JWSError(
+                "algorithm_key_mismatch", f"key {key.kid!r} does not fit {algorithm.name}"
+            ) from None
+        return cls(key, algorithm, _signature_check(algorithm, key, public))
+
+
+def _signature_check(algorithm: JWSAlgModel, key: Key, public: Any) -> Callable[[bytes, bytes], bool]:
+    """The per-token signature call for a fitted key, built once."""
+    if isinstance(algorithm, RSAAlgorithm | RSAPSSAlgorithm) and isinstance(public, RSAPublicKey):
+        rsa_verify, pad, digest = public.verify, algorithm.padding, algorithm.hash_alg()
+
+        def rsa(message: bytes, signature: bytes) -> bool:
+            try:
+                rsa_verify(signature, message, pad, digest)
+            except InvalidSignature:
+                return False
+            return True
+
+        return rsa
+    if isinstance(algorithm, ESAlgorithm) and isinstance(public, EllipticCurvePublicKey):
+        ec_verify, ecdsa = public.verify, ECDSA(algorithm.hash_alg())
+        size = (key.curve_key_size + 7) // 8  # type: ignore[union-attr]  # an EC key: check_key said so
+        whole = 2 * size
+
+        def ec(message: bytes, signature: bytes) -> bool:
+            if len(signature) != whole:
+                return False
+            der = encode_dss_signature(
+                int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+            )
+            try:
+                ec_verify(der, message, ecdsa)
+            except InvalidSignature:
+                return False
+            return True
+
+        return ec
+    if isinstance(public, Ed25519PublicKey | Ed448PublicKey) and key.key_type == "OKP":
+        ed_verify = public.verify
+
+        def eddsa(message: bytes, signature: bytes) -> bool:
+            try:
+                ed_verify(signature, message)
+            except InvalidSignature:
+                return False
+            return True
+
+        return eddsa
+
+    def generic(message: bytes, signature: bytes) -> bool:
+        return bool(algorithm.verify(message, signature, key))
+
+    return generic
 
 
 def algorithm_models(names: Collection[str]) -> dict[str, JWSAlgModel]:
@@ -107,7 +210,7 @@ class JWSVerifier:
     `require_kid`: refuse a header without a kid (otherwise every key of the source is tried).
     """
 
-    __slots__ = ("_algorithms", "_headers", "_max_bytes", "_require_kid", "_typ")
+    __slots__ = ("_algorithms", "_headers", "_keys", "_max_bytes", "_require_kid", "_typ")
 
     def __init__(
         self,
@@ -124,6 +227,7 @@ class JWSVerifier:
         self._require_kid = require_kid
         self._max_bytes = max_bytes
         self._headers: dict[bytes, _Header] = {}
+        self._keys: dict[tuple[int, str, bool], PreparedKey] = {}
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -173,37 +277,79 @@ class JWSVerifier:
     async def verify(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify `token` with a key of `keys` (fetching when the source needs to). Raises JWSError."""
         parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self.header(parts.header_segment)
+        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
         if header.kid is None:
-            return _signed(parts, header, _usable(await keys.get_keys()))
+            return self._signed(parts, header, _usable(await keys.get_keys()))
         try:
             key = await keys.get_key(header.kid)
         except VerificationError as exc:
             raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
-        return _signed_by(parts, header, key)
+        return self._signed_by(parts, header, key)
 
     def verify_sync(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """`verify` for code without an event loop: the source may fetch, blocking. Raises JWSError."""
         parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self.header(parts.header_segment)
+        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
         if header.kid is None:
-            return _signed(parts, header, _usable(keys.get_keys_sync()))
+            return self._signed(parts, header, _usable(keys.get_keys_sync()))
         try:
             key = keys.get_key_sync(header.kid)
         except VerificationError as exc:
             raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
-        return _signed_by(parts, header, key)
+        return self._signed_by(parts, header, key)
 
     def verify_cached(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify with keys already cached by `keys`; never does I/O. Raises JWSError."""
         parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self.header(parts.header_segment)
+        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
         if header.kid is None:
-            return _signed(parts, header, keys.cached_keys())
+            return self._signed(parts, header, keys.cached_keys())
         key = keys.get_cached_key(header.kid)
         if key is None:
             raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the cached keys")
-        return _signed_by(parts, header, key)
+        return self._signed_by(parts, header, key)
+
+    def prepared(self, header: _Header, key: Key) -> PreparedKey:
+        """`key` fitted to `header`'s algorithm (remembered per key object). Raises JWSError."""
+        slot = (id(key), header.alg.name, header.ed25519_only)
+        prepared = self._keys.get(slot)
+        # The entry holds its key, so while it lives no other object can have that id: `is` makes sure.
+        if prepared is not None and prepared.key is key:
+            return prepared
+        prepared = PreparedKey.fit(key, header.alg, ed25519=header.ed25519_only)
+        if len(self._keys) >= _KEY_MEMO_SIZE:
+            self._keys.clear()
+        self._keys[slot] = prepared
+        return prepared
+
+    def _signed_by(self, parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
+        """The one key the kid named (the hot path: one memo lookup, then the signature call)."""
+        prepared = self._keys.get((id(key), header.alg.name, header.ed25519_only))
+        # The entry holds its key, so while it lives no other object can have that id: `is` makes sure.
+        if prepared is None or prepared.key is not key:
+            prepared = self.prepared(header, key)
+        try:
+            good = prepared.verify(parts.signing_input, parts.signature)
+        except (JoseError, ValueError, TypeError):  # a signature the library cannot even read is bad
+            good = False
+        if not good:
+            raise JWSError("bad_signature", "the signature does not verify")
+        return VerifiedJWS(header.members, parts.payload, key)
+
+    def _signed(self, parts: Compact, header: _Header, keys: tuple[Key, ...]) -> VerifiedJWS:
+        """No kid: each key of the source that fits the algorithm, in turn (bounded by the set's size)."""
+        for key in keys:
+            try:
+                prepared = self.prepared(header, key)
+            except JWSError:
+                continue
+            try:
+                good = prepared.verify(parts.signing_input, parts.signature)
+            except (JoseError, ValueError, TypeError):
+                good = False
+            if good:
+                return VerifiedJWS(header.members, parts.payload, key)
+        raise JWSError("bad_signature", "no key of the source verifies the signature")
 
 
 def _ed25519_model() -> JWSAlgModel:
@@ -216,15 +362,15 @@ def _is_ed25519(key: Key) -> bool:
     return key.key_type == "OKP" and getattr(key, "curve_name", None) == "Ed25519"
 
 
-def _fitted(header: _Header, key: Key) -> JWSAlgModel:
-    """The algorithm object that checks `key` under `header`; raises when the key does not fit.
+def _fitted(alg: JWSAlgModel, key: Key, ed25519_only: bool) -> JWSAlgModel:
+    """The algorithm object that checks `key` under a header naming `alg`; raises when the key does
+    not fit.
 
     joserfc's `check_key` compares the key's own `alg` member by name, so an Ed25519 key published
     with alg "EdDSA" would refuse a header saying "Ed25519" (and the other way round): for an Ed25519
     key either name is checked as Ed25519 (use, key type and curve still checked).
     """
-    alg = header.alg
-    if header.ed25519_only or (alg.name in _ED25519_NAMES and _is_ed25519(key)):
+    if ed25519_only or (alg.name in _ED25519_NAMES and _is_ed25519(key)):
         if not _is_ed25519(key) or key.get("alg") not in (None, *_ED25519_NAMES):
             raise ValueError("not an Ed25519 key for an Ed25519 signature")
         key.check_use("sig")
@@ -247,36 +393,3 @@ def _unknown(exc: VerificationError) -> Problem:
     if isinstance(exc, UnknownKid) and exc.refetch_suppressed:
         return "unknown_kid_refetch_suppressed"
     return "unknown_kid"
-
-
-def _signed_by(parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
-    """The one key the kid named (the hot path)."""
-    try:
-        alg = _fitted(header, key)
-    except (JoseError, ValueError, TypeError):
-        raise JWSError(
-            "algorithm_key_mismatch", f"key {header.kid!r} does not fit {header.alg.name}"
-        ) from None
-    try:
-        good = alg.verify(parts.signing_input, parts.signature, key)
-    except (JoseError, ValueError, TypeError):
-        good = False
-    if not good:
-        raise JWSError("bad_signature", "the signature does not verify")
-    return VerifiedJWS(header.members, parts.payload, key)
-
-
-def _signed(parts: Compact, header: _Header, keys: tuple[Key, ...]) -> VerifiedJWS:
-    """No kid: each key of the source that fits the algorithm, in turn (bounded by the set's size)."""
-    for key in keys:
-        try:
-            alg = _fitted(header, key)
-        except (JoseError, ValueError, TypeError):
-            continue
-        try:
-            good = alg.verify(parts.signing_input, parts.signature, key)
-        except (JoseError, ValueError, TypeError):
-            good = False
-        if good:
-            return VerifiedJWS(header.members, parts.payload, key)
-    raise JWSError("bad_signature", "no key of the source verifies the signature")

@@ -113,3 +113,65 @@ def test_expiry_at_and_beyond_the_leeway(ec_key: Key, offset: float, ok: bool) -
         with pytest.raises(VerificationError) as caught:
             verifier.verify(token, now=NOW + 60 + offset)
         assert caught.value.reason == "expired"
+
+
+def _flip_header_bits(token: str) -> str:
+    """The same token with a set unused low bit in the header segment's last character."""
+    header, rest = token.split(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(header) % 4 in (2, 3)
+    return header[:-1] + alphabet[alphabet.index(header[-1]) | 1] + "." + rest
+
+
+def _padded_header(key: Key) -> dict[str, Any]:
+    """The usual header plus a harmless member sized so its base64url has unused bits to flip."""
+    for n in range(3):
+        h = header(key, note="x" * n)
+        if len(forge.b64(forge.encode(h))) % 4 in (2, 3):
+            return h
+    raise AssertionError("unreachable: three lengths cover every residue")
+
+
+def test_a_warm_verifier_refuses_every_row_alike(ec_key: Key, other_ec_key: Key, rsa_key: Key) -> None:
+    """The fast paths change no decision: a verifier that has just verified genuine tokens (its header
+    memo and its fitted keys warm) refuses every row of the corpus with the same reason, both paths."""
+    import asyncio
+
+    verifier = PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key, rsa_key))
+    genuine = [es(ec_key), forge.sign(rsa_key, header(rsa_key, alg="RS256"), base_claims())]
+    for case, make, reason in ROWS:
+        for token in genuine:
+            assert verifier.verify(token, now=NOW).sub == "alice"
+        hostile = make(ec_key, other_ec_key, rsa_key)
+        with pytest.raises(VerificationError) as caught:
+            verifier.verify(hostile, now=NOW)
+        assert (case, caught.value.reason) == (case, reason)
+        with pytest.raises(VerificationError) as again:
+            asyncio.run(verifier.averify(hostile, now=NOW))
+        assert (case, again.value.reason) == (case, reason)
+
+
+# Spellings of a header the verifier has just accepted: each is parsed and checked in full (the memo
+# is keyed by the exact segment), so what the full check refuses stays refused.
+HEADER_SPELLINGS: list[tuple[str, Callable[[Key, str], str], str]] = [
+    ("unused-bits-set", lambda k, genuine: _flip_header_bits(genuine), "malformed"),
+    ("extra-character", lambda k, genuine: genuine.replace(".", "A.", 1), "malformed"),
+    ("repeated-member", lambda k, genuine: es(k, forge.encode(_padded_header(k))[:-1] + b',"alg":"none"}'), "malformed"),
+    ("escaped-repeat", lambda k, genuine: es(k, forge.encode(_padded_header(k))[:-1] + b',"\\u0061lg":"HS256"}'), "malformed"),
+    ("other-alg-same-kid", lambda k, genuine: es(k, {**_padded_header(k), "alg": "ES384"}), "bad_signature"),
+    ("other-typ-same-kid", lambda k, genuine: es(k, {**_padded_header(k), "typ": "JWT"}), "wrong_type"),
+    ("signature-of-another-token", lambda k, genuine: genuine.rsplit(".", 1)[0] + "." + es(k, _padded_header(k), base_claims(sub="mallory")).rsplit(".", 1)[1], "bad_signature"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "make", "reason"), HEADER_SPELLINGS, ids=[row[0] for row in HEADER_SPELLINGS])
+def test_a_remembered_header_lets_no_other_spelling_through(
+    ec_key: Key, case: str, make: Callable[[Key, str], str], reason: str
+) -> None:
+    verifier = PurposeTokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=public_jwks(ec_key))
+    genuine = es(ec_key, _padded_header(ec_key))
+    assert verifier.verify(genuine, now=NOW).sub == "alice"
+    with pytest.raises(VerificationError) as caught:
+        verifier.verify(make(ec_key, genuine), now=NOW)
+    assert caught.value.reason == reason
+    assert verifier.verify(genuine, now=NOW).sub == "alice"  # and the memo still holds the genuine one

@@ -10,11 +10,12 @@ from typing import Any
 import msgspec
 import pytest
 from joserfc import jws
-from joserfc.jwk import Key
+from joserfc.jwk import ECKey, Key
 
 from exchange.verify import JWSError, JWSVerifier, StaticJWKS, key_source
 from exchange.verify.jwks import JWKSCache, JWKSError, parse_jwks
 from exchange.verify.strictjson import AmbiguousJSON, decode_object, is_numeric_date, refuse_duplicates
+from tests import forge
 from tests.verify.conftest import public_jwks
 
 
@@ -125,6 +126,41 @@ class TestCore:
         # A header remembered under one policy is never waved through under another.
         assert problem(strict, token, keys) == "wrong_type"
         assert problem(JWSVerifier(algorithms=["RS256"]), token, keys) == "algorithm_not_allowed"
+
+    def test_a_fitted_key_is_remembered_per_key_object_not_per_kid(self, ec_key: Key, other_ec_key: Key) -> None:
+        # Two identities publishing different keys under one kid: the key fitted for the first is
+        # never used for the second, whose own key decides.
+        mine = ECKey.import_key({**ec_key.as_dict(private=False), "kid": "shared"})
+        theirs = ECKey.import_key({**other_ec_key.as_dict(private=False), "kid": "shared"})
+        core = JWSVerifier(algorithms=["ES256"])
+        token = sign(ec_key, {"alg": "ES256", "kid": "shared"})
+        assert core.verify_cached(token, StaticJWKS({"keys": [mine.as_dict()]})).key.kid == "shared"
+        assert problem(core, token, StaticJWKS({"keys": [theirs.as_dict()]})) == "bad_signature"
+        assert core.verify_cached(token, StaticJWKS({"keys": [mine.as_dict()]}))
+
+    def test_a_key_fitted_for_one_algorithm_is_fitted_again_for_another(self, ec_key: Key, rsa_key: Key) -> None:
+        keys = StaticJWKS(public_jwks(ec_key, rsa_key))
+        core = JWSVerifier(algorithms=["ES256", "ES384", "RS256", "PS256"])
+        assert core.verify_cached(sign(ec_key, {"alg": "ES256", "kid": ec_key.kid}), keys)
+        # A P-256 key never checks ES384, whatever it checked before.
+        es384 = forge.with_signature({"alg": "ES384", "kid": ec_key.kid}, {"sub": "alice"}, bytes(96))
+        assert problem(core, es384, keys) == "algorithm_key_mismatch"
+        # An RSA key without an alg member checks RS256 and PS256 tokens, each with its own padding:
+        # a PKCS#1 v1.5 signature relabelled PS256 does not verify.
+        rs256 = sign(rsa_key, {"alg": "RS256", "kid": rsa_key.kid})
+        assert core.verify_cached(rs256, keys)
+        relabelled = forge.with_signature(
+            {"alg": "PS256", "kid": rsa_key.kid}, b'{"sub":"alice"}', forge.b64decode(rs256.rsplit(".", 1)[1])
+        )
+        assert problem(core, relabelled, keys) == "bad_signature"
+        assert core.verify_cached(sign(rsa_key, {"alg": "PS256", "kid": rsa_key.kid}), keys)
+
+    def test_the_fitted_key_memo_is_bounded(self, ec_key: Key) -> None:
+        core = JWSVerifier(algorithms=["ES256"])
+        token = sign(ec_key, {"alg": "ES256", "kid": ec_key.kid})
+        for _ in range(200):  # a new key object per refetch of the same set
+            assert core.verify_cached(token, StaticJWKS(public_jwks(ec_key)))
+        assert len(core._keys) <= 64
 
     def test_a_header_with_a_repeated_member_is_refused(self, ec_key: Key) -> None:
         header = b'{"alg":"ES256","kid":"%s","alg":"none"}' % ec_key.kid.encode()
