@@ -31,7 +31,7 @@ import msgspec
 import structlog
 
 from exchange.forwarding import identity_headers, txn_identity_headers
-from exchange.logging import configure_logging
+from exchange.logging import RequestLine, configure_logging
 from exchange.placement import PlacementConfig, build_txn_verifier, build_verifier, serve
 from exchange.verify.access import TXN_TOKEN, check_request, check_txn_request
 from exchange.verify.asgi import Receive, Scope, Send, header_values, send_refusal
@@ -41,6 +41,8 @@ from exchange.verify.txn import TxnToken, TxnTokenVerifier
 from exchange.verify.verifier import PurposeTokenVerifier
 
 log = structlog.get_logger("exchange.gateway")
+# The canonical line per request, on the hot path: the same line for a fraction of the cost.
+_line: Final = RequestLine("exchange.gateway")
 
 CONFIG_ENV: Final = "PURPOSE_GATEWAY_CONFIG"
 Proxy = Literal["nginx", "traefik", "caddy", "envoy"]
@@ -171,7 +173,7 @@ class Gateway:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             status = 200
-        log.info(
+        _line.info(
             "gateway_check",
             method=method,
             path=path,

@@ -277,11 +277,14 @@ class UpstreamPool:
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         """A connection (idle first, newest first) and whether it was used before."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise UpstreamTimeout("no upstream connection free in time") from None
+        if self._slots.locked():  # only then is there a wait to bound (a timer per request is not free)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout("no upstream connection free in time") from None
+        else:
+            await self._slots.acquire()  # a free slot: taken at once, without yielding
         while self._idle:
             connection = self._idle.pop()
             if connection.reusable:

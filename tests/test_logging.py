@@ -3,18 +3,23 @@ with the same keys, and each request has one canonical line."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import pty
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
-from exchange.logging import StdlibFormatter, record_fields, wants_json
+from exchange.logging import RequestLine, StdlibFormatter, configure_logging, record_fields, wants_json
 from tests.conftest import exchange_form, write_config
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
@@ -138,3 +143,62 @@ def test_a_terminal_gets_the_console_renderer_and_a_pipe_gets_json(monkeypatch: 
     finally:
         os.close(leader)
         os.close(follower)
+
+
+class TestRequestLine:
+    """The placements' fast canonical line is the line structlog would have written."""
+
+    @pytest.fixture
+    def stream(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+        saved = structlog.get_config()
+        handlers = logging.getLogger().handlers[:]
+        level = logging.getLogger().level
+        buffer = io.StringIO()
+        # Patched when the test asks (pytest puts its own capture back on sys.stderr after setup).
+        yield buffer
+        structlog.configure(**saved)
+        logging.getLogger().handlers[:] = handlers
+        logging.getLogger().setLevel(level)
+
+    def test_the_same_json_line_as_structlog(
+        self, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging(json=True)
+        fields = {"method": "GET", "path": "/a\u202eb", "status": 200, "reason": None, "ms": 0.42}
+        structlog.get_logger("exchange.ambassador").info("ambassador_request", **fields)
+        with structlog.contextvars.bound_contextvars(request_id="r-1"):
+            structlog.get_logger("exchange.ambassador").info("ambassador_request", **fields)
+            RequestLine("exchange.ambassador").info("ambassador_request", **fields)
+        RequestLine("exchange.ambassador").info("ambassador_request", **fields)
+        slow, slow_bound, fast_bound, fast = stream.getvalue().splitlines()
+        assert "\u202e" not in fast  # the same terminal-safe escapes
+        for line in (slow, slow_bound, fast_bound, fast):
+            assert json.loads(line)["timestamp"].endswith("Z")
+
+        def without_time(line: str) -> dict[str, Any]:
+            return {k: v for k, v in json.loads(line).items() if k != "timestamp"}
+
+        assert without_time(fast) == without_time(slow)
+        assert (
+            without_time(fast_bound)
+            == without_time(slow_bound)
+            == {**without_time(slow), "request_id": "r-1"}
+        )
+
+    def test_any_other_configuration_gets_structlog_itself(
+        self, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging(json=True, level="WARNING")
+        RequestLine("exchange.gateway").info("gateway_check", status=200)
+        assert stream.getvalue() == ""  # filtered like any info event
+        configure_logging(json=True)
+        with capture_logs() as logs:
+            RequestLine("exchange.gateway").info("gateway_check", status=200)
+        assert logs == [{"event": "gateway_check", "status": 200, "log_level": "info"}]
+        assert stream.getvalue() == ""
+        configure_logging(json=False)
+        RequestLine("exchange.gateway").info("gateway_check", status=200)
+        line = stream.getvalue()
+        assert "gateway_check" in line and not line.startswith("{")

@@ -164,7 +164,9 @@ HEADER_SPELLINGS: list[tuple[str, Callable[[Key, str], str], str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "make", "reason"), HEADER_SPELLINGS, ids=[row[0] for row in HEADER_SPELLINGS])
+@pytest.mark.parametrize(
+    ("case", "make", "reason"), HEADER_SPELLINGS, ids=[row[0] for row in HEADER_SPELLINGS]
+)
 def test_a_remembered_header_lets_no_other_spelling_through(
     ec_key: Key, case: str, make: Callable[[Key, str], str], reason: str
 ) -> None:

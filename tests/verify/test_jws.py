@@ -127,7 +127,9 @@ class TestCore:
         assert problem(strict, token, keys) == "wrong_type"
         assert problem(JWSVerifier(algorithms=["RS256"]), token, keys) == "algorithm_not_allowed"
 
-    def test_a_fitted_key_is_remembered_per_key_object_not_per_kid(self, ec_key: Key, other_ec_key: Key) -> None:
+    def test_a_fitted_key_is_remembered_per_key_object_not_per_kid(
+        self, ec_key: Key, other_ec_key: Key
+    ) -> None:
         # Two identities publishing different keys under one kid: the key fitted for the first is
         # never used for the second, whose own key decides.
         mine = ECKey.import_key({**ec_key.as_dict(private=False), "kid": "shared"})
@@ -138,7 +140,9 @@ class TestCore:
         assert problem(core, token, StaticJWKS({"keys": [theirs.as_dict()]})) == "bad_signature"
         assert core.verify_cached(token, StaticJWKS({"keys": [mine.as_dict()]}))
 
-    def test_a_key_fitted_for_one_algorithm_is_fitted_again_for_another(self, ec_key: Key, rsa_key: Key) -> None:
+    def test_a_key_fitted_for_one_algorithm_is_fitted_again_for_another(
+        self, ec_key: Key, rsa_key: Key
+    ) -> None:
         keys = StaticJWKS(public_jwks(ec_key, rsa_key))
         core = JWSVerifier(algorithms=["ES256", "ES384", "RS256", "PS256"])
         assert core.verify_cached(sign(ec_key, {"alg": "ES256", "kid": ec_key.kid}), keys)
