@@ -9,15 +9,30 @@ the token type, and last the binding to the requester: a client may present only
 itself or to parties it is configured for (`issued_to`; Keycloak's token exchange shipped without
 this as a CVE). Every failure is a `SubjectTokenInvalid` whose client-facing text is opaque and whose
 `reason` (e.g. "subject_token:expired") goes to the audit record.
+
+A token that passed is remembered by its exact bytes (their SHA-256) until it expires, at most
+`remember` of them (oldest first out), so the same token presented again skips what cannot come out
+differently for the same bytes: the parse, the duplicate check, the header policy and the signature.
+Nothing that can change is skipped: the time window, the audience, the declared type and the binding
+to the presenting client are checked again on every use, and the key is asked for again: a hit
+counts only while the issuer's key source still holds the very key object that verified it (a key
+removed, replaced or gone stale, or a refreshed set, sends the token through the whole check again).
+Only successes are remembered (a refusal is never replayed from memory), the memo belongs to this
+SubjectTrust (a reload builds a new one), and nothing here consumes a subject token: replay limits
+are the purpose token's (`single_use`, checked downstream), which this does not touch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
+
+from joserfc.jwk import Key
 
 from exchange import devidp
 from exchange.errors import IssuerKeysUnavailable, SubjectTokenInvalid
@@ -30,6 +45,9 @@ from schemas.config import Client, Settings, TrustedIssuer
 from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
 __all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "issued_to", "subject_trust"]
+
+#: Verified tokens remembered per SubjectTrust (about 1 KB each; 0 remembers none).
+REMEMBER: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +68,27 @@ class _Issuer:
     audiences: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Passed:
+    """What a token's bytes proved once: its issuer, claims and header type, and the key that verified it."""
+
+    issuer: _Issuer
+    claims: Mapping[str, Any]
+    typ: str | None
+    kid: str
+    key: Key
+
+
 class SubjectTrust:
     """Validates identity tokens against the configured trusted issuers. Built once, at start-up."""
 
-    def __init__(self, issuers: list[tuple[TrustedIssuer, KeySource]], *, max_token_bytes: int) -> None:
+    def __init__(
+        self,
+        issuers: list[tuple[TrustedIssuer, KeySource]],
+        *,
+        max_token_bytes: int,
+        remember: int = REMEMBER,
+    ) -> None:
         # One core per issuer: its own algorithm allow-list and header memo. typ is left to
         # _check_type (it depends on the declared token type); a kid is required.
         self._issuers = {
@@ -66,6 +101,8 @@ class SubjectTrust:
             for cfg, keys in issuers
         }
         self._max = max_token_bytes
+        self._remember = remember
+        self._passed: OrderedDict[bytes, _Passed] = OrderedDict()
 
     def sources(self) -> dict[str, KeySource]:
         """Each trusted issuer's key source (for readiness and metrics)."""
@@ -98,6 +135,31 @@ class SubjectTrust:
         def fail(reason: str) -> SubjectTokenInvalid:
             return SubjectTokenInvalid(reason, which=which)
 
+        now = time.time() if now is None else now
+        digest = (
+            hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+            if len(token) <= self._max
+            else b""
+        )
+        passed = self._passed.get(digest)
+        if passed is None or passed.issuer.keys.get_cached_key(passed.kid) is not passed.key:
+            passed = await self._verify(token, which, fail)
+            fresh = True
+        else:
+            fresh = False
+        issuer, claims, typ = passed.issuer, passed.claims, passed.typ
+        _check_claims(issuer, claims, fail, now)
+        _check_type(issuer.config, typ, token_type, fail)
+        if presenter is not None:
+            _check_presenter(issuer, claims, presenter, fail)
+        if fresh and digest and self._remember:
+            if len(self._passed) >= self._remember:
+                self._passed.popitem(last=False)  # the oldest (an expired one is never a hit anyway)
+            self._passed[digest] = passed
+        return VerifiedToken(issuer=issuer.config.issuer, claims=claims, kid=passed.key.kid, typ=typ)
+
+    async def _verify(self, token: str, which: str, fail: Callable[[str], SubjectTokenInvalid]) -> _Passed:
+        """The bytes' part of the check: strict parse, the named issuer, its key, the signature."""
         try:
             parts = split_compact(token, self._max)
             # Read before the signature only to learn which issuer's keys may check it.
@@ -117,20 +179,16 @@ class SubjectTrust:
             if exc.problem == "jwks_unavailable":
                 raise IssuerKeysUnavailable(which=which) from None
             raise fail(exc.problem) from None
-
-        _check_claims(issuer, claims, fail, time.time() if now is None else now)
         typ = verified.header.get("typ")
-        typ = typ if isinstance(typ, str) else None
-        _check_type(issuer.config, typ, token_type, fail)
-        if presenter is not None:
-            _check_presenter(issuer, claims, presenter, fail)
-        return VerifiedToken(
-            issuer=issuer.config.issuer, claims=MappingProxyType(claims), kid=verified.key.kid, typ=typ
+        kid = verified.header.get("kid")
+        assert isinstance(kid, str), "the issuer's header policy requires a kid"
+        return _Passed(
+            issuer, MappingProxyType(claims), typ if isinstance(typ, str) else None, kid, verified.key
         )
 
 
 def _check_claims(
-    issuer: _Issuer, claims: dict[str, Any], fail: Callable[[str], SubjectTokenInvalid], now: float
+    issuer: _Issuer, claims: Mapping[str, Any], fail: Callable[[str], SubjectTokenInvalid], now: float
 ) -> None:
     leeway = issuer.config.leeway
     exp = claims.get("exp")
