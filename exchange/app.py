@@ -42,7 +42,8 @@ from exchange.errors import (
     OAuthError,
     ServerError,
 )
-from exchange.keys import PUBLISH_AFTER_RETIRE, KeyRing, PublishedKeys, load_kek
+from exchange.keys import KeyRing, PublishedKeys, load_kek
+from exchange.lifecycle import Timing
 from exchange.logging import DEBUG_ENV, configure_from
 from exchange.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exchange.metrics import Snapshot, merge, render
@@ -117,7 +118,7 @@ async def build_runtime(
     store = make_store(settings.store)
     await store.open()
     try:
-        keyring = KeyRing(store, kek, settings.signing.algorithm)
+        keyring = KeyRing(store, kek, settings.signing.algorithm, timing=Timing.of(settings))
         # Read before loading the keys, so a rotation racing with start-up is still noticed.
         keys_version = await store.keys_version()
         await keyring.ensure_active()
@@ -228,6 +229,7 @@ def create_app(
             ),
             asyncio.create_task(_purge(runtime, settings.audit.retention_seconds), name="purge"),
             asyncio.create_task(_refresh_keys(runtime), name="jwks-refresh"),
+            asyncio.create_task(runtime.keyring.maintain(), name="key-lifecycle"),
         ]
         if run_dir is not None:
             background.append(asyncio.create_task(_snapshots(runtime, run_dir), name="snapshots"))
@@ -373,15 +375,13 @@ def _settle_gc() -> None:
 
 async def _purge(runtime: Runtime, retention: float | None) -> None:
     """At start and then now and then: sweep expired replay records and rate counters, audit records
-    and denial counts older than the retention (`[audit] retention`; None keeps them), and stop
-    publishing keys that retired longer ago than any token they signed can live (the key watch then
-    drops them)."""
+    and denial counts older than the retention (`[audit] retention`; None keeps them). (Signing keys
+    follow their own lifecycle: `KeyRing.maintain`.)"""
     store = runtime.store
     while True:
         try:
             now = time.time()
             await store.purge_expired(now)
-            await store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
             if retention is not None:
                 purged = 0
                 # Batches of short transactions; a backlog larger than this waits for the next sweep.
@@ -404,11 +404,10 @@ def _store_error(runtime: Runtime, operation: str) -> None:
 
 
 def _signing_key_check(keyring: KeyRing) -> health.Check:
-    try:
-        kid = keyring.active.kid
-    except RuntimeError:
-        return health.Check(name="signing_key", status="down", detail="no active signing key is loaded")
-    return health.Check(name="signing_key", status="ok", detail=f"kid {kid}")
+    problem = keyring.problem
+    if problem is not None:
+        return health.Check(name="signing_key", status="down", detail=f"cannot sign: {problem}")
+    return health.Check(name="signing_key", status="ok", detail=f"kid {keyring.active.kid}")
 
 
 def scrape(metrics: ServiceMetrics, run_dir: RunDir | None) -> bytes:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from exchange import lifecycle
 from exchange.errors import ConfigError
 from exchange.listen import split_host_port
 from schemas.claims import WORKLOAD_SEPARATOR
@@ -76,7 +77,11 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     if store.url.startswith("sqlite:///") and store.url != "sqlite:///:memory:":
         file = store.url[len("sqlite:///") :]
         store = msgspec.structs.replace(store, url="sqlite:///" + str(_resolve(base, file)))
-    signing = msgspec.structs.replace(s.signing, kek_file=_resolve(base, s.signing.kek_file))
+    signing = msgspec.structs.replace(
+        s.signing,
+        kek_file=_resolve(base, s.signing.kek_file),
+        previous_kek_file=_resolve(base, s.signing.previous_kek_file),
+    )
     issuers = [msgspec.structs.replace(t, jwks_file=_resolve(base, t.jwks_file)) for t in s.trusted_issuers]
     clients = [msgspec.structs.replace(c, jwks_file=_resolve(base, c.jwks_file)) for c in s.clients]
     dev = s.dev_issuer
@@ -153,6 +158,7 @@ def check_settings(s: Settings) -> list[str]:
             split_host_port(s.metrics.listen)
         except ValueError as exc:
             problems.append(f"metrics.{exc}")
+    problems += lifecycle.check(s)
     client_ids: set[str] = set()
     for i, c in enumerate(s.clients):
         problems += _check_client(i, c, s.purposes)

@@ -1,149 +1,79 @@
-"""Signing keys: generate, encrypt at rest, rotate, publish. "The active key signs, all published verify."
+"""Signing keys: generate, encrypt at rest, publish, and follow the lifecycle. "The current key signs,
+all published keys verify."
 
-Private keys live in the store as AES-GCM ciphertext under a key-encryption key (KEK) that never
-touches the store. The KeyRing holds the decrypted active key and the prebuilt JWKS bytes in memory so
-minting and `/.well-known/jwks.json` do no I/O; `refresh()` re-reads the store (other replicas, CLI).
+The KeyRing holds the decrypted current key and the prebuilt JWKS bytes in memory so minting and
+`/.well-known/jwks.json` do no I/O; `refresh()` re-reads the store (other replicas, the CLI). Every
+change to the keys goes through `Store.change_keys` with a plan from `exchange.lifecycle` (pure
+functions of the stored keys and `now`), so replicas and CLI runs racing each other serialise on the
+store's key lock. A replica that cannot use the current key (its KEK does not open it) publishes the
+keys all the same but refuses to mint (503), and says why in /readyz: it never signs with another key.
+The KEK itself (`KeyEncryption`, `load_kek`) lives in `exchange.kek`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import secrets
+import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
-from exchange.errors import ConfigError
-from exchange.store.base import Store
+from exchange import lifecycle
+from exchange.errors import ConfigError, TemporarilyUnavailable
+from exchange.kek import KeyEncryption, decode_kek, load_kek, read_private_file
+from exchange.lifecycle import Timing
+from exchange.store.base import AddKey, KeyChange, MoveKey, RewrapKey, Store
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import JWKSError, parse_jwks
-from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
 from schemas.claims import PURPOSE_TOKEN_TYP
-from schemas.config import SigningConfig, StoreConfig
 from schemas.records import StoredKey
+
+__all__ = [
+    "ActiveKey",
+    "KeyEncryption",
+    "KeyRing",
+    "PublishedKey",
+    "PublishedKeys",
+    "decode_kek",
+    "generate_key",
+    "load_kek",
+    "read_private_file",
+]
 
 log = structlog.get_logger("exchange.keys")
 
 SigningKey = ECKey | OKPKey | RSAKey
-# A retiring key stays published this long after it stopped signing: the longest purpose-token
-# lifetime plus room for clock skew, so no token it signed fails verification for want of its key.
-PUBLISH_AFTER_RETIRE = MAX_TOKEN_LIFETIME + MAX_LEEWAY
+# How often each replica runs the lifecycle step (under the store's key lock, so only one acts).
+LIFECYCLE_SECONDS = 10.0
 _json = msgspec.json.Encoder()
 
 
 def generate_key(alg: str) -> SigningKey:
     if alg == "ES256":
         return ECKey.generate_key("P-256")
-    if alg == "Ed25519":
+    if alg in {"Ed25519", "EdDSA"}:
         return OKPKey.generate_key("Ed25519")
     if alg in {"RS256", "PS256"}:
         return RSAKey.generate_key(2048)
     raise ValueError(f"unsupported signing algorithm {alg!r}")
 
 
-class KeyEncryption:
-    """AES-256-GCM under the KEK; the kid is bound as associated data so ciphertexts can't be swapped."""
-
-    def __init__(self, kek: bytes) -> None:
-        if len(kek) != 32:
-            raise ValueError("the KEK must be 32 bytes")
-        self._aead = AESGCM(kek)
-
-    def __repr__(self) -> str:
-        return "KeyEncryption(<redacted>)"
-
-    def seal(self, kid: str, plaintext: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
-
-    def open(self, kid: str, sealed: bytes) -> bytes:
-        try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], kid.encode())
-        except InvalidTag:
-            raise ConfigError(
-                [f"signing key {kid}: cannot decrypt it with this KEK (wrong EXCHANGE_KEK?)"]
-            ) from None
-
-
-def decode_kek(value: str, source: str) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
-    except (binascii.Error, ValueError):
-        raise ConfigError([f"{source}: not base64url"]) from None
-    if len(raw) != 32:
-        raise ConfigError([f"{source}: must decode to 32 bytes, got {len(raw)}"])
-    return raw
-
-
-def read_private_file(path: Path, what: str) -> str:
-    """The text of a secret file that only its owner may read; ConfigError (one sentence) otherwise.
-
-    The mode is checked on the opened file (symlinks, e.g. mounted secrets, are followed), so the check
-    and the read are about the same file. Any group or other permission bit is refused: a KEK readable by
-    a group is a KEK shared with everyone in it.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError([f"{what}: {path} does not exist"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{what}: {path} cannot be read ({exc.strerror})"]) from None
-    with os.fdopen(fd, "r") as fh:
-        mode = os.fstat(fh.fileno()).st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(
-                [
-                    f"{what}: {path} is accessible by group or others (mode {mode:04o}); "
-                    f"allow its owner only: chmod 600 {path}"
-                ]
-            )
-        return fh.read()
-
-
-def load_kek(signing: SigningConfig, store: StoreConfig) -> KeyEncryption:
-    """EXCHANGE_KEK, else signing.kek_file, else (embedded store only) a generated file beside it.
-
-    A KEK file must be private to its owner (`read_private_file`); every command that loads the KEK
-    comes through here, so none can use a file that others could read.
-    """
-    env = os.environ.get("EXCHANGE_KEK")
-    if env:
-        return KeyEncryption(decode_kek(env, "EXCHANGE_KEK"))
-    if signing.kek_file:
-        path = Path(signing.kek_file)
-        what = "signing.kek_file"
-        return KeyEncryption(decode_kek(read_private_file(path, what), f"{what} ({path})"))
-    if not store.url.startswith("sqlite:///") or store.url == "sqlite:///:memory:":
-        raise ConfigError(
-            [
-                "signing: set EXCHANGE_KEK (or signing.kek_file) for this store; "
-                "a generated KEK file is only allowed beside an embedded SQLite file"
-            ]
-        )
-    path = Path(store.url[len("sqlite:///") :]).with_suffix(".kek")
-    what = "generated KEK file"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        # O_EXCL: of two processes starting together, one creates the file and both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
-        log.warning(
-            "kek_generated", path=str(path), hint="set EXCHANGE_KEK for anything but local development"
-        )
-    return KeyEncryption(decode_kek(read_private_file(path, what), f"{what} ({path})"))
+def key_algorithms(key: SigningKey) -> tuple[str, ...]:
+    """The signing algorithms (schemas/algorithms.py) a key of this type and size may be used with."""
+    if isinstance(key, ECKey):
+        return ("ES256",) if key.curve_name == "P-256" else ()
+    if isinstance(key, OKPKey):
+        return ("Ed25519", "EdDSA") if key.curve_name == "Ed25519" else ()
+    size = key.private_key.key_size if key.private_key is not None else 0
+    exponent = key.public_key.public_numbers().e
+    return ("RS256", "PS256") if 2048 <= size <= 8192 and exponent == 65537 else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,22 +93,81 @@ class ActiveKey:
     header: dict[str, Any]
 
 
+def jwks_of(keys: Sequence[StoredKey]) -> bytes:
+    """The JWKS document of the published keys (next, current, previous; never a retired one)."""
+    entries = []
+    for k in lifecycle.published(keys):
+        entry = msgspec.json.decode(k.public_jwk)
+        entry.update({"kid": k.kid, "alg": k.alg, "use": "sig"})
+        entries.append(entry)
+    return _json.encode({"keys": entries})
+
+
+def load_pem(path: Path, algorithm: str) -> SigningKey:
+    """An operator's private key from a PEM file private to its owner, fit for `algorithm` (its type
+    and size among schemas/algorithms.py's signing algorithms); ConfigError (one sentence) otherwise."""
+    text = read_private_file(path, "--pem")
+    try:
+        loaded = serialization.load_pem_private_key(text.encode(), password=None)
+    except TypeError:
+        raise ConfigError([f"--pem: {path} is encrypted; decrypt it to a 0600 file first"]) from None
+    except ValueError:
+        raise ConfigError([f"--pem: {path} is not a PEM private key"]) from None
+    pem = loaded.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key: SigningKey
+    if isinstance(loaded, ec.EllipticCurvePrivateKey):
+        key = ECKey.import_key(pem)
+    elif isinstance(loaded, ed25519.Ed25519PrivateKey):
+        key = OKPKey.import_key(pem)
+    elif isinstance(loaded, rsa.RSAPrivateKey):
+        key = RSAKey.import_key(pem)
+    else:
+        raise ConfigError([f"--pem: {path} holds a {type(loaded).__name__}, which no signing algorithm uses"])
+    fits = key_algorithms(key)
+    if algorithm not in fits:
+        usable = ", ".join(fits) or "no signing algorithm of ours"
+        raise ConfigError([f"--pem: the key in {path} is for {usable}, but signing.algorithm is {algorithm}"])
+    return key
+
+
+def describe(change: KeyChange) -> dict[str, Any]:
+    """A change as the fields of its `key_rotated` log line (kid and states; never key material)."""
+    if isinstance(change, AddKey):
+        return {"change": "created", "kid": change.key.kid, "alg": change.key.alg, "state": change.key.state}
+    if isinstance(change, MoveKey):
+        verb = {"current": "activated", "previous": "deactivated", "retired": "retired"}[change.to_state]
+        return {"change": "revoked" if change.revoked else verb, "kid": change.kid, "state": change.to_state}
+    return {"change": "rewrapped", "kid": change.kid, "kek_id": change.kek_id}
+
+
 class KeyRing:
     """The keys this replica signs with and publishes, rebuilt from the store on `refresh()`."""
 
-    def __init__(self, store: Store, kek: KeyEncryption, algorithm: str) -> None:
+    def __init__(
+        self, store: Store, kek: KeyEncryption, algorithm: str, *, timing: Timing | None = None
+    ) -> None:
         self._store = store
         self._kek = kek
         self._algorithm = algorithm
+        self.timing = timing or Timing()
         self._active: ActiveKey | None = None
+        self._unusable: str | None = "no signing key loaded yet"
         self._jwks: bytes = b'{"keys":[]}'
         self._published: tuple[PublishedKey, ...] = ()
 
     @property
     def active(self) -> ActiveKey:
+        """The current key; TemporarilyUnavailable (503) when this replica has none it can use."""
         if self._active is None:
-            raise RuntimeError("no active signing key: KeyRing.refresh() has not run")
+            raise TemporarilyUnavailable("no usable signing key")
         return self._active
+
+    @property
+    def problem(self) -> str | None:
+        """Why this replica cannot sign (for /readyz), or None."""
+        return None if self._active is not None else self._unusable
 
     @property
     def jwks_bytes(self) -> bytes:
@@ -192,63 +181,155 @@ class KeyRing:
     def published(self) -> tuple[PublishedKey, ...]:
         return self._published
 
-    async def create_key(self, *, now: float | None = None, activate: bool = True) -> str:
-        """Generate, encrypt and store a key of the configured algorithm; returns its kid."""
-        key = generate_key(self._algorithm)
+    # -- making keys ----------------------------------------------------------------------------------
+
+    def new_key(self, now: float, algorithm: str | None = None) -> StoredKey:
+        """A fresh key of the configured (or given) algorithm, sealed under the KEK; not stored yet."""
+        alg = algorithm or self._algorithm
+        return self.seal(generate_key(alg), alg, now)
+
+    def seal(self, key: SigningKey, alg: str, now: float) -> StoredKey:
         kid = key.thumbprint()
-        private = _json.encode(key.as_dict(private=True))
-        stored = StoredKey(
+        return StoredKey(
             kid=kid,
-            alg=self._algorithm,
-            state="retiring",
-            created_at=now or time.time(),
+            alg=alg,
+            state="next",
+            created_at=now,
             public_jwk=_json.encode(key.as_dict(private=False)).decode(),
-            private_jwk=self._kek.seal(kid, private),
+            private_jwk=self._kek.seal(kid, _json.encode(key.as_dict(private=True))),
+            kek_id=self._kek.kek_id,
         )
-        await self._store.insert_key(stored)
-        if activate:
-            await self._store.activate_key(kid, now or time.time())
-        return kid
 
-    async def ensure_active(self) -> None:
-        """First start: make a key if the store has none active. Safe when replicas race."""
-        keys = await self._store.list_keys()
-        if not any(k.state == "active" for k in keys):
-            kid = await self.create_key()
-            log.info("key_created", kid=kid, alg=self._algorithm, reason="no active key")
-        await self.refresh()
+    @property
+    def kek_id(self) -> str:
+        """The id of the KEK new keys are sealed under."""
+        return self._kek.kek_id
 
-    async def rotate(self, *, now: float | None = None) -> str:
-        now = now or time.time()
-        kid = await self.create_key(now=now)
-        await self._store.retire_keys(before=now - PUBLISH_AFTER_RETIRE)
+    def reseal(self, key: StoredKey) -> bytes:
+        """The private half of `key`, opened with whichever KEK sealed it, sealed under the KEK in use."""
+        if key.private_jwk is None:
+            raise ValueError(f"signing key {key.kid} has no private half")
+        return self._kek.seal(key.kid, self._kek.open(key.kid, key.private_jwk, key.kek_id))
+
+    def _open(self, key: StoredKey) -> SigningKey:
+        if key.private_jwk is None:
+            raise ConfigError([f"signing key {key.kid} is retired: its private half is destroyed"])
+        private = import_key(msgspec.json.decode(self._kek.open(key.kid, key.private_jwk, key.kek_id)))
+        if not isinstance(private, (ECKey, OKPKey, RSAKey)):
+            raise ConfigError([f"signing key {key.kid}: unexpected key type"])
+        return private
+
+    def prove(self, keys: Sequence[StoredKey]) -> None:
+        """ConfigError (one sentence) unless this KEK opens the current key (or, with none current,
+        every key that still has a private half): what every key-writing command checks first."""
+        current = lifecycle.current_of(keys)
+        for key in [current] if current is not None else [k for k in keys if k.private_jwk is not None]:
+            try:
+                self._open(key)
+            except ConfigError:
+                raise ConfigError(
+                    [
+                        f"the KEK given cannot decrypt signing key {key.kid} ({key.state}); nothing was "
+                        "changed (give the service's KEK as EXCHANGE_KEK or signing.kek_file, and "
+                        "during a KEK change the old one as EXCHANGE_KEK_PREVIOUS)"
+                    ]
+                ) from None
+
+    # -- changing keys --------------------------------------------------------------------------------
+
+    async def change(
+        self,
+        plan: Callable[[list[StoredKey]], Sequence[KeyChange]],
+        *,
+        prove: bool = True,
+        kek_lost: bool = False,
+    ) -> list[KeyChange]:
+        """Apply `plan` under the store's key lock, after proving the KEK (`prove`; else only when the
+        plan writes key material; never with `kek_lost`, the one plan that revokes what it cannot
+        open); log each change as `key_rotated`, then refresh."""
+
+        def guarded(keys: list[StoredKey]) -> Sequence[KeyChange]:
+            if kek_lost:
+                return plan(keys)
+            if prove:
+                self.prove(keys)
+            changes = plan(keys)
+            if not prove and any(isinstance(c, (AddKey, RewrapKey)) for c in changes):
+                self.prove(keys)  # a replica whose KEK is wrong must not add keys nobody else can open
+            return changes
+
+        applied = await self._store.change_keys(guarded)
+        for change in applied:
+            log.info("key_rotated", **describe(change))
+        if applied:
+            await self.refresh()
+        return applied
+
+    async def advance(self, now: float | None = None) -> list[KeyChange]:
+        """One lifecycle step at `now` (see `exchange.lifecycle.advance`); a new key is made only when
+        the step needs one."""
+        at = time.time() if now is None else now
+        algorithm, timing = self._algorithm, self.timing
+        step = lifecycle.advance(
+            await self._store.list_keys(), at, timing, algorithm=algorithm, candidate=None
+        )
+        if not step.changes and not step.wants_key:
+            return []  # the usual tick: nothing due, no lock taken
+        chosen = self.new_key(at) if step.wants_key else None
+
+        def plan(keys: list[StoredKey]) -> Sequence[KeyChange]:
+            return lifecycle.advance(keys, at, timing, algorithm=algorithm, candidate=chosen).changes
+
+        return await self.change(plan, prove=False)
+
+    async def ensure_active(self, now: float | None = None) -> None:
+        """Start-up: run one lifecycle step (a first start makes the first key), then load the keys.
+        ConfigError (one sentence) when the current key cannot be used with this KEK."""
+        await self.advance(now)
         await self.refresh()
-        return kid
+        if self._active is None:
+            raise ConfigError([self._unusable or "no usable signing key"])
+
+    async def maintain(
+        self, clock: Callable[[], float] = time.time, every: float = LIFECYCLE_SECONDS
+    ) -> None:
+        """Run the lifecycle step every `every` seconds until cancelled; survives store outages."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.advance(clock())
+            except Exception as exc:  # the store may be down; the next step catches up
+                log.warning("key_lifecycle_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # -- reading keys ---------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
+        """Re-read the store: publish every key that is not retired; sign with the current one if this
+        replica can open it, else with none (fail closed, the reason in `problem`)."""
         keys = await self._store.list_keys()
-        active = [k for k in keys if k.state == "active"]
-        if not active:
-            raise RuntimeError("the store has no active signing key")
-        current = active[0]
-        if self._active is None or self._active.kid != current.kid:
-            private = import_key(msgspec.json.decode(self._kek.open(current.kid, current.private_jwk)))
-            if not isinstance(private, (ECKey, OKPKey, RSAKey)):
-                raise ConfigError([f"signing key {current.kid}: unexpected key type"])
-            self._active = ActiveKey(
-                kid=current.kid,
-                alg=current.alg,
-                key=private,
-                header={"alg": current.alg, "typ": PURPOSE_TOKEN_TYP, "kid": current.kid},
-            )
-        published = [k for k in keys if k.state in {"active", "retiring"}]
-        jwks = []
-        for k in published:
-            entry = msgspec.json.decode(k.public_jwk)
-            entry.update({"kid": k.kid, "alg": k.alg, "use": "sig"})
-            jwks.append(entry)
-        self._jwks = _json.encode({"keys": jwks})
+        published = lifecycle.published(keys)
+        self._jwks = jwks_of(keys)
         self._published = tuple(PublishedKey(k.kid, k.state, k.created_at) for k in published)
+        current = lifecycle.current_of(keys)
+        if current is None:
+            self._active, self._unusable = None, "the store has no current signing key"
+            log.error("signing_key_unusable", reason=self._unusable)
+            return
+        if self._active is not None and self._active.kid == current.kid and self._active.alg == current.alg:
+            return
+        try:
+            private = self._open(current)
+        except ConfigError as exc:
+            self._active, self._unusable = None, exc.problems[0]
+            log.error("signing_key_unusable", kid=current.kid, reason=self._unusable)
+            return
+        self._active = ActiveKey(
+            kid=current.kid,
+            alg=current.alg,
+            key=private,
+            header={"alg": current.alg, "typ": PURPOSE_TOKEN_TYP, "kid": current.kid},
+        )
+        self._unusable = None
 
 
 class PublishedKeys:

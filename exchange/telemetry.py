@@ -96,7 +96,8 @@ class ServiceMetrics:
         self.audit_queue = r.gauge(PREFIX + "audit_queue_depth", "Audit records waiting for their batch.")
         self.signing_key_age = r.gauge(
             PREFIX + "signing_key_age_seconds",
-            "Age of each published signing key, by kid and state (active signs; retiring is only published).",
+            "Age of each published signing key, by kid and state (current signs; next and previous are only"
+            " published).",
             ("kid", "state"),
             merge="max",
         )

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-#: What the exchange signs purpose tokens with (`[signing] algorithm`).
-SigningAlgorithm = Literal["ES256", "Ed25519", "RS256", "PS256"]
+#: What the exchange signs purpose tokens with (`[signing] algorithm`). "EdDSA" is the same Ed25519 key
+#: under the name PyJWT and authlib still require (RFC 8037's; RFC 9864 prefers "Ed25519").
+SigningAlgorithm = Literal["ES256", "Ed25519", "EdDSA", "RS256", "PS256"]
 #: Every algorithm a verifier of ours may be configured with (subject tokens, assertions, purpose tokens).
 AsymmetricAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "Ed25519", "EdDSA"

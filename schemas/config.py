@@ -29,11 +29,32 @@ class StoreConfig(Base, frozen=True):
     migrate_on_start: bool = True
 
 
+# "<n>d" or "<n>h": how often a new signing key is staged (docs/CONFIGURATION.md, "Signing").
+RotationPeriod = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,4}[dh]$")]
+
+
 class SigningConfig(Base, frozen=True):
+    # Changing it rotates to a key of the new algorithm through the usual lifecycle.
     algorithm: SigningAlgorithm = "ES256"
     kek_file: str | None = None
-    # How long clients may cache the JWKS (Cache-Control max-age on /.well-known/jwks.json).
+    # The KEK being replaced, during `exchange keys rewrap` (only opens keys; never seals).
+    previous_kek_file: str | None = None
+    # How long clients may cache the JWKS (Cache-Control max-age on /.well-known/jwks.json). A staged
+    # key signs no sooner than this (at least 60 s, what our verifiers cache at least) plus the margin
+    # after it was published, and a key that stopped signing stays published for the longest token
+    # lifetime plus leeway plus this.
     jwks_max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
+    # Seconds added to the wait before a staged key signs: room for every replica to publish it.
+    activation_margin: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 60
+    # Scheduled rotation: stage a new key this long after the current one began signing; unset: only
+    # `exchange keys rotate` (or an algorithm change) stages one.
+    rotate_every: RotationPeriod | None = None
+
+    @property
+    def rotate_every_seconds(self) -> float | None:
+        if self.rotate_every is None:
+            return None
+        return int(self.rotate_every[:-1]) * (86400.0 if self.rotate_every.endswith("d") else 3600.0)
 
 
 class TrustedIssuer(Base, frozen=True):

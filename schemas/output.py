@@ -68,20 +68,45 @@ class DenialCountLine(Base, frozen=True):
 
 
 class KeyLine(Base, frozen=True):
-    """`exchange keys list --json`."""
+    """`exchange keys list --json`. The times are the stored ones, and for what has not happened yet the
+    computed ones: a next key's `activated_at` is when it will sign, a previous key's `retired_at` when
+    it will be unpublished and destroyed."""
 
     kid: str
     alg: str
     state: str
     created_at: UtcTime
+    activated_at: UtcTime | None
+    deactivated_at: UtcTime | None
     retired_at: UtcTime | None
+    revoked: bool
+    kek_id: str | None
 
 
 class RotatedKey(Base, frozen=True):
-    """`exchange keys rotate --json`."""
+    """`exchange keys rotate --json`, `exchange keys import --json`: the key that was staged (or made
+    current) and when it signs; `changed` is false when a staged key already existed."""
 
     kid: str
     state: str
+    activated_at: UtcTime | None
+    changed: bool
+
+
+class RevokedKey(Base, frozen=True):
+    """`exchange keys revoke --json`: the revoked key and the one that signs instead (null: it was
+    not current)."""
+
+    kid: str
+    replaced_by: str | None
+    changed: bool
+
+
+class RewrappedKeys(Base, frozen=True):
+    """`exchange keys rewrap --json`: how many keys were resealed under the KEK `kek_id`."""
+
+    kek_id: str
+    rewrapped: int
 
 
 class MigrationLine(Base, frozen=True):

@@ -8,15 +8,17 @@ import msgspec
 
 from schemas.base import Base
 
-KeyState = Literal["active", "retiring", "retired"]
+KeyState = Literal["next", "current", "previous", "retired"]
 Decision = Literal["granted", "denied"]
 
 
 class StoredKey(Base, frozen=True):
-    """A signing key. `private_jwk` is AES-GCM ciphertext under the KEK, never plaintext.
+    """A signing key. `private_jwk` is AES-GCM ciphertext under the KEK named by `kek_id`, never
+    plaintext, and NULL once the key is retired (the database refuses anything else).
 
-    active: signs and is published; retiring: published (tokens it signed may still be alive), no
-    longer signs; retired: neither. Exactly one key is active at a time.
+    next: published, not signing yet; current: signs and is published (exactly one); previous:
+    published (tokens it signed may still be alive), no longer signs; retired: neither, and its private
+    half is destroyed. `revoked`: retired at once by `exchange keys revoke`, not on schedule.
     """
 
     kid: str
@@ -24,8 +26,12 @@ class StoredKey(Base, frozen=True):
     state: KeyState
     created_at: float
     public_jwk: str
-    private_jwk: bytes
+    private_jwk: bytes | None
+    activated_at: float | None = None
+    deactivated_at: float | None = None
     retired_at: float | None = None
+    revoked: bool = False
+    kek_id: str | None = None
 
     def __repr__(self) -> str:
         return f"StoredKey(kid={self.kid!r}, alg={self.alg!r}, state={self.state!r})"

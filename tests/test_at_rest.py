@@ -120,4 +120,4 @@ class TestReadableKekIsRefused:
         config = config_file(tmp_path, free_port(), kek_file=str(kek))
         result = cli("keys", "rotate", "--config", str(config))
         assert result.returncode == 0, result.stderr
-        assert "rotated: new active key " in result.stdout
+        assert "created: key " in result.stdout and "is current" in result.stdout

@@ -94,14 +94,16 @@ def test_keys_rotate_reaches_the_running_service(tmp_path: Path, idp: FakeIdP, i
         server.wait_ready()
         before = httpx.get(f"{server.url}/.well-known/jwks.json").json()["keys"]
         assert len(before) == 1
-        result = run("keys", "rotate", "--config", str(config))
+        result = run("keys", "rotate", "--now", "--yes", "--config", str(config))
         assert result.returncode == 0, result.stderr
-        new_kid = result.stdout.strip().rsplit(" ", 1)[-1]
+        assert result.stdout.startswith("rotated now: key ")
+        assert "verifiers whose cached JWKS" in result.stderr
+        new_kid = result.stdout.split()[3]
         listed = [
             json.loads(line)
             for line in run("keys", "list", "--json", "--config", str(config)).stdout.splitlines()
         ]
-        assert {k["kid"]: k["state"] for k in listed} == {new_kid: "active", before[0]["kid"]: "retiring"}
+        assert {k["kid"]: k["state"] for k in listed} == {new_kid: "current", before[0]["kid"]: "previous"}
         # The service re-reads keys every few seconds: both keys are published, the new one signs.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -150,7 +150,7 @@ class TestServedMetrics:
         assert value(samples, "purpose_exchange_audit_batch_size_count") >= 1
         assert "purpose_exchange_audit_queue_depth" in samples
         ages = samples["purpose_exchange_signing_key_age_seconds"]
-        assert [dict(k)["state"] for k in ages] == ["active"]
+        assert [dict(k)["state"] for k in ages] == ["current"]
         assert all(age >= 0 for age in ages.values())
         assert value(samples, "process_resident_memory_bytes") > 1_000_000
         assert value(samples, "process_cpu_seconds_total") > 0

@@ -202,9 +202,9 @@ async def test_two_replicas_issue_tokens_that_verify_via_either_jwks_and_follow_
                 claims = await asyncio.to_thread(verify, issued, f"{publisher.url}/.well-known/jwks.json")
                 assert claims["iss"] == issuer.url
 
-        rotated = replicas.cli("keys", "rotate")
+        rotated = replicas.cli("keys", "rotate", "--now", "--yes")
         assert rotated.returncode == 0, rotated.stderr
-        new_kid = rotated.stdout.strip().rsplit(" ", 1)[-1]
+        new_kid = rotated.stdout.split()[3]
         published = await converge(new_kid)
         assert new_kid in published
 

@@ -12,9 +12,55 @@ from typing import Protocol
 
 # One outage type for the whole stack: rules catch it too, so it lives with their protocol.
 from rules.store import RuleStore, StoreUnavailable
-from schemas.records import AuditRecord, DenialCount, StoredKey
+from schemas.records import AuditRecord, DenialCount, KeyState, StoredKey
 
-__all__ = ["AuditCount", "AuditFilter", "RuleStore", "Store", "StoreUnavailable"]
+__all__ = [
+    "AddKey",
+    "AuditCount",
+    "AuditFilter",
+    "KeyChange",
+    "KeyConflict",
+    "MoveKey",
+    "RewrapKey",
+    "RuleStore",
+    "Store",
+    "StoreUnavailable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AddKey:
+    """Insert a new key (as `next`, or as `current` when there is none)."""
+
+    key: StoredKey
+
+
+@dataclass(frozen=True, slots=True)
+class MoveKey:
+    """Move `kid` from `from_state` to `to_state` at `at`; retiring destroys its private half."""
+
+    kid: str
+    from_state: KeyState
+    to_state: KeyState
+    at: float
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapKey:
+    """Replace the ciphertext `was` of `kid` by `private_jwk`, sealed under the KEK `kek_id`."""
+
+    kid: str
+    private_jwk: bytes
+    kek_id: str
+    was: bytes
+
+
+KeyChange = AddKey | MoveKey | RewrapKey
+
+
+class KeyConflict(ValueError):
+    """A planned key change no longer fits the stored keys; nothing was changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +106,15 @@ class Store(RuleStore, Protocol):
     async def list_keys(self) -> list[StoredKey]:
         """All keys, newest first."""
 
-    async def activate_key(self, kid: str, now: float) -> None:
-        """Make `kid` the one active key; the previously active key becomes retiring at `now`."""
-
-    async def retire_keys(self, before: float) -> list[str]:
-        """Retiring keys that stopped signing before `before` become retired; returns their kids."""
+    async def change_keys(
+        self, plan: Callable[[list[StoredKey]], Sequence[KeyChange]]
+    ) -> list[KeyChange]:
+        """Apply `plan(keys)` atomically: one transaction that takes the key lock first (PostgreSQL: an
+        advisory lock; SQLite: the write lock), reads every key, calls `plan` (pure, quick, no I/O) and
+        applies the changes it returns, in order; returns them. Whatever `plan` raises rolls back
+        (nothing changes) and propagates; a change that touches no row raises KeyConflict. Two
+        processes changing keys at once therefore serialise, and the second plans on the first's result.
+        """
 
     async def keys_version(self) -> int:
         """A number that changes whenever the signing keys change (any process, any replica)."""

@@ -38,13 +38,13 @@ import structlog
 
 from exchange.store import migrate as migrations
 from exchange.store import sql
-from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
+from exchange.store.base import AuditCount, AuditFilter, KeyChange, KeyConflict, StoreUnavailable
 from exchange.store.pgpool import OUTAGE_SQLSTATE_CLASSES, UNAVAILABLE, Pool, connect, describe
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, DenialCount, StoredKey
 
 KEYS_CHANNEL = "exchange_keys"
-_ACTIVATE_LOCK_ID = 0x7075_7270_6F73_6B31  # "purposk1": any constant shared by all replicas
+_KEYS_LOCK_ID = 0x7075_7270_6F73_6B31  # "purposk1": any constant shared by all replicas
 
 _log = structlog.get_logger("exchange.store.postgres")
 # The key watch outlives outages: any of these means "reconnect after a pause".
@@ -125,21 +125,23 @@ class PostgresStore:
             rows = await conn.fetch(sql.LIST_KEYS)
         return [sql.stored_key(r) for r in rows]
 
-    async def activate_key(self, kid: str, now: float) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
-            # Two replicas activating different keys at once must serialise: without this lock the later
-            # one's UPDATE works from a snapshot missing the other's new active key and trips the
-            # one-active index. With it, the later activation simply wins.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVATE_LOCK_ID)
-            if await conn.fetchval(sql.KEY_EXISTS + " FOR UPDATE", kid) is None:
-                raise KeyError(kid)
-            await conn.execute(sql.DEMOTE_ACTIVE_KEY, now, kid)
-            await conn.execute(sql.PROMOTE_KEY, kid)
-
-    async def retire_keys(self, before: float) -> list[str]:
-        async with self._pool.connection() as conn:
-            rows = await conn.fetch(sql.RETIRE_KEYS, before)
-        return sorted(r["kid"] for r in rows)
+    async def change_keys(
+        self, plan: Callable[[list[StoredKey]], Sequence[KeyChange]]
+    ) -> list[KeyChange]:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                # Every replica and CLI run changing keys queues here first, so each plans on the
+                # result of the one before it: one current key, one staged rotation, whoever races.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEYS_LOCK_ID)
+                keys = [sql.stored_key(r) for r in await conn.fetch(sql.LIST_KEYS)]
+                changes = list(plan(keys))
+                for change in changes:
+                    statement, values = sql.key_change(change)
+                    if await conn.execute(statement, *values) not in ("INSERT 0 1", "UPDATE 1"):
+                        raise KeyConflict(f"signing keys changed meanwhile: {change!r} no longer applies")
+                return changes
+        except asyncpg.UniqueViolationError as exc:
+            raise KeyConflict(f"signing keys conflict ({exc.constraint_name})") from exc
 
     async def keys_version(self) -> int:
         """A number that changes after every committed change to the signing keys (see module doc)."""

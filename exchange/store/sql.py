@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.store.base import AuditCount, AuditFilter
+from exchange.store.base import AddKey, AuditCount, AuditFilter, KeyChange, MoveKey
 from schemas.records import AuditRecord, DenialCount, RuleOutcome, StoredKey
 
 AUDIT_COLUMNS = (
@@ -37,7 +37,19 @@ AUDIT_COLUMNS = (
     "trace_id",
     "txn",
 )
-KEY_COLUMNS = ("kid", "alg", "state", "created_at", "retired_at", "public_jwk", "private_jwk")
+KEY_COLUMNS = (
+    "kid",
+    "alg",
+    "state",
+    "created_at",
+    "activated_at",
+    "deactivated_at",
+    "retired_at",
+    "revoked",
+    "kek_id",
+    "public_jwk",
+    "private_jwk",
+)
 
 _rules_encoder = msgspec.json.Encoder()
 _rules_decoder = msgspec.json.Decoder(list[RuleOutcome])
@@ -123,15 +135,33 @@ def audit_counts(rows: Iterable[Iterable[Any]]) -> list[AuditCount]:
 
 INSERT_KEY = f"INSERT INTO signing_keys ({', '.join(KEY_COLUMNS)}) VALUES ({_placeholders(len(KEY_COLUMNS))})"  # noqa: S608
 LIST_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM signing_keys ORDER BY created_at DESC, kid"  # noqa: S608
-KEY_EXISTS = "SELECT 1 FROM signing_keys WHERE kid = $1"
-# Activation is two statements in one transaction (each backend supplies its own locking around them).
-DEMOTE_ACTIVE_KEY = (
-    "UPDATE signing_keys SET state = 'retiring', retired_at = $1 WHERE state = 'active' AND kid <> $2"
-)
-PROMOTE_KEY = "UPDATE signing_keys SET state = 'active', retired_at = NULL WHERE kid = $1"
-RETIRE_KEYS = (
-    "UPDATE signing_keys SET state = 'retired' WHERE state = 'retiring' AND retired_at < $1 RETURNING kid"
-)
+# Every lifecycle move is guarded by the state it leaves, so a move planned on a stale view changes no
+# row (the backends then roll the whole change back). Retiring destroys the private half.
+MOVE_KEY = {
+    "current": "UPDATE signing_keys SET state = 'current', activated_at = $2 WHERE kid = $1 AND state = $3",
+    "previous": (
+        "UPDATE signing_keys SET state = 'previous', deactivated_at = $2 WHERE kid = $1 AND state = $3"
+    ),
+    "retired": (
+        "UPDATE signing_keys SET state = 'retired', retired_at = CAST($2 AS DOUBLE PRECISION),"
+        " private_jwk = NULL, revoked = $4, deactivated_at = COALESCE(deactivated_at,"
+        " CASE WHEN state = 'next' THEN NULL ELSE CAST($2 AS DOUBLE PRECISION) END)"
+        " WHERE kid = $1 AND state = $3"
+    ),
+}
+REWRAP_KEY = "UPDATE signing_keys SET private_jwk = $2, kek_id = $3 WHERE kid = $1 AND private_jwk = $4"
+
+
+def key_change(change: KeyChange) -> tuple[str, tuple[Any, ...]]:
+    """The one statement (and its values) that applies a planned change; it must touch one row."""
+    if isinstance(change, AddKey):
+        return INSERT_KEY, key_row(change.key)
+    if isinstance(change, MoveKey):
+        if change.to_state == "retired":
+            return MOVE_KEY["retired"], (change.kid, change.at, change.from_state, change.revoked)
+        return MOVE_KEY[change.to_state], (change.kid, change.at, change.from_state)
+    return REWRAP_KEY, (change.kid, change.private_jwk, change.kek_id, change.was)
+
 
 # RETURNING yields a row only when the insert happened: one answer to "first time?" on both backends.
 CONSUME_JTI = (
@@ -249,18 +279,34 @@ def audit_record(row: Iterable[Any]) -> AuditRecord:
 
 def key_row(k: StoredKey) -> tuple[Any, ...]:
     """One key as the values of KEY_COLUMNS, in that order."""
-    return (k.kid, k.alg, k.state, k.created_at, k.retired_at, k.public_jwk, k.private_jwk)
+    return (
+        k.kid,
+        k.alg,
+        k.state,
+        k.created_at,
+        k.activated_at,
+        k.deactivated_at,
+        k.retired_at,
+        k.revoked,
+        k.kek_id,
+        k.public_jwk,
+        k.private_jwk,
+    )
 
 
 def stored_key(row: Iterable[Any]) -> StoredKey:
     """A row selected as KEY_COLUMNS back into a key (the ciphertext as bytes on both backends)."""
-    kid, alg, state, created_at, retired_at, public_jwk, private_jwk = row
+    kid, alg, state, created, activated, deactivated, retired, revoked, kek_id, public, private = row
     return StoredKey(
         kid=kid,
         alg=alg,
         state=state,
-        created_at=created_at,
-        retired_at=retired_at,
-        public_jwk=public_jwk,
-        private_jwk=bytes(private_jwk),
+        created_at=created,
+        activated_at=activated,
+        deactivated_at=deactivated,
+        retired_at=retired,
+        revoked=bool(revoked),
+        kek_id=kek_id,
+        public_jwk=public,
+        private_jwk=None if private is None else bytes(private),
     )

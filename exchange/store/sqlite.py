@@ -21,7 +21,7 @@ import structlog
 
 from exchange.store import migrate as migrations
 from exchange.store import sql
-from exchange.store.base import AuditCount, AuditFilter, StoreUnavailable
+from exchange.store.base import AuditCount, AuditFilter, KeyChange, KeyConflict, StoreUnavailable
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, DenialCount, StoredKey
 
@@ -33,10 +33,6 @@ _INSERT_AUDIT = sql.for_sqlite(sql.INSERT_AUDIT)
 _EXPORT_AUDIT = sql.for_sqlite(sql.EXPORT_AUDIT)
 _INSERT_KEY = sql.for_sqlite(sql.INSERT_KEY)
 _LIST_KEYS = sql.for_sqlite(sql.LIST_KEYS)
-_KEY_EXISTS = sql.for_sqlite(sql.KEY_EXISTS)
-_DEMOTE_ACTIVE_KEY = sql.for_sqlite(sql.DEMOTE_ACTIVE_KEY)
-_PROMOTE_KEY = sql.for_sqlite(sql.PROMOTE_KEY)
-_RETIRE_KEYS = sql.for_sqlite(sql.RETIRE_KEYS)
 _CONSUME_JTI = sql.for_sqlite(sql.CONSUME_JTI)
 _INCREMENT_COUNTER = sql.for_sqlite(sql.INCREMENT_COUNTER)
 _PURGE_REPLAYS = sql.for_sqlite(sql.PURGE_REPLAYS)
@@ -201,23 +197,30 @@ class SQLiteStore:
         rows = await self._run(lambda c: c.execute(_LIST_KEYS).fetchall())
         return [sql.stored_key(r) for r in rows]
 
-    async def activate_key(self, kid: str, now: float) -> None:
-        def go(c: sqlite3.Connection) -> None:
-            if c.execute(_KEY_EXISTS, (kid,)).fetchone() is None:
-                raise KeyError(kid)
-            c.execute(_DEMOTE_ACTIVE_KEY, (now, kid))
-            c.execute(_PROMOTE_KEY, (kid,))
+    async def change_keys(
+        self, plan: Callable[[list[StoredKey]], Sequence[KeyChange]]
+    ) -> list[KeyChange]:
+        def go(c: sqlite3.Connection) -> list[KeyChange]:
+            keys = [sql.stored_key(r) for r in c.execute(_LIST_KEYS).fetchall()]
+            changes = list(plan(keys))
+            for change in changes:
+                statement, values = sql.key_change(change)
+                try:
+                    cursor = c.execute(sql.for_sqlite(statement), values)
+                except sqlite3.IntegrityError as exc:
+                    raise KeyConflict(f"signing keys conflict ({exc})") from exc
+                if cursor.rowcount != 1:
+                    raise KeyConflict(f"signing keys changed meanwhile: {change!r} no longer applies")
+            return changes
 
-        # BEGIN IMMEDIATE serialises activations the way PostgreSQL's advisory lock does.
-        await self._transaction(go)
-
-    async def retire_keys(self, before: float) -> list[str]:
-        rows = await self._run(lambda c: c.execute(_RETIRE_KEYS, (before,)).fetchall())
-        return sorted(r[0] for r in rows)
+        # BEGIN IMMEDIATE takes the write lock before reading: plans of two processes serialise.
+        return await self._transaction(go)
 
     async def keys_version(self) -> int:
         def go(c: sqlite3.Connection) -> int:
-            rows = c.execute("SELECT kid, state, retired_at FROM signing_keys ORDER BY kid").fetchall()
+            rows = c.execute(
+                "SELECT kid, state, kek_id, private_jwk IS NULL FROM signing_keys ORDER BY kid"
+            ).fetchall()
             return zlib.crc32(repr(rows).encode())
 
         return await self._run(go)

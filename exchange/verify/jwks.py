@@ -47,6 +47,9 @@ _ACCEPT: Final = {"Accept": "application/jwk-set+json, application/json"}
 
 DEFAULT_MAX_KEYS: Final = 32
 DEFAULT_MAX_BYTES: Final = 64 * 1024
+#: The shortest a JWKSCache holds a set, whatever its max-age says (the exchange's key rotation waits
+#: at least this long before a newly published key signs).
+DEFAULT_MIN_TTL: Final = 60.0
 # RFC 7518 §3.3 requires 2048-bit RSA keys or larger; a shorter one in a JWKS is ignored, not trusted.
 MIN_RSA_BITS: Final = 2048
 # A modulus past this costs a verifier seconds per signature check: a denial of service, not a key.
@@ -246,7 +249,7 @@ class JWKSCache:
         uri: str,
         *,
         timeout: float = 5.0,
-        min_ttl: float = 60.0,
+        min_ttl: float = DEFAULT_MIN_TTL,
         max_ttl: float = 86400.0,
         default_ttl: float = 300.0,
         cooldown: float = 30.0,

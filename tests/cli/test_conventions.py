@@ -108,6 +108,7 @@ def test_every_json_output_follows_the_one_convention(tmp_path: Path) -> None:
         "config check": exchange("config", "check", "--json", *c),
         "db migrate": exchange("db", "migrate", "--json", *c),
         "keys rotate": exchange("keys", "rotate", "--json", *c),
+        "keys export-jwks": exchange("keys", "export-jwks", "--json", *c),
         "clients hash-secret": exchange("clients", "hash-secret", "--json", stdin="s" * 20 + "\n"),
     }
     lists = {

@@ -9,23 +9,29 @@ import msgspec
 import pytest
 
 from exchange.store import Store, StoreUnavailable, open_store
-from exchange.store.base import AuditFilter
+from exchange.store.base import AddKey, AuditFilter, KeyChange, KeyConflict, MoveKey, RewrapKey
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, DenialCount, RuleOutcome, StoredKey
 
 T0 = 1_800_000_000.0
 
 
-def make_key(kid: str, *, state: str = "retired", created_at: float = T0) -> StoredKey:
+def make_key(kid: str, *, state: str = "previous", created_at: float = T0) -> StoredKey:
     return StoredKey(
         kid=kid,
         alg="ES256",
         state=state,  # type: ignore[arg-type]
         created_at=created_at,
+        activated_at=created_at if state == "current" else None,
         public_jwk=f'{{"kty":"EC","kid":"{kid}"}}',
         # Bytes that are not valid UTF-8 (and hold a NUL): ciphertext must round-trip exactly.
-        private_jwk=b"\x00\xff\xfe" + kid.encode(),
+        private_jwk=None if state == "retired" else b"\x00\xff\xfe" + kid.encode(),
+        kek_id="kek-1",
     )
+
+
+def add(*keys: StoredKey) -> Callable[[list[StoredKey]], list[KeyChange]]:
+    return lambda _: [AddKey(k) for k in keys]
 
 
 def make_record(n: int, *, time: float = T0, decision: str = "granted", **extra: object) -> AuditRecord:
@@ -43,86 +49,113 @@ async def test_ping_answers_on_an_open_store(store: Store) -> None:
 
 class TestKeys:
     async def test_inserted_keys_round_trip_newest_first(self, store: Store) -> None:
-        await store.insert_key(make_key("old", created_at=T0))
-        await store.insert_key(make_key("new", created_at=T0 + 10))
+        await store.insert_key(make_key("old", state="current", created_at=T0))
+        await store.insert_key(make_key("new", state="next", created_at=T0 + 10))
 
         keys = await store.list_keys()
 
         assert [k.kid for k in keys] == ["new", "old"]
         assert keys[0].private_jwk == b"\x00\xff\xfenew"
         assert keys[0].public_jwk == '{"kty":"EC","kid":"new"}'
-        assert (keys[0].alg, keys[0].state, keys[0].created_at, keys[0].retired_at) == (
+        assert (keys[0].alg, keys[0].state, keys[0].created_at, keys[0].kek_id, keys[0].revoked) == (
             "ES256",
-            "retired",
+            "next",
             T0 + 10,
-            None,
+            "kek-1",
+            False,
         )
+        assert (keys[1].activated_at, keys[1].deactivated_at, keys[1].retired_at) == (T0, None, None)
 
     async def test_list_keys_is_empty_on_a_fresh_store(self, store: Store) -> None:
         assert await store.list_keys() == []
 
-    async def test_activating_a_key_makes_the_previous_one_retiring_at_now(self, store: Store) -> None:
-        await store.insert_key(make_key("a", state="active", created_at=T0))
-        await store.insert_key(make_key("b", state="retired", created_at=T0 + 1))
-
-        await store.activate_key("b", T0 + 100)
-
-        states = {k.kid: (k.state, k.retired_at) for k in await store.list_keys()}
-        assert states == {"b": ("active", None), "a": ("retiring", T0 + 100)}
-
-    async def test_exactly_one_key_is_active_after_each_rotation(self, store: Store) -> None:
-        for i in range(4):
-            await store.insert_key(make_key(f"k{i}", created_at=T0 + i))
-            await store.activate_key(f"k{i}", T0 + i)
-            active = [k.kid for k in await store.list_keys() if k.state == "active"]
-            assert active == [f"k{i}"]
-
-    async def test_activating_the_active_key_changes_nothing(self, store: Store) -> None:
-        await store.insert_key(make_key("a", state="active"))
-        await store.activate_key("a", T0 + 5)
-        [key] = await store.list_keys()
-        assert (key.state, key.retired_at) == ("active", None)
-
-    async def test_activating_an_unknown_kid_raises_key_error_and_changes_nothing(self, store: Store) -> None:
-        await store.insert_key(make_key("a", state="active"))
-        with pytest.raises(KeyError):
-            await store.activate_key("nope", T0 + 5)
-        [key] = await store.list_keys()
-        assert key.state == "active"
-
-    async def test_concurrent_activations_leave_exactly_one_active_key(self, store: Store) -> None:
-        for i in range(6):
-            await store.insert_key(make_key(f"k{i}", created_at=T0 + i))
-
-        await asyncio.gather(*(store.activate_key(f"k{i}", T0 + 50) for i in range(6)))
-
-        states = [k.state for k in await store.list_keys()]
-        assert states.count("active") == 1
-
-    async def test_retire_keys_retires_only_retiring_keys_that_stopped_before_the_cutoff(
+    async def test_a_plan_sees_the_stored_keys_and_its_changes_are_applied_in_order(
         self, store: Store
     ) -> None:
-        await store.insert_key(make_key("k1", created_at=T0))
-        await store.insert_key(make_key("k2", created_at=T0 + 1))
-        await store.insert_key(make_key("k3", created_at=T0 + 2))
-        await store.activate_key("k1", T0)
-        await store.activate_key("k2", T0 + 100)  # k1 retiring since T0+100
-        await store.activate_key("k3", T0 + 200)  # k2 retiring since T0+200
+        await store.change_keys(add(make_key("a", state="current"), make_key("b", state="next")))
+        seen: list[list[str]] = []
 
-        assert await store.retire_keys(T0 + 150) == ["k1"]
-        assert await store.retire_keys(T0 + 150) == []  # already retired: not reported twice
-        assert await store.retire_keys(T0 + 1000) == ["k2"]
+        def promote(keys: list[StoredKey]) -> list[KeyChange]:
+            seen.append(sorted(k.kid for k in keys))
+            return [MoveKey("a", "current", "previous", T0 + 100), MoveKey("b", "next", "current", T0 + 100)]
 
+        applied = await store.change_keys(promote)
+
+        assert seen == [["a", "b"]] and len(applied) == 2
+        keys = {k.kid: k for k in await store.list_keys()}
+        assert (keys["a"].state, keys["a"].deactivated_at) == ("previous", T0 + 100)
+        assert (keys["b"].state, keys["b"].activated_at) == ("current", T0 + 100)
+
+    async def test_retiring_a_key_destroys_its_private_half(self, store: Store) -> None:
+        await store.change_keys(add(make_key("a", state="current"), make_key("b", state="next")))
+        await store.change_keys(lambda _: [MoveKey("b", "next", "retired", T0 + 5, revoked=True)])
+        [b] = [k for k in await store.list_keys() if k.kid == "b"]
+        assert (b.state, b.private_jwk, b.retired_at, b.revoked, b.deactivated_at) == (
+            "retired",
+            None,
+            T0 + 5,
+            True,
+            None,
+        )
+
+    async def test_a_move_from_a_state_the_key_is_not_in_changes_nothing(self, store: Store) -> None:
+        await store.change_keys(add(make_key("a", state="current"), make_key("b", state="next")))
+        with pytest.raises(KeyConflict):
+            await store.change_keys(
+                lambda _: [MoveKey("b", "next", "current", T0), MoveKey("a", "previous", "retired", T0)]
+            )
         states = {k.kid: k.state for k in await store.list_keys()}
-        assert states == {"k1": "retired", "k2": "retired", "k3": "active"}
+        assert states == {"a": "current", "b": "next"}  # the first move was rolled back with the second
+
+    async def test_a_second_current_or_next_key_is_refused_by_the_database(self, store: Store) -> None:
+        await store.change_keys(add(make_key("a", state="current"), make_key("b", state="next")))
+        for state in ("current", "next"):
+            with pytest.raises(KeyConflict):
+                await store.change_keys(add(make_key(f"x-{state}", state=state)))
+        assert sorted(k.kid for k in await store.list_keys()) == ["a", "b"]
+
+    async def test_what_a_plan_raises_rolls_back_and_propagates(self, store: Store) -> None:
+        def refuse(keys: list[StoredKey]) -> list[KeyChange]:
+            raise LookupError("no")
+
+        await store.change_keys(add(make_key("a", state="current")))
+        with pytest.raises(LookupError):
+            await store.change_keys(refuse)
+        assert [k.state for k in await store.list_keys()] == ["current"]
+
+    async def test_rewrap_replaces_the_ciphertext_it_read(self, store: Store) -> None:
+        await store.change_keys(add(make_key("a", state="current")))
+        [a] = await store.list_keys()
+        assert a.private_jwk is not None
+        await store.change_keys(lambda _: [RewrapKey("a", b"new", "kek-2", was=a.private_jwk)])
+        [a] = await store.list_keys()
+        assert (a.private_jwk, a.kek_id) == (b"new", "kek-2")
+        with pytest.raises(KeyConflict):  # planned on the old ciphertext, which is gone
+            await store.change_keys(lambda _: [RewrapKey("a", b"newer", "kek-3", was=b"\x00\xff\xfea")])
+
+    async def test_concurrent_plans_serialise_so_only_one_stages_a_key(self, store: Store) -> None:
+        await store.change_keys(add(make_key("a", state="current")))
+
+        def stage(kid: str) -> Callable[[list[StoredKey]], list[KeyChange]]:
+            def plan(keys: list[StoredKey]) -> list[KeyChange]:
+                return [] if any(k.state == "next" for k in keys) else [AddKey(make_key(kid, state="next"))]
+
+            return plan
+
+        results = await asyncio.gather(*(store.change_keys(stage(f"n{i}")) for i in range(6)))
+
+        assert sorted(len(r) for r in results) == [0, 0, 0, 0, 0, 1]
+        assert [k.state for k in await store.list_keys()].count("next") == 1
 
 
 class TestKeyWatch:
     async def test_keys_version_changes_with_every_key_change(self, store: Store) -> None:
         v0 = await store.keys_version()
-        await store.insert_key(make_key("a", state="retiring"))
+        await store.change_keys(add(make_key("a", state="current"), make_key("b", state="next")))
         v1 = await store.keys_version()
-        await store.activate_key("a", T0)
+        await store.change_keys(
+            lambda _: [MoveKey("a", "current", "previous", T0), MoveKey("b", "next", "current", T0)]
+        )
         v2 = await store.keys_version()
         assert len({v0, v1, v2}) == 3
         assert await store.keys_version() == v2
@@ -140,8 +173,7 @@ class TestKeyWatch:
         )
         other = await open_store(store_config())  # another process's view of the same database
         try:
-            await other.insert_key(make_key("rotated", state="retiring"))
-            await other.activate_key("rotated", T0)
+            await other.change_keys(add(make_key("rotated")))
             await asyncio.wait_for(seen.wait(), 5)
         finally:
             watcher.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -149,3 +150,51 @@ async def test_an_sqlite_ledger_from_before_checksums_is_upgraded_in_place(tmp_p
     assert name not in await migrate_database(config)
     ledger = await sql(url, "SELECT version, name, checksum FROM schema_migrations WHERE version = 1")
     assert ledger == [(version, name, checksum)]
+
+
+async def test_the_key_lifecycle_migration_maps_the_old_states_and_destroys_retired_keys(
+    store_config: Callable[..., StoreConfig],
+) -> None:
+    config = store_config()
+    backend = backend_of(config.url)
+    folder = resources.files("exchange.store") / "migrations" / backend
+    before = [(v, name, checksum) for v, name, checksum in packaged(backend) if v < 6]
+    old_rows = [
+        ("a", "active", 30.0, None, b"sealed-a"),
+        ("r", "retiring", 20.0, 30.0, b"sealed-r"),
+        ("x", "retired", 10.0, 20.0, b"sealed-x"),
+    ]
+    insert = "INSERT INTO signing_keys (kid, alg, state, created_at, retired_at, public_jwk, private_jwk)"
+    if backend == "sqlite":
+        with sqlite3.connect(sqlite_path(config.url)) as conn:
+            conn.execute(migrations._SQLITE_LEDGER)
+            for v, name, checksum in before:
+                conn.executescript((folder / name).read_text())
+                record = (v, name, checksum, datetime.now(UTC).isoformat())
+                conn.execute(migrations.for_sqlite(migrations._RECORD), record)
+            conn.executemany(insert + " VALUES (?, 'ES256', ?, ?, ?, '{}', ?)", old_rows)
+        conn.close()
+    else:
+        pg = await asyncpg.connect(config.url)
+        try:
+            await pg.execute(migrations._PG_LEDGER)
+            for v, name, checksum in before:
+                await pg.execute((folder / name).read_text())
+                await pg.execute(migrations._RECORD, v, name, checksum, datetime.now(UTC))
+            await pg.executemany(insert + " VALUES ($1, 'ES256', $2, $3, $4, '{}', $5)", old_rows)
+        finally:
+            await pg.close()
+
+    assert await migrate_database(config) == ["0006_key_lifecycle.sql"]
+
+    store = await open_store(config)
+    try:
+        keys = {k.kid: k for k in await store.list_keys()}
+    finally:
+        await store.close()
+    assert {kid: (k.state, k.activated_at, k.deactivated_at, k.retired_at) for kid, k in keys.items()} == {
+        "a": ("current", 30.0, None, None),
+        "r": ("previous", 20.0, 30.0, None),
+        "x": ("retired", None, 20.0, 20.0),
+    }
+    assert {kid: k.private_jwk for kid, k in keys.items()} == {"a": b"sealed-a", "r": b"sealed-r", "x": None}

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from exchange.cli.db import db_group
 from exchange.store import migrate as migrations
-from exchange.store.base import StoreUnavailable
+from exchange.store.base import MoveKey, StoreUnavailable
 from exchange.store.postgres import PostgresStore
 from schemas.config import StoreConfig
 from schemas.records import AuditRecord, StoredKey
@@ -31,7 +31,7 @@ T0 = 1_800_000_000.0
 
 def key(kid: str, created_at: float = T0) -> StoredKey:
     return StoredKey(
-        kid=kid, alg="ES256", state="retired", created_at=created_at, public_jwk="{}", private_jwk=b"sealed"
+        kid=kid, alg="ES256", state="previous", created_at=created_at, public_jwk="{}", private_jwk=b"sealed"
     )
 
 
@@ -271,7 +271,7 @@ class TestKeyWatch:
         v0 = await pg_store.keys_version()
         await pg_store.insert_key(key("a"))
         v1 = await pg_store.keys_version()
-        await pg_store.activate_key("a", T0)
+        await pg_store.change_keys(lambda _: [MoveKey("a", "previous", "current", T0)])
         v2 = await pg_store.keys_version()
         assert v0 < v1 < v2
         await pg_store.list_keys()
