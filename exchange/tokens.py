@@ -160,7 +160,7 @@ def signer(active: ActiveKey) -> Callable[[bytes], bytes]:
             return r.to_bytes(_ES256_SIZE, "big") + s.to_bytes(_ES256_SIZE, "big")
 
         return es256
-    if active.alg == "Ed25519":
+    if active.alg in ("Ed25519", "EdDSA"):  # one key type, two names (schemas/algorithms.py)
         ed = active.key.get_op_key("sign")
         if not isinstance(ed, Ed25519PrivateKey):
             raise ValueError(f"signing key {active.kid} is not an Ed25519 private key")
