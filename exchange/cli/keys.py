@@ -158,6 +158,8 @@ def keys_rotate(config_file: str | None, at_once: bool, kek_lost: bool, yes: boo
     key = current if at_once or staged is None else staged
     if key is None:
         fail("no key is current or staged after the rotation")
+    if at_once:  # the cost goes to stderr whatever stdout carries
+        note(f"warning: key {key.kid} signs from now: {cost}")
     if as_json:
         emit_object(
             RotatedKey(
@@ -168,7 +170,6 @@ def keys_rotate(config_file: str | None, at_once: bool, kek_lost: bool, yes: boo
             )
         )
     elif at_once:
-        note(f"warning: key {key.kid} signs from now: {cost}")
         click.echo(f"rotated now: key {key.kid} is current")
     elif not changes:
         click.echo(
@@ -205,6 +206,10 @@ def _replace_all(settings: Settings, as_json: bool, cost: str) -> None:
     current = lifecycle.current_of(after)
     assert current is not None
     revoked = [c.kid for c in changes if getattr(c, "revoked", False)]
+    note(
+        f"WARNING: revoked {len(revoked)} keys sealed under the lost KEK ({', '.join(revoked) or 'none'}): "
+        f"every token they signed now fails; key {current.kid} signs from now: {cost}"
+    )
     if as_json:
         emit_object(
             RotatedKey(
@@ -212,10 +217,6 @@ def _replace_all(settings: Settings, as_json: bool, cost: str) -> None:
             )
         )
         return
-    note(
-        f"WARNING: revoked {len(revoked)} keys sealed under the lost KEK ({', '.join(revoked) or 'none'}): "
-        f"every token they signed now fails; key {current.kid} signs from now: {cost}"
-    )
     click.echo(f"rotated now: key {current.kid} is current")
 
 
@@ -244,25 +245,29 @@ def keys_revoke(kid: str, yes: bool, config_file: str | None, as_json: bool) -> 
     current = lifecycle.current_of(after)
     was_current = bool(changes) and changes[0].from_state == "current"
     replaced = current.kid if was_current and current is not None else None
+    if changes:  # the warnings go to stderr whatever stdout carries
+        _revoke_warnings(kid, replaced, t.cache_lifetime)
     if as_json:
         emit_object(RevokedKey(kid=kid, replaced_by=replaced, changed=bool(changes)))
-        return
-    if not changes:
+    elif not changes:
         click.echo(f"already retired: key {kid}; nothing changed")
-        return
+    elif replaced is not None:
+        click.echo(f"revoked: key {kid}; key {replaced} signs instead")
+    else:
+        click.echo(f"revoked: key {kid} (it was not signing)")
+
+
+def _revoke_warnings(kid: str, replaced: str | None, cache_lifetime: float) -> None:
     note(
         f"WARNING: key {kid} is revoked: it is no longer published and its private half is destroyed; "
         "every token it signed now fails at the exchange, and at each verifier once its cached JWKS "
-        f"expires (within {t.cache_lifetime:.0f} s)"
+        f"expires (within {cache_lifetime:.0f} s)"
     )
     if replaced is not None:
         note(
             f"warning: key {replaced} signs from now: verifiers whose cached JWKS predates it refuse its "
-            f"tokens until their cache expires (up to {t.cache_lifetime:.0f} s) or they fetch it again"
+            f"tokens until their cache expires (up to {cache_lifetime:.0f} s) or they fetch it again"
         )
-        click.echo(f"revoked: key {kid}; key {replaced} signs instead")
-    else:
-        click.echo(f"revoked: key {kid} (it was not signing)")
 
 
 @keys.command("rewrap")
