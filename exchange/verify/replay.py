@@ -14,6 +14,7 @@ import heapq
 import os
 import re
 import sqlite3
+import stat
 import threading
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
@@ -90,8 +91,22 @@ class FileReplayGuard:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        # Whoever else can write the file (or its journal) can delete a used jti and replay its token:
+        # an existing file must be ours and private, and never a symlink (a path in a shared folder
+        # could have been prepared by someone else). ValueError naming the file otherwise.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise ValueError(f"replay file {self.path}: cannot open it privately ({exc.strerror})") from None
+        try:
+            _require_private(self.path, os.fstat(fd))
+        finally:
+            os.close(fd)
+        for side in ("-wal", "-shm", "-journal"):
+            try:
+                _require_private(self.path + side, os.lstat(self.path + side))
+            except FileNotFoundError:
+                pass
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -130,6 +145,13 @@ class FileReplayGuard:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _require_private(path: str, info: os.stat_result) -> None:
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"replay file {path}: not a regular file")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ValueError(f"replay file {path}: others can read or write it (it must be ours, mode 0600)")
 
 
 _IDENTIFIER: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+from joserfc.jwk import Key
+
 from exchange.verify import FileReplayGuard
+from tests.verify.conftest import public_jwks
 
 
 def _race(path: str, start: multiprocessing.synchronize.Barrier, wins: multiprocessing.Queue[bool]) -> None:
@@ -56,3 +63,46 @@ class TestFileReplayGuard:
         for racer in racers:
             racer.join(30)
         assert sorted(results) == [False, False, False, True]
+
+
+class TestAFileOthersCanWrite:
+    """Red team round 2: the guard opened whatever was at its path. A replay file in a shared folder,
+    prepared by another local user (world-writable, or a symlink to their file), let them delete used
+    jtis and replay single-use tokens."""
+
+    def test_a_file_others_can_write_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "replays.sqlite3"
+        FileReplayGuard(path).consume_sync("iss", "c", 1100.0, now=1000.0)
+        os.chmod(path, 0o666)
+        with pytest.raises(ValueError, match="others can read or write it"):
+            FileReplayGuard(path)
+
+    def test_a_journal_others_can_write_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "replays.sqlite3"
+        wal = tmp_path / "replays.sqlite3-wal"
+        wal.touch()
+        os.chmod(wal, 0o666)
+        with pytest.raises(ValueError, match=r"replays\.sqlite3-wal"):
+            FileReplayGuard(path)
+
+    def test_a_symlink_is_refused(self, tmp_path: Path) -> None:
+        elsewhere = tmp_path / "theirs.sqlite3"
+        elsewhere.touch(mode=0o600)
+        (tmp_path / "replays.sqlite3").symlink_to(elsewhere)
+        with pytest.raises(ValueError, match="cannot open it privately"):
+            FileReplayGuard(tmp_path / "replays.sqlite3")
+
+    def test_the_ambassador_refuses_to_start_on_it(self, tmp_path: Path, ec_key: Key) -> None:
+        path = tmp_path / "replays.sqlite3"
+        path.touch()
+        os.chmod(path, 0o666)
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps(public_jwks(ec_key)))
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "exchange"), "ambassador", "--listen", "127.0.0.1:1",
+             "--upstream", "http://127.0.0.1:2", "--issuer", "https://exchange.test", "--audience", "a",
+             "--jwks-file", str(jwks), "--replay-file", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "others can read or write it" in done.stderr and "Traceback" not in done.stderr
