@@ -105,9 +105,9 @@ class RouteTable:
                     )
         # The same table with prefixes in lower case: a request must pick the same route in both.
         self._folded: tuple[Route, ...] = tuple(
-            msgspec.structs.replace(route, prefix=route.prefix.lower()) for route in self.routes
+            msgspec.structs.replace(route, prefix=_fold(route.prefix)) for route in self.routes
         )
-        self._cased = any(route.prefix != route.prefix.lower() for route in self.routes)
+        self._cased = any(route.prefix != _fold(route.prefix) for route in self.routes)
 
     @classmethod
     def single(cls, purpose: str | None) -> RouteTable:
@@ -150,13 +150,20 @@ class RouteTable:
 
     def case_problem(self, method: str, path: str, route: Route | None) -> str | None:
         """ "path_case_ambiguous" when `route` (this table's match for the request) is not the route
-        the same request matches with letter case ignored, else None."""
-        lowered = path.lower()
+        the same request matches with letter case ignored (Unicode too: `_fold`), else None."""
+        lowered = _fold(path)
         if lowered == path and not self._cased:
             return None
         folded = next((i for i, r in enumerate(self._folded) if r.matches(method, lowered)), None)
         chosen = None if route is None else self.routes.index(route)
         return None if folded == chosen else "path_case_ambiguous"
+
+
+def _fold(text: str) -> str:
+    """Case folded the ways servers ignore case: lower-casing, and upper-casing as .NET's
+    OrdinalIgnoreCase does (there U+0131 dotless i is "I" and U+017F long s is "S", which
+    lower-casing alone misses)."""
+    return text.upper().casefold()
 
 
 def _methods(route: Route) -> str:

@@ -100,7 +100,11 @@ def ask_gateway(port: int, method: str, uri: str, *headers: tuple[str, str]) -> 
 
 # Each spells a path the upstream may take for a guarded one, while the exact match is the open catch-all.
 CASE_SPELLINGS = ["/ACCOUNTS/1", "/Accounts/1", "/accounts/../ACCOUNTS/1", "/%41ccounts/1", "/admin/users",
-                  "/ADMIN", "/aDmIn/x"]  # fmt: skip
+                  "/ADMIN", "/aDmIn/x",
+                  "/adm%C4%B1n/users",  # U+0131 dotless i: "I" upper-cased (.NET OrdinalIgnoreCase)
+                  "/report%C5%BF/1",  # U+017F long s: "S" upper-cased
+                  "/account%C5%BF/1",
+                  ]  # fmt: skip
 
 
 class TestLetterCase:
