@@ -6,7 +6,9 @@ cannot drift apart:
 - Identity headers (`X-Purpose-*`) are ours alone. Client values are dropped in every spelling: any
   case, and `_` for `-` (WSGI/CGI servers and some proxies fold `X_Purpose_Sub` into the same variable
   as `X-Purpose-Sub`); in fact every client header with `_` in its name is dropped, as nginx does.
-- `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are set by us from the connection we saw. A client's
+- `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are set by us from the connection we saw; the other
+  client-address and scheme headers frameworks and CDNs read (`True-Client-IP`, `X-Client-IP`,
+  `CF-Connecting-IP`, `X-Forwarded-Ssl`, `Front-End-Https`, ...) are dropped. A client's
   values are kept (and extended) only when the peer is a configured trusted proxy.
 - Method-override headers (`X-HTTP-Method-Override` and kin) and URL-rewrite headers (`X-Original-URL`,
   `X-Rewrite-URL`) are dropped: the route table decided on the request's own method and path.
@@ -47,6 +49,12 @@ FORWARDING: Final = frozenset(
         b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
         b"x-forwarded-prefix", b"x-forwarded-server", b"x-forwarded-method", b"x-forwarded-uri",
         b"x-real-ip", b"x-original-method", b"x-original-uri",
+        # The other spellings of "the client's address" and "the scheme it used" that frameworks and CDNs
+        # read (an IP allow-list or "is this https" decided on them would be the client's to set).
+        b"x-client-ip", b"true-client-ip", b"client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
+        b"fastly-client-ip", b"x-originating-ip", b"x-remote-ip", b"x-remote-addr", b"x-proxyuser-ip",
+        b"x-original-forwarded-for", b"x-forwarded", b"forwarded-for", b"x-forwarded-ssl",
+        b"x-forwarded-scheme", b"x-url-scheme", b"front-end-https", b"x-forwarded-path",
     }
 )  # fmt: skip
 OVERRIDES: Final = frozenset(

@@ -287,6 +287,23 @@ class TestHeaderSmuggling:
             b"HTTP/1.1 401 Unauthorized",
         ]
 
+    def test_other_client_address_and_scheme_headers_never_reach_the_upstream(
+        self, placements: dict[str, int]
+    ) -> None:
+        # Found in round 2: only Forwarded, X-Forwarded-* and X-Real-IP were ours; an upstream allow-listing
+        # by True-Client-IP or deciding "https" by X-Forwarded-Ssl took the client's word for it.
+        forged = ["True-Client-IP", "X-Client-IP", "Client-IP", "X-Cluster-Client-IP", "CF-Connecting-IP",
+                  "Fastly-Client-IP", "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-ProxyUser-Ip",
+                  "X-Original-Forwarded-For", "X-Forwarded", "Forwarded-For", "X-Forwarded-Ssl",
+                  "X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https", "X-Forwarded-Path"]  # fmt: skip
+        headers = [
+            (name, "on" if "ssl" in name.lower() or "https" in name.lower() else "10.0.0.1")
+            for name in forged
+        ]
+        status, _, body = send(placements["ambassador"], request("GET", "/open/x", *headers))
+        assert status == 200
+        assert sorted(set(echo_of(body)) & {name.lower() for name in forged}) == []
+
     def test_identity_headers_in_every_spelling_never_reach_the_upstream(
         self, placements: dict[str, int], ec_key: Key
     ) -> None:
