@@ -1,9 +1,10 @@
 """`exchange rules explain`: why a purpose would grant or deny, rule by rule.
 
 Three sources, exactly one per run:
-- `--subject-token TOKEN|-`: the token is verified exactly as the exchange verifies it (the same
-  `SubjectTrust` the service builds, `exchange.trust.subject_trust`); a refusal is shown with the
-  reason the audit record would carry, and no rule runs;
+- `--subject-token -` (the token on stdin; one on the command line is refused): the token is verified
+  exactly as the exchange verifies it (the same `SubjectTrust` the service builds,
+  `exchange.trust.subject_trust`); a refusal is shown with the reason the audit record would carry, and
+  no rule runs;
 - `--claims FILE`: a dry run on given claims, nothing verified;
 - `--request-id ID`: a decision recorded in the audit trail, each recorded rule outcome beside what the
   rule demands today.
@@ -22,6 +23,7 @@ import msgspec
 from exchange.cli.audit import MAX_PAGE, audit_line, with_store
 from exchange.cli.console import config_option, fail, json_option, run, settings_or_exit
 from exchange.cli.output import emit_object, table
+from exchange.cli.verify import token_on_argv
 from exchange.store.base import AuditFilter, Store
 from exchange.text import printable
 from rules import DenialError, PurposePolicy, RuleContext, actor_chain, compile_policies
@@ -42,8 +44,8 @@ def rules_group() -> None:
 @click.option(
     "--subject-token",
     default=None,
-    help="Identity token to verify as the exchange would, then explain; `-` reads it from stdin "
-    "(keeps it out of shell history and the process list).",
+    help="`-`: read an identity token from stdin, verify it as the exchange would, then explain (a token"
+    " on the command line is refused: it would be in the shell history and the process list).",
 )
 @click.option(
     "--subject-token-type",
@@ -124,7 +126,9 @@ def rules_explain(
         raise click.BadParameter(f"not JSON: {exc}") from None
     if claims is not None and not isinstance(claims, dict):
         raise click.BadParameter("the claims file must hold one JSON object", param_hint="--claims")
-    token = sys.stdin.read().strip() if subject_token == "-" else subject_token
+    if subject_token is not None and subject_token != "-":
+        token_on_argv()
+    token = sys.stdin.read().strip() if subject_token == "-" else None
 
     async def go(store: Store) -> Explanation:
         source = "claims" if claims is not None else "subject_token"

@@ -1,8 +1,8 @@
 """`exchange verify TOKEN`: check a purpose token the way a downstream service would.
 
 Prints the verified claims as JSON (wire names) on stdout, or one sentence with the reason code on
-stderr and exits 1. Pass `-` as TOKEN to read it from stdin, which keeps it out of the shell history
-and the process list.
+stderr and exits 1. The token comes on stdin (`-`): on the command line every local user could read it
+in the process list, and the shell would keep it in its history, so a token given there is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,14 @@ from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import key_source
 from exchange.verify.verifier import PurposeTokenVerifier
 from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
+
+
+def token_on_argv() -> str:
+    """A token on the command line: refused (exit 2), it is a credential every local user could read."""
+    raise click.UsageError(
+        "pass the token on stdin (`-`): on the command line every local user can read it in the process"
+        " list, and the shell keeps it in its history"
+    )
 
 
 @click.command("verify")
@@ -45,11 +53,10 @@ def verify_command(
     algorithms: tuple[str, ...],
     leeway: int,
 ) -> None:
-    """Verify TOKEN (or `-` for stdin) and print its claims as JSON."""
+    """Verify the token on stdin (TOKEN is `-`) and print its claims as JSON."""
     if jwks_uri and jwks_file:
         raise click.UsageError("use --jwks-uri or --jwks-file, not both")
-    if token == "-":
-        token = sys.stdin.read().strip()
+    token = sys.stdin.read().strip() if token == "-" else token_on_argv()
     try:
         keys = key_source(jwks_file=jwks_file, jwks_uri=jwks_uri, issuer=issuer)
     except ValueError as exc:

@@ -60,7 +60,9 @@ class TestSubjectToken:
         assert out.splitlines()[-1] == "decision: allow"
 
     def test_the_rules_deny_what_the_exchange_would_deny(self, served: Server, idp: FakeIdP) -> None:
-        code, out, _ = explain(served, PURPOSE, "--subject-token", idp.token(amr=["pwd"]), "--json")
+        code, out, _ = explain(
+            served, PURPOSE, "--subject-token", "-", "--json", stdin=idp.token(amr=["pwd"])
+        )
 
         assert code == 1
         result = json.loads(out)
@@ -100,12 +102,18 @@ class TestSubjectToken:
         self, served: Server, idp: FakeIdP
     ) -> None:
         forged = idp.token(key=RSAKey.generate_key(2048))  # the issuer's kid and alg, someone else's key
-        code, out, _ = explain(served, PURPOSE, "--subject-token", forged, "--json")
+        code, out, _ = explain(served, PURPOSE, "--subject-token", "-", "--json", stdin=forged)
         assert code == 1 and json.loads(out)["refused"] == "subject_token:bad_signature"
+
+    def test_a_token_on_the_command_line_is_refused(self, served: Server, idp: FakeIdP) -> None:
+        # Red team round 2: argv is readable by every local user and lands in the shell's history.
+        code, out, err = explain(served, PURPOSE, "--subject-token", idp.token())
+        assert code == 2 and out == ""
+        assert "pass the token on stdin" in err
 
     def test_a_client_that_may_not_use_the_purpose_is_refused(self, served: Server, idp: FakeIdP) -> None:
         code, out, _ = explain(
-            served, PURPOSE, "--subject-token", idp.token(), "--client", "backoffice", "--json"
+            served, PURPOSE, "--subject-token", "-", "--client", "backoffice", "--json", stdin=idp.token()
         )
         assert code == 1
         assert json.loads(out)["refused"] == "client:purpose_not_allowed"

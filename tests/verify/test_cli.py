@@ -27,8 +27,9 @@ def jwks_file(tmp_path: Path, ec_key: Key) -> str:
     return str(path)
 
 
-def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(verify_command, list(args), input=input)
+def run(token: str, *args: str) -> tuple[int, str, str]:
+    """`exchange verify - ARGS` with `token` on stdin, as the CLI takes it."""
+    result = CliRunner().invoke(verify_command, ["-", *args], input=token)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -61,9 +62,18 @@ def test_rejected_token_exits_1_with_the_reason(jwks_file: str, ec_key: Key) -> 
 
 def test_token_from_stdin(jwks_file: str, ec_key: Key) -> None:
     code, out, _ = run(
-        "-", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", jwks_file, input=live_token(ec_key)
+        live_token(ec_key) + "\n", "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", jwks_file
     )
     assert code == 0 and json.loads(out)["sub"] == "alice"
+
+
+def test_a_token_on_the_command_line_is_refused(jwks_file: str, ec_key: Key) -> None:
+    # Red team round 2: argv is readable by every local user (the process list) and lands in the
+    # shell's history; a credential never goes there.
+    args = [live_token(ec_key), "--issuer", ISSUER, "--audience", AUDIENCE, "--jwks-file", jwks_file]
+    result = CliRunner().invoke(verify_command, args)
+    assert result.exit_code == 2
+    assert "pass the token on stdin" in result.stderr and result.stdout == ""
 
 
 def test_jwks_uri_is_fetched(jwks_server: JWKSServer, ec_key: Key) -> None:
