@@ -95,18 +95,20 @@ class RouteTable:
             else route
             for route in routes
         )
-        for index, later in enumerate(self.routes):
-            for earlier in self.routes[:index]:
-                if earlier.takes_first(later):
-                    raise ValueError(
-                        f"route {later.prefix!r} ({_methods(later)}) comes after route {earlier.prefix!r}"
-                        f" ({_methods(earlier)}), which takes its requests first: put the more specific"
-                        " route first"
-                    )
-        # The same table with prefixes in lower case: a request must pick the same route in both.
+        # The same table with prefixes case-folded: a request must pick the same route in both.
         self._folded: tuple[Route, ...] = tuple(
             msgspec.structs.replace(route, prefix=_fold(route.prefix)) for route in self.routes
         )
+        # Judged case-folded too: "/Admin" open before "/admin" shadows it for a case-blind upstream.
+        for index, later in enumerate(self._folded):
+            for position, earlier in enumerate(self._folded[:index]):
+                if earlier.takes_first(later):
+                    first, then = self.routes[position], self.routes[index]
+                    raise ValueError(
+                        f"route {then.prefix!r} ({_methods(then)}) comes after route {first.prefix!r}"
+                        f" ({_methods(first)}), which takes its requests first: put the more specific"
+                        " route first"
+                    )
         self._cased = any(route.prefix != _fold(route.prefix) for route in self.routes)
 
     @classmethod

@@ -168,6 +168,11 @@ class TestRouteTablePrecedence:
                 Route(prefix="/pay/", methods=frozenset({"POST"}), purpose="b"),
             ],
             [Route(prefix="/x", methods=frozenset({"GET"})), Route(prefix="/x", methods=frozenset({"GET"}))],
+            [Route(prefix="/Admin", open=True), Route(prefix="/admin/keys", purpose=PURPOSE)],  # case-blind
+            [
+                Route(prefix="/x", methods=frozenset({"GET"})),
+                Route(prefix="/x/y", methods=frozenset({"HEAD"})),
+            ],
         ],
     )
     def test_a_route_an_earlier_one_shadows_is_refused(self, routes: list[Route]) -> None:
