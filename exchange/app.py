@@ -96,6 +96,8 @@ class Runtime:
     def install(self, configured: Configured) -> None:
         """Put a reloaded configuration in place: one assignment, so each request sees one or the other."""
         self.exchange.configured = configured
+        # Reloaded ttls change how long a key that stopped signing must stay published.
+        self.keyring.timing = self.keyring.timing.with_ttls_of(configured.settings)
         if self.metrics is not None:
             self.metrics.known(
                 purposes=configured.settings.purposes,

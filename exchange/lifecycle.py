@@ -21,7 +21,7 @@ The timing is derived, never guessed (`Timing`):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 
@@ -58,6 +58,10 @@ class Timing:
             longest_ttl=float(max(ttls, default=MAX_TOKEN_LIFETIME)),
             rotate_every=settings.signing.rotate_every_seconds,
         )
+
+    def with_ttls_of(self, settings: Settings) -> Timing:
+        """This timing with the longest token lifetime of `settings` (purposes reload; [signing] not)."""
+        return replace(self, longest_ttl=Timing.of(settings).longest_ttl)
 
     @property
     def cache_lifetime(self) -> float:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt as pyjwt
 import msgspec
@@ -100,3 +101,26 @@ async def test_a_ring_whose_kek_does_not_open_the_current_key_fails_closed(store
     with pytest.raises(ConfigError):
         await stranger.change(lambda keys: [])  # proving the KEK comes first, even for nothing
     assert await store.list_keys() == before
+
+
+async def test_a_reload_that_lengthens_a_ttl_keeps_retiring_keys_published_longer(tmp_path: Path) -> None:
+    from exchange import reload
+    from exchange.app import build_runtime
+    from exchange.config import parse_settings
+
+    def settings(ttl: int) -> Any:
+        return parse_settings(
+            {
+                "issuer": "https://x.example",
+                "store": {"url": f"sqlite:///{tmp_path / 'r.db'}"},
+                "purposes": {"p": {"audience": "https://a", "ttl": ttl}},
+            }
+        )
+
+    runtime = await build_runtime(settings(60))
+    try:
+        assert runtime.keyring.timing.publish_after_signing == 60 + 120 + 300
+        runtime.install(reload.build(settings(900), runtime.store, previous=runtime.configured))
+        assert runtime.keyring.timing.publish_after_signing == 900 + 120 + 300
+    finally:
+        await runtime.store.close()
