@@ -124,3 +124,22 @@ async def test_a_reload_that_lengthens_a_ttl_keeps_retiring_keys_published_longe
         assert runtime.keyring.timing.publish_after_signing == 900 + 120 + 300
     finally:
         await runtime.store.close()
+
+
+async def test_scheduled_rotation_stages_once_per_period_and_logs_key_rotated(store: Store) -> None:
+    from structlog.testing import capture_logs
+
+    from exchange.lifecycle import Timing
+
+    ring = KeyRing(store, KeyEncryption(os.urandom(32)), "ES256", timing=Timing(rotate_every=86400))
+    start = 1_900_000_000.0
+    await ring.ensure_active(start)
+    first = ring.active.kid
+    assert await ring.advance(start + 86399) == []
+    with capture_logs() as logs:
+        [staged] = await ring.advance(start + 86400)
+        assert await ring.advance(start + 86401) == []  # staged already: the next step changes nothing
+    assert [(e["event"], e["change"], e["state"]) for e in logs] == [("key_rotated", "created", "next")]
+    assert ring.active.kid == first
+    await ring.advance(start + 86400 + ring.timing.publish_before_signing)
+    assert ring.active.kid == staged.key.kid  # type: ignore[union-attr]
