@@ -3,6 +3,7 @@ with the same keys, and each request has one canonical line."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -202,3 +203,37 @@ class TestRequestLine:
         RequestLine("exchange.gateway").info("gateway_check", status=200)
         line = stream.getvalue()
         assert "gateway_check" in line and not line.startswith("{")
+
+    def test_lines_of_one_loop_turn_leave_in_one_write(
+        self, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        writes: list[str] = []
+
+        class Counting(io.StringIO):
+            def write(self, text: str) -> int:
+                writes.append(text)
+                return super().write(text)
+
+        counting = Counting()
+        monkeypatch.setattr(sys, "stderr", counting)
+        configure_logging(json=True)
+        line = RequestLine("exchange.ambassador")
+
+        async def turn() -> None:
+            for status in (200, 401, 403):
+                line.info("ambassador_request", status=status)
+            assert counting.getvalue() == ""  # not yet: at the end of this turn
+            await asyncio.sleep(0)
+            assert [json.loads(text)["status"] for text in counting.getvalue().splitlines()] == [
+                200,
+                401,
+                403,
+            ]
+            for n in range(600):  # a runaway turn is bounded
+                line.info("ambassador_request", status=n)
+            assert len(writes) >= 3
+
+        asyncio.run(turn())
+        assert len(counting.getvalue().splitlines()) == 603
+        line.info("ambassador_request", status=204)  # no loop: written at once
+        assert json.loads(counting.getvalue().splitlines()[-1])["status"] == 204
