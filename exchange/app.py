@@ -71,6 +71,7 @@ PURGE_BATCHES = 100
 SNAPSHOT_SECONDS = 1.0
 KEY_REFRESH_SECONDS = 5.0
 # Probes and scrapes come every few seconds: their lines are debug unless they fail.
+_FORWARDED_BY_A_PROXY = ("forwarded", "x-forwarded-for", "x-real-ip")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -315,7 +316,13 @@ def create_app(
         # On the service port, for this machine only: the series name every configured client and
         # purpose (the roster that answering unknown client ids like known ones keeps from strangers)
         # and their volumes. Another host scrapes the management port (`[metrics] listen`).
-        if request.client is None or not is_loopback_host(request.client.host):
+        # A proxy on this machine is a loopback peer too: a request it forwarded (it says so in a
+        # forwarding header) came from elsewhere.
+        if (
+            request.client is None
+            or not is_loopback_host(request.client.host)
+            or any(name in request.headers for name in _FORWARDED_BY_A_PROXY)
+        ):
             raise NotFoundException()
         return Response(scrape(runtime.metrics, run_dir), media_type=METRICS_CONTENT_TYPE)
 

@@ -245,7 +245,7 @@ def test_the_service_port_shows_metrics_to_this_machine_only(
     tmp_path: Path, idp: FakeIdP, idp_ec: FakeIdP
 ) -> None:
     # Red team round 2: the series name every configured client id and purpose, and how busy each is;
-    # behind a public proxy (deploy/nginx.conf passes every path) anyone could read the roster.
+    # behind a public proxy (deploy/nginx.conf passed every path) anyone could read the roster.
     port = free_port()
     srv = Server(write_config(tmp_path, port, idp, idp_ec), port, args=("--host", "0.0.0.0"))
     try:
@@ -256,5 +256,10 @@ def test_the_service_port_shows_metrics_to_this_machine_only(
         assert answer.status_code == 404 and "client" not in answer.text
         loaded = value(scrape(f"{srv.url}/metrics"), "purpose_exchange_config_last_reload_timestamp_seconds")
         assert loaded > 0
+        # A proxy on this machine forwarding a stranger's request is a loopback peer too: its forwarding
+        # header gives it away.
+        for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+            forwarded = httpx.get(f"{srv.url}/metrics", headers={header: "203.0.113.7"})
+            assert forwarded.status_code == 404, header
     finally:
         srv.stop()
