@@ -174,7 +174,7 @@ ROWS: list[Row] = [
     ("space-inside", lambda k: k.signed()[:20] + " " + k.signed()[20:], "malformed"),
     ("trailing-newline", lambda k: k.signed() + "\n", "malformed"),
     ("tab", lambda k: "\t" + k.signed(), "malformed"),
-    ("standard-base64-alphabet", lambda k: k.signed().replace("-", "+").replace("_", "/") if "-" in k.signed() or "_" in k.signed() else k.signed() + "+", "malformed"),
+    ("standard-base64-alphabet", lambda k: standard_alphabet(k.signed()), "malformed"),
     ("non-canonical-last-char", lambda k: forge.flip_unused_bits(k.signed()), "malformed"),
     ("json-flattened", lambda k: json.dumps(dict(zip(("protected", "payload", "signature"), k.signed().split("."), strict=True))), "malformed"),
     ("json-general", lambda k: json.dumps({"payload": k.signed().split(".")[1], "signatures": [{"protected": k.signed().split(".")[0], "signature": k.signed().split(".")[2]}]}), "malformed"),
@@ -246,6 +246,13 @@ ROWS: list[Row] = [
      lambda k: forge.sign(load_key("client_ec"), {"alg": "ES256", "kid": load_key("client_ec").thumbprint()},
                           {**k.claims(), "iss": "signer", "sub": "signer"}), "untrusted_issuer"),
 ]  # fmt: skip
+
+
+def standard_alphabet(token: str) -> str:
+    """The token in base64's standard alphabet (`+`, `/`); one without `-` or `_` gets a `+` appended.
+    (One token, signed once: signing again gives another signature, perhaps without either.)"""
+    spelled = token.replace("-", "+").replace("_", "/")
+    return spelled if spelled != token else token + "+"
 
 
 def post(server: Server, token: str, rid: str, **params: Any) -> httpx.Response:
