@@ -23,7 +23,6 @@ import binascii
 import hashlib
 import hmac
 import html
-import ipaddress
 import os
 import re
 import secrets
@@ -42,6 +41,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from exchange import devidp
+from exchange.config import is_loopback_host
 from exchange.store.base import Store
 from exchange.verify.compact import b64url_decode, b64url_encode
 from schemas.config import DevIssuer
@@ -108,13 +108,7 @@ def _loopback(url: str) -> bool:
     match = _REDIRECT.fullmatch(url)
     if match is None:
         return False
-    host = match.group("host")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(match.group("host"))
 
 
 def _parse(params: dict[str, str]) -> _Authorize:
