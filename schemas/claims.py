@@ -46,7 +46,6 @@ class PurposeClaims(Base, frozen=True, omit_defaults=True):
     sub_id: SubjectId | None = None
 
 
-
 TXN_TOKEN_TYP: Final = "txntoken+jwt"
 # Draft §9.1 / RFC 7515 §4.1.9: "application/" may be omitted; compare lower-cased.
 TXN_TOKEN_TYPS: Final = frozenset({"txntoken+jwt", "application/txntoken+jwt"})

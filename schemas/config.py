@@ -89,6 +89,7 @@ class Client(Base, frozen=True):
     # name. See docs/CONFIGURATION.md ("Whose tokens a client may present").
     tokens_issued_to: list[Identifier] = msgspec.field(default_factory=list)
 
+
 #: What a workload may present as the subject of a Txn-Token request (draft-ietf-oauth-transaction-
 #: tokens-10 §11.2): the RFC 8693 types of a trusted issuer's tokens, a self-signed JWT (§11.2.1), an
 #: unsigned JSON object (§11.2.2), or a Txn-Token to replace (§13.15). Named by the URN's last part.
