@@ -22,7 +22,6 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
 from exchange.audit import Auditor, DenialTally
 from exchange.clients import presented_credentials
@@ -40,6 +39,7 @@ from exchange.errors import (
     UnsupportedGrantType,
     error_class,
 )
+from exchange.logging import RequestLine
 from exchange.store.base import Store, StoreUnavailable
 from exchange.telemetry import AUDIT, CLIENT_AUTH, MINT, RULES, TRUST, ServiceMetrics, Steps
 from exchange.tokens import Minter
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from exchange.reload import Configured
     from exchange.tracing import RequestTrace
 
-_log = structlog.get_logger("exchange.audit")
+# The decision's one canonical line (issue 11), written before the answer is sent.
+_line = RequestLine("exchange.audit", immediate=True)
 
 
 @dataclass(slots=True)
@@ -209,7 +210,7 @@ class TokenExchange:
                 }
             )
             trace.end(fields["status"])
-        _log.info("token_issued" if failure is None else "exchange_denied", **fields)
+        _line.emit("token_issued" if failure is None else "exchange_denied", fields)
 
     def _store_error(self, operation: str) -> None:
         if self._metrics is not None:

@@ -4,11 +4,13 @@ with the same keys, and each request has one canonical line."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import logging
 import os
 import pty
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,14 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from exchange.logging import RequestLine, StdlibFormatter, configure_logging, record_fields, wants_json
+from exchange.logging import (
+    RequestLine,
+    StdlibFormatter,
+    configure_logging,
+    iso_utc_now,
+    record_fields,
+    wants_json,
+)
 from tests.conftest import exchange_form, write_config
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
@@ -237,3 +246,43 @@ class TestRequestLine:
         assert len(counting.getvalue().splitlines()) == 603
         line.info("ambassador_request", status=204)  # no loop: written at once
         assert json.loads(counting.getvalue().splitlines()[-1])["status"] == 204
+
+    def test_an_immediate_line_is_written_before_it_returns(
+        self, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The exchange's decision line: in the stream before the answer is sent, even inside a loop.
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging(json=True)
+        batched = RequestLine("exchange.gateway")
+        decision = RequestLine("exchange.audit", immediate=True)
+
+        async def turn() -> None:
+            batched.info("gateway_check", status=401)
+            decision.info("token_issued", status=200, request_id="r-2")
+            # Written at once, and the line queued before it first: the stream keeps their order.
+            assert [json.loads(x)["event"] for x in stream.getvalue().splitlines()] == [
+                "gateway_check",
+                "token_issued",
+            ]
+            await asyncio.sleep(0)
+            assert len(stream.getvalue().splitlines()) == 2  # nothing left queued to write twice
+
+        asyncio.run(turn())
+        first = json.loads(stream.getvalue().splitlines()[1])
+        assert first["request_id"] == "r-2" and first["logger"] == "exchange.audit"
+
+    def test_the_timestamp_is_the_one_structlog_writes(self) -> None:
+        pattern = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z")
+        for _ in range(2000):  # across second boundaries too, now and then
+            before = datetime.datetime.now(datetime.UTC)
+            stamp = iso_utc_now()
+            after = datetime.datetime.now(datetime.UTC)
+            theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+            assert pattern.fullmatch(stamp) and pattern.fullmatch(theirs), (stamp, theirs)
+            parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            # Rounded to the microsecond, as datetime.now rounds the clock.
+            assert (
+                before - datetime.timedelta(microseconds=1)
+                <= parsed
+                <= after + datetime.timedelta(microseconds=1)
+            )
