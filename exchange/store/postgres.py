@@ -125,9 +125,7 @@ class PostgresStore:
             rows = await conn.fetch(sql.LIST_KEYS)
         return [sql.stored_key(r) for r in rows]
 
-    async def change_keys(
-        self, plan: Callable[[list[StoredKey]], Sequence[KeyChange]]
-    ) -> list[KeyChange]:
+    async def change_keys(self, plan: Callable[[list[StoredKey]], Sequence[KeyChange]]) -> list[KeyChange]:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 # Every replica and CLI run changing keys queues here first, so each plans on the
@@ -196,8 +194,9 @@ class PostgresStore:
             return
         # Rows to columns: one typed array per column for the unnest statement.
         columns = [list(column) for column in zip(*map(sql.audit_row, records), strict=True)]
-        # One statement is one implicit transaction: the batch commits whole or not at all.
-        async with self._pool.connection() as conn:
+        # One statement is one implicit transaction: the batch commits whole or not at all. The audit
+        # writer sends one batch after another: on the held connection (pgpool.Pool.held).
+        async with self._pool.held() as conn:
             await conn.execute(_INSERT_AUDIT, *columns)
 
     async def list_audit(

@@ -194,6 +194,46 @@ class TestUnavailable:
             await store.close()
 
 
+class TestAuditConnection:
+    """The audit writer's batches go over one held connection (pgpool.Pool.held), not the pool."""
+
+    async def test_a_held_connection_that_dies_fails_one_batch_then_is_replaced(
+        self, pg_store: PostgresStore, pg_url: str
+    ) -> None:
+        await pg_store.append_audit([AuditRecord(time=T0, request_id="a", decision="granted")])
+        admin = await asyncpg.connect(pg_url)
+        try:
+            # Every session but ours and the pool's idle one: the held connection, killed under the store.
+            held = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+                " AND query LIKE '%INSERT INTO audit_records%'",
+                db_name(pg_url),
+            )
+            assert len(held) == 1
+            await admin.execute("SELECT pg_terminate_backend($1)", held[0]["pid"])
+        finally:
+            await admin.close()
+        try:
+            await asyncio.wait_for(
+                pg_store.append_audit([AuditRecord(time=T0, request_id="b", decision="granted")]), BOUND
+            )
+        except StoreUnavailable:
+            pass  # the batch on the dead connection is not committed, and says so
+        await pg_store.append_audit([AuditRecord(time=T0, request_id="c", decision="granted")])
+        ids = [r.request_id for r in await pg_store.export_audit()]
+        assert ids in (["a", "c"], ["a", "b", "c"])
+
+    async def test_batches_at_the_same_time_all_commit(self, pg_store: PostgresStore) -> None:
+        # The held connection runs one statement at a time: a batch arriving meanwhile takes the pool.
+        await asyncio.gather(
+            *(
+                pg_store.append_audit([AuditRecord(time=T0, request_id=f"r{n}", decision="granted")])
+                for n in range(8)
+            )
+        )
+        assert sorted(r.request_id for r in await pg_store.export_audit()) == [f"r{n}" for n in range(8)]
+
+
 class TestAuditOrder:
     async def test_a_batch_that_waits_on_another_gets_a_later_seq_than_everything_committed_before_it(
         self, pg_store: PostgresStore, pg_url: str
@@ -210,7 +250,7 @@ class TestAuditOrder:
             ours = asyncio.create_task(
                 pg_store.append_audit([AuditRecord(time=T0, request_id="ours", decision="granted")])
             )
-            await wait_until_blocked_on_a_lock(other, application_name="purpose-exchange")
+            await wait_until_blocked_on_a_lock(pg_url, application_name="purpose-exchange")
             await other.execute(insert, T0, "other-2")  # after ours started: still numbered before it
             assert await pg_store.export_audit() == []  # nothing is visible until a commit
             await tx.commit()
@@ -223,16 +263,25 @@ class TestAuditOrder:
         assert [r.seq for r in exported] == sorted(r.seq for r in exported)  # type: ignore[type-var]
 
 
-async def wait_until_blocked_on_a_lock(conn: asyncpg.Connection, *, application_name: str) -> None:
-    """Return once a session of `application_name` is waiting for a lock (a guard, not a timing)."""
-    for _ in range(200):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            application_name,
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
+async def wait_until_blocked_on_a_lock(url: str, *, application_name: str) -> None:
+    """Return once a session of `application_name` is waiting for a lock (a guard, not a timing).
+
+    Asked on a connection of its own, outside any transaction: inside one, pg_stat_activity lists the
+    sessions of the transaction's first look at it, and a session that connected later never shows.
+    """
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(200):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                application_name,
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
     raise AssertionError(f"no {application_name} session ever waited for a lock")
 
 
