@@ -16,8 +16,8 @@ import asyncio
 import re
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, unquote
 
 import msgspec
 import structlog
@@ -30,7 +30,14 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from exchange.errors import InvalidClient, InvalidRequest, OAuthError, RequestTimeout, ServerError
 from schemas.records import AuditRecord
-from schemas.wire import ErrorResponse, TokenRequest
+from schemas.wire import (
+    CLIENT_ASSERTION_TYPE_JWT,
+    GRANT_TOKEN_EXCHANGE,
+    TOKEN_TYPE_TXN_TOKEN,
+    TXN_SUBJECT_TOKEN_TYPES,
+    ErrorResponse,
+    TokenRequest,
+)
 
 if TYPE_CHECKING:
     from exchange.app import Runtime
@@ -68,8 +75,32 @@ def bind_request_id(headers: Any) -> str:
     return rid
 
 
+def _encodings(value: str) -> set[str]:
+    """How a form may spell `value` with its reserved characters percent-encoded (either hex case)."""
+    upper = quote(value, safe="")
+    lower = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), upper)
+    return {upper, lower}
+
+
+# The URNs every request carries (grant type, token types), percent-encoded as clients send them, read
+# without unquote's generic machinery (~1 µs each): a fixed table of what `_unform` would return.
+_KNOWN: Final = {
+    spelling: value
+    for value in (
+        GRANT_TOKEN_EXCHANGE,
+        CLIENT_ASSERTION_TYPE_JWT,
+        TOKEN_TYPE_TXN_TOKEN,
+        *TXN_SUBJECT_TOKEN_TYPES,
+    )
+    for spelling in _encodings(value)
+}
+
+
 def _unform(text: str) -> str:
     # application/x-www-form-urlencoded: '+' is a space, then percent-decoding (strict UTF-8).
+    known = _KNOWN.get(text)
+    if known is not None:
+        return known
     if "+" in text:
         text = text.replace("+", " ")
     return unquote(text, errors="strict") if "%" in text else text

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.endpoint import parse_form
+from exchange.endpoint import _KNOWN, parse_form
 from exchange.errors import InvalidRequest, SubjectTokenInvalid
 from exchange.trust import SubjectTrust
 from exchange.verify import StaticJWKS
@@ -124,3 +124,13 @@ def test_a_form_with_too_many_fields_is_refused_like_parse_qsl_refuses_it() -> N
     body = b"&".join([b"scope=a"] + [b"x=1"] * 31)
     assert parsed(body) == parsed_by_parse_qsl(body) != "malformed form body"
     assert parsed(body + b"&x=1") == parsed_by_parse_qsl(body + b"&x=1") == "malformed form body"
+
+
+def test_the_well_known_urns_read_from_the_table_are_what_parse_qsl_reads() -> None:
+    # parse_form reads the percent-encoded URNs of every request from a fixed table (exchange/endpoint.py).
+    assert len(_KNOWN) >= 16
+    for spelling, value in _KNOWN.items():
+        for name in ("grant_type", "subject_token_type", "requested_token_type", "client_assertion_type"):
+            body = f"{name}={spelling}&scope=a".encode()
+            assert parsed(body) == parsed_by_parse_qsl(body)
+            assert getattr(parse_form(body), name) == value
