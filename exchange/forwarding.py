@@ -111,6 +111,29 @@ def is_ours(name: bytes) -> bool:
     )
 
 
+def forged_header(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why a forward-auth check is refused for the original request's headers, or None.
+
+    The gateway cannot drop a client's header on the way to the upstream (the proxy forwards it), so
+    it refuses the request instead when one would reach the service as something we vouch for: an
+    identity header (`x-purpose-*`, any case; the proxy's copy of ours may not replace it, e.g. on an
+    open route where we send none), any name with `_` (WSGI/CGI fold `X_Purpose_Sub` into
+    `HTTP_X_PURPOSE_SUB`, as they fold `X_Forwarded_For`; Go proxies pass such names through), and
+    method-override or URL-rewrite headers (the route was chosen on the request's own method and path).
+    Traefik and Caddy send the check every header of the original request, nginx all but `_` names,
+    Envoy those its `allowed_headers` name (docs/VERIFY.md lists them).
+    """
+    for name, _ in headers:
+        lowered = name.lower()
+        if b"_" in lowered:
+            return "underscore_header"
+        if lowered.startswith(IDENTITY_PREFIX):
+            return "client_identity_header"
+        if lowered in OVERRIDES:
+            return "override_header"
+    return None
+
+
 def identity_headers(claims: VerifiedClaims) -> Headers:
     """The identity headers for verified claims (sub, purpose, and all claims as ASCII JSON)."""
     # The wire names, absent claims left out (the Struct's own encoding); a header value must not carry

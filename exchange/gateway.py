@@ -9,6 +9,9 @@ from where that proxy puts them, run the same access decision as every other pla
 (exchange/verify/access.py: canonical method and path, the route table, the bearer token), and answer
 200 with the identity headers (exchange/forwarding.py: the proxy copies them to the upstream) or the
 one refusal shape (401/403 with the RFC 6750 challenge; 400 for a non-canonical target; 404 unrouted).
+A check whose original request carries a header the upstream could take for ours (an `x-purpose-*`
+header, any `_` name, a method-override or rewrite header) is refused (400): unlike the ambassador we
+cannot drop it, the proxy forwards it (exchange/forwarding.py `forged_header`).
 
 Inside a trust domain (`--txn-trust-domain`) the check also needs a valid `Txn-Token` header (draft-
 ietf-oauth-transaction-tokens-10 §12), answered in the same shape, and the 200 carries
@@ -18,6 +21,9 @@ Where each proxy puts the original request (exactly one value each, or the check
     nginx            X-Original-Method, X-Original-URI (set in the config: $request_method, $request_uri)
     traefik, caddy   X-Forwarded-Method, X-Forwarded-Uri (set by the proxy itself)
     envoy            the check request's own method, and its path after `envoy_prefix`
+
+For Envoy, a 200 also names the identity headers it does not carry in `x-envoy-auth-headers-to-remove`
+(Envoy removes those from the upstream request after setting ours): on an open route, all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from urllib.parse import unquote
 import msgspec
 import structlog
 
-from exchange.forwarding import identity_headers, txn_identity_headers
+from exchange.forwarding import IDENTITY_HEADERS, forged_header, identity_headers, txn_identity_headers
 from exchange.logging import RequestLine, configure_logging
 from exchange.placement import PlacementConfig, build_txn_verifier, build_verifier, serve
 from exchange.verify.access import TXN_TOKEN, check_request, check_txn_request
@@ -52,6 +58,8 @@ _ORIGINAL: Final[dict[str, tuple[bytes, bytes]]] = {
     "traefik": (b"x-forwarded-method", b"x-forwarded-uri"),
     "caddy": (b"x-forwarded-method", b"x-forwarded-uri"),
 }
+# Envoy ext_authz (HTTP service): on a 200, the request headers it names are removed before upstream.
+ENVOY_REMOVE: Final = b"x-envoy-auth-headers-to-remove"
 _ALLOWED_HEAD: Final = [(b"content-length", b"0"), (b"cache-control", b"no-store")]
 
 
@@ -144,6 +152,9 @@ class Gateway:
         claims = None
         txn: TxnToken | None = None
         refusal: Refusal | None = None
+        forged = forged_header(scope.get("headers", ()))
+        if forged is not None and not isinstance(original, Refusal):
+            original = non_canonical(forged)
         if isinstance(original, Refusal):
             refusal = original
             method, path = "?", "?"
@@ -170,6 +181,13 @@ class Gateway:
                 headers.extend(identity_headers(claims))
             if txn is not None:
                 headers.extend(txn_identity_headers(txn))
+            if self.proxy == "envoy":
+                # Envoy copies only the allowed_upstream_headers we send; the client's others of those
+                # names would go on, so name them for removal (applied after ours are set).
+                sent = {name for name, _ in headers}
+                absent = [name for name in IDENTITY_HEADERS if name not in sent]
+                if absent:
+                    headers.append((ENVOY_REMOVE, b", ".join(absent)))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             status = 200
