@@ -23,7 +23,7 @@ from joserfc.jwk import Key
 
 from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, base_claims, mint, public_jwks
 from tests.verify.test_ambassador import free_port, start, stop
-from tests.verify.test_nginx_gateway import BYPASS_PATHS
+from tests.verify.forward_auth_cases import BYPASS_PATHS
 
 ROUTES = f"""
 [[route]]
