@@ -292,6 +292,17 @@ class ForwardAuthCases:
     ) -> None:
         assert raw(front, request("GET", "/accounts/1", spoof))[0] in (400, 401, 500)
 
+    def test_the_forwarding_headers_are_the_proxys(self, front: int) -> None:
+        forged = [("X-Forwarded-For", "203.0.113.9"), ("X-Real-IP", "203.0.113.9"),
+                  ("Forwarded", "for=203.0.113.9;proto=https"), ("X-Forwarded-Host", "evil.example"),
+                  ("X-Forwarded-Proto", "https")]  # fmt: skip
+        status, _, body = raw(front, request("GET", "/open/x", forged))
+        assert status == 200, body
+        names = {"x-forwarded-for", "x-real-ip", "forwarded", "x-forwarded-host", "x-forwarded-proto"}
+        seen = [(n, v) for n, v in echoed(body)["headers"] if n.lower() in names]
+        assert not [(n, v) for n, v in seen if "203.0.113.9" in v or "evil" in v or "https" in v], seen
+        assert ("x-forwarded-for", "127.0.0.1") in seen
+
     def test_two_authorization_headers_are_refused(self, front: int, ec_key: Key) -> None:
         good = token(ec_key)
         for pair in ([*good, ("Authorization", "Bearer junk")], [("Authorization", "Bearer junk"), *good]):

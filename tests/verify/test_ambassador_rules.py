@@ -22,8 +22,8 @@ import pytest
 from joserfc.jwk import Key
 
 from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, base_claims, mint, public_jwks
-from tests.verify.test_ambassador import free_port, start, stop
 from tests.verify.forward_auth_cases import BYPASS_PATHS
+from tests.verify.test_ambassador import free_port, start, stop
 
 ROUTES = f"""
 [[route]]
