@@ -70,7 +70,10 @@ def make_token(key: Key, alg: str, now: int) -> str:
         "authorization_details": [{"type": "payment", "amount": "250.00", "currency": "EUR"}],
     }
     header = {"alg": alg, "typ": "at+jwt", "kid": key.kid}
-    return jws.serialize_compact(header, json.dumps(claims), key, algorithms=[alg])
+    # Compact JSON, member order as the exchange mints them: what real issuers emit (msgspec, PyJWT,
+    # joserfc, jose all write it without spaces), so the payload is the size a downstream sees.
+    payload = json.dumps(claims, separators=(",", ":"))
+    return jws.serialize_compact(header, payload, key, algorithms=[alg])
 
 
 def candidates(key: Key, alg: str, token: str) -> dict[str, Callable[[], Any]]:

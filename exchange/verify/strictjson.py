@@ -4,12 +4,22 @@ RFC 7515 §4 and RFC 7519 §4 let a parser keep the last of two members with one
 two parsers that choose differently see two different tokens behind one signature. msgspec keeps the
 last silently, so every object we decode is checked for duplicate names, at every nesting level.
 
-The check is exact and nearly free. When the text has no backslash, every string in it decodes to the
-same bytes it is spelled with, so the colons in the text are one per member plus those inside strings.
-Re-encoding what msgspec decoded gives one colon per surviving member plus those of surviving strings.
-A duplicate drops at least one member (and the strings under it), so the counts differ. Equal counts
-prove there was none; unequal counts (or any escape) go to the exact, slower check with the standard
-library's `object_pairs_hook`, which only has to look at the odd token.
+The check is exact and nearly free, in three tiers, each only for what the one before could not prove:
+
+1. Round trip. Re-encode what msgspec decoded; if that gives back the input byte for byte, the input
+   has no duplicate member. Proof: the input then IS the encoder's output for a decoded value, and the
+   encoder writes each object from a dict (unique keys) or a Struct (unique wire names, which msgspec
+   enforces when the class is made), one member per key; it spells every name in one canonical way,
+   so distinct names are distinct texts that decode back to distinct names, for any parser. (Said the
+   other way: a text with a duplicate decodes to fewer members than it spells, and the re-encoding,
+   one member per surviving key, is shorter, so the bytes differ.) Tokens whose issuer encodes with
+   msgspec, as the exchange does, take this tier: one encode and one comparison.
+2. Colon count. When the text has no backslash, every string in it decodes to the same bytes it is
+   spelled with, so the colons in the text are one per member plus those inside strings. Re-encoding
+   gives one colon per surviving member plus those of surviving strings. A duplicate drops at least
+   one member (and the strings under it), so the counts differ: equal counts prove there was none.
+3. Otherwise (any escape, unequal counts) the exact, slower check with the standard library's
+   `object_pairs_hook`, which only has to look at the odd token.
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ def refuse_duplicates(raw: bytes, decoded: Any) -> None:
     `decoded` may be a dict or a msgspec Struct (then re-encoded by its own field names); it must hold
     only values from `raw` (no computed defaults), which is what decoding gives.
     """
-    if b"\\" not in raw and raw.count(b":") == _encode(decoded).count(b":"):
+    again = _encode(decoded)
+    if again == raw or (b"\\" not in raw and raw.count(b":") == again.count(b":")):
         return
     try:
         _EXACT.decode(raw.decode("utf-8"))
