@@ -22,7 +22,8 @@ Fitting a key is done once per (key, algorithm): a `PreparedKey` holds the outco
 `check_key` passed, pyca/cryptography's public key object, its padding and hash objects, the curve's
 signature length), so the per-token work is the bare signature call. `PreparedKey.fit(key, alg)` is the
 one place that does it; a JWSVerifier remembers the PreparedKey of each key object its sources hand it
-(bounded, by object identity: a refreshed key set brings new objects, which are fitted anew).
+(bounded, by object identity: a refreshed key set brings new objects, which are fitted anew), and each
+remembered header keeps the last one it was checked with, taken when the source hands the same object.
 
 What comes back is the verified header and the payload bytes. Claims are the caller's: each token kind
 has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verify.verifier`), sharing
@@ -31,6 +32,7 @@ has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verif
     core = JWSVerifier(algorithms=["ES256"], typ={"at+jwt"})
     verified = await core.verify(token, keys)        # may fetch (JWKSCache)
     verified = core.verify_sync(token, keys)         # may fetch, blocking: for sync frameworks
+    header, payload, key = core.check_sync(token, keys)  # the same, a plain tuple: the hot path
     verified = core.verify_cached(token, keys)       # never does I/O
     claims = decode_object(verified.payload)
 
@@ -52,7 +54,6 @@ from cryptography.hazmat.primitives.asymmetric.ec import ECDSA, EllipticCurvePub
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc.errors import JoseError
 from joserfc.jwa import ESAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 from joserfc.jwk import Key
@@ -60,12 +61,20 @@ from joserfc.jwk import Key
 # JWSAlgModel is public in joserfc.jws, though missing from its __all__.
 from joserfc.jws import JWSAlgModel, JWSRegistry  # type: ignore[attr-defined]
 
-from exchange.verify.compact import Compact, JWSError, Problem, decode_header, split_compact
+from exchange.verify.compact import Compact, JWSError, Problem, decode_header, split_compact, split_parts
 from exchange.verify.errors import VerificationError
 from exchange.verify.jwks import MAX_KID_LENGTH, KeySource, UnknownKid
 from schemas.algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS
 
-__all__ = ["Compact", "JWSError", "JWSVerifier", "PreparedKey", "VerifiedJWS", "algorithm_models"]
+__all__ = [
+    "Compact",
+    "JWSError",
+    "JWSVerifier",
+    "PreparedKey",
+    "VerifiedJWS",
+    "algorithm_models",
+    "der_signature",
+]
 
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 # RFC 9864 §2.2 deprecates the polymorphic "EdDSA" for the fully-specified "Ed25519": with an Ed25519
@@ -88,12 +97,27 @@ class VerifiedJWS(NamedTuple):
     key: Key
 
 
-class _Header(NamedTuple):
-    members: Mapping[str, Any]
-    alg: JWSAlgModel
-    kid: str | None
-    # The header's alg was admitted as the other name of Ed25519: only an Ed25519 key may check it.
-    ed25519_only: bool = False
+class _Header:
+    """A header that passed the policy of one JWSVerifier, remembered by its exact segment.
+
+    `prepared` is the last key this header's signature was checked with, fitted to its algorithm: the
+    steady state (one kid, one key object) takes it with one identity comparison instead of a memo
+    lookup. It is one attribute holding one PreparedKey (its key and its check together), so a thread
+    reading it never sees one key's object with another key's check; `prepared.key is key` makes sure
+    it is this call's key object, from this call's source (a kid shared by two sources is two keys).
+    """
+
+    __slots__ = ("alg", "ed25519_only", "kid", "members", "prepared")
+
+    def __init__(
+        self, members: Mapping[str, Any], alg: JWSAlgModel, kid: str | None, ed25519_only: bool = False
+    ) -> None:
+        self.members = members
+        self.alg = alg
+        self.kid = kid
+        # The header's alg was admitted as the other name of Ed25519: only an Ed25519 key may check it.
+        self.ed25519_only = ed25519_only
+        self.prepared: PreparedKey | None = None
 
 
 class PreparedKey:
@@ -103,8 +127,9 @@ class PreparedKey:
     `PreparedKey.fit(key, alg)` runs joserfc's `check_key` (key type, curve, the key's own `alg`, its
     `use`/`key_ops`) and takes the key's cryptography object and the algorithm's padding and hash
     objects, as joserfc's own `verify` would per call. ES*: the r||s signature of exactly twice the
-    curve's length becomes DER with cryptography's `encode_dss_signature` (what joserfc does). An
-    algorithm without a fast path here keeps joserfc's `verify` (already fitted).
+    curve's length becomes DER (`der_signature`: what joserfc does with cryptography's
+    `encode_dss_signature`, byte for byte). An algorithm without a fast path here keeps joserfc's
+    `verify` (already fitted).
     """
 
     __slots__ = ("algorithm", "key", "verify")
@@ -152,11 +177,8 @@ def _signature_check(algorithm: JWSAlgModel, key: Key, public: Any) -> Callable[
         def ec(message: bytes, signature: bytes) -> bool:
             if len(signature) != whole:
                 return False
-            der = encode_dss_signature(
-                int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
-            )
             try:
-                ec_verify(der, message, ecdsa)
+                ec_verify(der_signature(signature, size), message, ecdsa)
             except InvalidSignature:
                 return False
             return True
@@ -178,6 +200,29 @@ def _signature_check(algorithm: JWSAlgModel, key: Key, public: Any) -> Callable[
         return bool(algorithm.verify(message, signature, key))
 
     return generic
+
+
+def der_signature(signature: bytes, size: int) -> bytes:
+    """The DER `SEQUENCE { INTEGER r, INTEGER s }` of a JWS ECDSA signature, r || s of `size` bytes
+    each (RFC 7518 §3.4): byte for byte what cryptography's `encode_dss_signature(r, s)` returns
+    (tests/verify/test_fast_paths.py proves it for every size and edge), at a third of its cost,
+    since it skips the two int conversions and the ASN.1 writer.
+
+    DER's INTEGER is the minimal two's complement: no leading zero octet unless the next one has its
+    high bit set (then one is needed: r and s are positive), and zero is the single octet 00. The
+    lengths fit one octet except for P-521's SEQUENCE (up to 138 octets: the 0x81 long form).
+    OpenSSL parses what it is handed strictly and compares it with its own re-encoding, so a wrong
+    encoding could only fail a good signature, never pass a bad one.
+    """
+    r = signature[:size].lstrip(b"\0") or b"\0"
+    s = signature[size:].lstrip(b"\0") or b"\0"
+    if r[0] & 0x80:
+        r = b"\0" + r
+    if s[0] & 0x80:
+        s = b"\0" + s
+    body = b"\x02%c%b\x02%c%b" % (len(r), r, len(s), s)
+    length = len(body)
+    return (b"\x30%c" % length if length < 0x80 else b"\x30\x81%c" % length) + body
 
 
 def algorithm_models(names: Collection[str]) -> dict[str, JWSAlgModel]:
@@ -276,38 +321,58 @@ class JWSVerifier:
 
     async def verify(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify `token` with a key of `keys` (fetching when the source needs to). Raises JWSError."""
-        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
+        signing_input, segment, payload, signature = (
+            token if isinstance(token, Compact) else split_parts(token, self._max_bytes)
+        )
+        header = self._headers.get(segment) or self.header(segment)
         if header.kid is None:
-            return self._signed(parts, header, _usable(await keys.get_keys()))
-        try:
-            key = await keys.get_key(header.kid)
-        except VerificationError as exc:
-            raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
-        return self._signed_by(parts, header, key)
+            key = self._signed(signing_input, signature, header, _usable(await keys.get_keys()))
+        else:
+            try:
+                key = await keys.get_key(header.kid)
+            except VerificationError as exc:
+                raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
+            self._signed_by(signing_input, signature, header, key)
+        return VerifiedJWS(header.members, payload, key)
 
     def verify_sync(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """`verify` for code without an event loop: the source may fetch, blocking. Raises JWSError."""
-        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
-        if header.kid is None:
-            return self._signed(parts, header, _usable(keys.get_keys_sync()))
+        return VerifiedJWS(*self.check_sync(token, keys))
+
+    def check_sync(
+        self, token: str | bytes | Compact, keys: KeySource
+    ) -> tuple[Mapping[str, Any], bytes, Key]:
+        """`verify_sync` as a plain (header, payload, key) tuple: the hot path of every downstream call
+        (purpose and Txn-Tokens), one straight run of the same steps with nothing built per call."""
+        signing_input, segment, payload, signature = (
+            token if isinstance(token, Compact) else split_parts(token, self._max_bytes)
+        )
+        header = self._headers.get(segment) or self.header(segment)
+        kid = header.kid
+        if kid is None:
+            keyless = self._signed(signing_input, signature, header, _usable(keys.get_keys_sync()))
+            return header.members, payload, keyless
         try:
-            key = keys.get_key_sync(header.kid)
+            key = keys.get_key_sync(kid)
         except VerificationError as exc:
-            raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
-        return self._signed_by(parts, header, key)
+            raise JWSError(_unknown(exc), f"kid {kid!r}: {exc}") from None
+        self._signed_by(signing_input, signature, header, key)
+        return header.members, payload, key
 
     def verify_cached(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify with keys already cached by `keys`; never does I/O. Raises JWSError."""
-        parts = token if isinstance(token, Compact) else split_compact(token, self._max_bytes)
-        header = self._headers.get(parts.header_segment) or self.header(parts.header_segment)
+        signing_input, segment, payload, signature = (
+            token if isinstance(token, Compact) else split_parts(token, self._max_bytes)
+        )
+        header = self._headers.get(segment) or self.header(segment)
         if header.kid is None:
-            return self._signed(parts, header, keys.cached_keys())
-        key = keys.get_cached_key(header.kid)
-        if key is None:
-            raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the cached keys")
-        return self._signed_by(parts, header, key)
+            key = self._signed(signing_input, signature, header, keys.cached_keys())
+        else:
+            found = keys.get_cached_key(header.kid)
+            if found is None:
+                raise JWSError("unknown_kid", f"kid {header.kid!r} is not among the cached keys")
+            self._signed_by(signing_input, signature, header, key := found)
+        return VerifiedJWS(header.members, payload, key)
 
     def prepared(self, header: _Header, key: Key) -> PreparedKey:
         """`key` fitted to `header`'s algorithm (remembered per key object). Raises JWSError."""
@@ -322,21 +387,19 @@ class JWSVerifier:
         self._keys[slot] = prepared
         return prepared
 
-    def _signed_by(self, parts: Compact, header: _Header, key: Key) -> VerifiedJWS:
-        """The one key the kid named (the hot path: one memo lookup, then the signature call)."""
-        prepared = self._keys.get((id(key), header.alg.name, header.ed25519_only))
-        # The entry holds its key, so while it lives no other object can have that id: `is` makes sure.
+    def _signed_by(self, signing_input: bytes, signature: bytes, header: _Header, key: Key) -> None:
+        """The one key the kid named: the header's last key when it is this object, else fitted."""
+        prepared = header.prepared
         if prepared is None or prepared.key is not key:
-            prepared = self.prepared(header, key)
+            prepared = header.prepared = self.prepared(header, key)
         try:
-            good = prepared.verify(parts.signing_input, parts.signature)
+            good = prepared.verify(signing_input, signature)
         except (JoseError, ValueError, TypeError):  # a signature the library cannot even read is bad
             good = False
         if not good:
             raise JWSError("bad_signature", "the signature does not verify")
-        return VerifiedJWS(header.members, parts.payload, key)
 
-    def _signed(self, parts: Compact, header: _Header, keys: tuple[Key, ...]) -> VerifiedJWS:
+    def _signed(self, signing_input: bytes, signature: bytes, header: _Header, keys: tuple[Key, ...]) -> Key:
         """No kid: each key of the source that fits the algorithm, in turn (bounded by the set's size)."""
         for key in keys:
             try:
@@ -344,11 +407,11 @@ class JWSVerifier:
             except JWSError:
                 continue
             try:
-                good = prepared.verify(parts.signing_input, parts.signature)
+                good = prepared.verify(signing_input, signature)
             except (JoseError, ValueError, TypeError):
                 good = False
             if good:
-                return VerifiedJWS(header.members, parts.payload, key)
+                return key
         raise JWSError("bad_signature", "no key of the source verifies the signature")
 
 

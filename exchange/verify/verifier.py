@@ -6,10 +6,12 @@ verifier's own key source, the signature), then the purpose-token claims policy 
 audience, time window, lifetime, purpose), then the replay guard for single-use tokens. Nothing in the
 payload is looked at before the signature is good.
 
-Everything that can be built once is built once: the core (its algorithm objects and its memo of
-headers already checked), the claims decoder (module scope). Per call, a cached-key verify is one
-split, two strict base64url decodes, one dict lookup for the header, the signature check, one msgspec
-decode with its duplicate-name check and a handful of comparisons.
+Everything that can be built once is built once: the core (its algorithm objects, its memo of headers
+already checked, each with the key it was last checked with), the claims decoder (module scope). Per
+call, a cached-key verify is one split, two strict base64url decodes, one dict lookup for the header and
+one for the key, the signature check, one msgspec decode with its duplicate-name check (for the
+exchange's own spelling: one re-encode and a comparison) and a handful of comparisons; nothing is built
+but the claims (`JWSVerifier.check_sync` hands back a plain tuple).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class PurposeTokenVerifier:
         if self._sync_guard is None:
             raise TypeError("verify() needs a synchronous replay guard; use averify() with this guard")
         try:
-            payload = self._jws.verify_sync(token, self.keys).payload
+            payload = self._jws.check_sync(token, self.keys)[1]
         except JWSError as exc:
             raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         claims, at = self._check(payload, purpose, now)

@@ -4,21 +4,34 @@ adversarial inputs (hypothesis), not only on the tokens the benches use:
 - duplicate-member refusal (`strictjson.refuse_duplicates`): the round-trip and colon-count tiers
   against a plain reading with the standard library's `object_pairs_hook`, for dicts and for the
   purpose-token claims Struct, with repeated names at any depth, escapes, whitespace and colons in
-  strings.
+  strings;
+- the strict compact parse (`compact.split_parts`: dots by `find`, two inlined base64url decodes)
+  against `split(b".")` and `b64url_decode` per segment;
+- the r || s to DER conversion (`jws.der_signature`) against cryptography's `encode_dss_signature`;
+- the key a header remembers (`_Header.prepared`) never checks a signature for another key object,
+  even under the same kid, in any order of calls.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 from typing import Any
 
 import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from joserfc.jwk import ECKey, Key
 
+from exchange.verify import JWSError, JWSVerifier, PurposeTokenVerifier, StaticJWKS, VerificationError
 from exchange.verify.claims import CLAIMS_DECODER
+from exchange.verify.compact import b64url_decode, b64url_encode, split_compact, split_parts
+from exchange.verify.jws import der_signature
 from exchange.verify.strictjson import AmbiguousJSON, decode_object, refuse_duplicates
-from tests.verify.conftest import base_claims
+from tests import forge
+from tests.verify.conftest import AUDIENCE, ISSUER, NOW, base_claims
 
 # --- duplicate members -------------------------------------------------------------------------------
 
@@ -149,3 +162,149 @@ class TestDuplicateRefusal:
         spaced = json.dumps(json.loads(compact)).encode()
         assert spaced != compact
         refuse_duplicates(spaced, CLAIMS_DECODER.decode(spaced))
+
+
+# --- strict compact parse ----------------------------------------------------------------------------
+
+
+def slow_split(token: str | bytes, max_bytes: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """The plain reading: size, ASCII, split on every dot, three segments, strict decode of each."""
+    if len(token) > max_bytes:
+        raise JWSError("oversized", "")
+    value = token.encode("ascii") if isinstance(token, str) else token  # UnicodeEncodeError: refused
+    if value[:1] == b"{":
+        raise JWSError("malformed", "")
+    segments = value.split(b".")
+    if len(segments) != 3:
+        raise JWSError("malformed", "")
+    header, payload, signature = segments
+    try:
+        return header + b"." + payload, header, b64url_decode(payload), b64url_decode(signature)
+    except (ValueError, binascii.Error):
+        raise JWSError("malformed", "") from None
+
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TOKEN_CHARS = st.sampled_from(list(_B64URL[::7] + "AQgw-_" + ".+/= {\n\x00é"))
+
+
+def _decision(fn: Any, token: str | bytes) -> Any:
+    try:
+        return fn(token, 300)
+    except JWSError as exc:
+        return exc.problem
+    except UnicodeEncodeError:
+        return "malformed"
+
+
+class TestStrictParse:
+    @settings(max_examples=1500, deadline=None)
+    @given(st.text(_TOKEN_CHARS, max_size=40), st.booleans())
+    def test_the_fast_split_decides_as_split_on_every_dot(self, token: str, as_bytes: bool) -> None:
+        value: str | bytes = token.encode("utf-8") if as_bytes else token
+        assert _decision(split_parts, value) == _decision(slow_split, value)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.binary(max_size=40),
+        st.binary(max_size=70),
+        st.sampled_from(["", ".", "..", "=", "==", "+", "/", " ", "A", "B"]),
+        st.integers(0, 3),
+    )
+    def test_real_segments_with_one_edit_decide_alike(
+        self, payload: bytes, signature: bytes, edit: str, where: int
+    ) -> None:
+        parts = [b"eyJhbGciOiJFUzI1NiJ9", b64url_encode(payload), b64url_encode(signature)]
+        token = b".".join(parts).decode()
+        # The edit lands at the end of a segment (where padding and unused bits live) or the token's.
+        cut = [len(parts[0]), len(parts[0]) + 1 + len(parts[1]), len(token), 0][where]
+        edited = token[:cut] + edit + token[cut:]
+        assert _decision(split_parts, edited) == _decision(slow_split, edited)
+        assert _decision(split_parts, token) == (
+            token.rsplit(".", 1)[0].encode(),
+            parts[0],
+            payload,
+            signature,
+        )
+        assert split_compact(token, 300) == split_parts(token, 300)
+
+
+# --- r || s to DER -----------------------------------------------------------------------------------
+
+
+def _halves(size: int) -> st.SearchStrategy[bytes]:
+    # Leading zero octets and set high bits are where DER's minimal INTEGER differs from the raw bytes.
+    edge = st.tuples(st.integers(0, size), st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF]), st.binary())
+    return st.one_of(
+        st.binary(min_size=size, max_size=size),
+        edge.map(lambda t: (bytes(t[0]) + bytes([t[1]]) + t[2] + bytes(size))[:size]),
+    )
+
+
+class TestDerSignature:
+    @pytest.mark.parametrize("size", [32, 48, 66])
+    @settings(max_examples=400, deadline=None)
+    @given(data=st.data())
+    def test_der_is_what_cryptography_encodes(self, size: int, data: st.DataObject) -> None:
+        r, s = data.draw(_halves(size)), data.draw(_halves(size))
+        expected = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+        assert der_signature(r + s, size) == expected
+
+    @pytest.mark.parametrize("size", [32, 48, 66])
+    def test_the_edges(self, size: int) -> None:
+        for r in (bytes(size), b"\xff" * size, bytes(size - 1) + b"\x80", b"\x00\x80" + bytes(size - 2)):
+            for s in (bytes(size), b"\x01" * size):
+                expected = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+                assert der_signature(r + s, size) == expected
+
+
+# --- the key a header remembers ----------------------------------------------------------------------
+
+
+class TestRememberedKey:
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=12))
+    def test_a_header_never_checks_with_another_sources_key_under_the_same_kid(
+        self, ec_key: Key, other_ec_key: Key, calls: list[tuple[bool, bool]]
+    ) -> None:
+        # Two sources (two identities) publishing different keys under one kid, one core, one header
+        # segment: each call is decided by its own source's key, whatever the calls before remembered.
+        mine = StaticJWKS({"keys": [{**ec_key.as_dict(private=False), "kid": "shared"}]})
+        theirs = StaticJWKS({"keys": [{**other_ec_key.as_dict(private=False), "kid": "shared"}]})
+        header = {"alg": "ES256", "typ": "at+jwt", "kid": "shared"}
+        signed_by = {True: forge.sign(_with_kid(ec_key), header, base_claims()),
+                     False: forge.sign(_with_kid(other_ec_key), header, base_claims())}  # fmt: skip
+        core = JWSVerifier(algorithms=["ES256"], typ={"at+jwt"})
+        for signer_is_mine, source_is_mine in calls:
+            token, source = signed_by[signer_is_mine], mine if source_is_mine else theirs
+            for check in (core.check_sync, core.verify_sync, core.verify_cached):
+                if signer_is_mine == source_is_mine:
+                    assert check(token, source)[1] == forge.b64decode(token.split(".")[1])
+                else:
+                    with pytest.raises(JWSError) as caught:
+                        check(token, source)
+                    assert caught.value.problem == "bad_signature"
+
+    def test_the_purpose_verifier_takes_the_straight_path_and_refuses_what_it_must(self, ec_key: Key) -> None:
+        verifier = PurposeTokenVerifier(
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            jwks={"keys": [ec_key.as_dict(private=False)]},
+            algorithms=["ES256"],
+        )
+        header = {"alg": "ES256", "typ": "at+jwt", "kid": ec_key.kid}
+        good = forge.sign(ec_key, header, base_claims())
+        for _ in range(3):  # cold, then the remembered header and key
+            assert verifier.verify(good, now=NOW).sub == base_claims()["sub"]
+        twice = b'{"aud":"elsewhere",' + msgspec.json.encode(base_claims())[1:]
+        with pytest.raises(VerificationError) as caught:
+            verifier.verify(forge.sign(ec_key, header, twice), now=NOW)
+        assert caught.value.reason == "malformed"
+        forged = good[: good.rindex(".") + 1] + b64url_encode(bytes(64)).decode()
+        with pytest.raises(VerificationError) as caught:
+            verifier.verify(forged, now=NOW)
+        assert caught.value.reason == "bad_signature"
+
+
+def _with_kid(key: Key) -> Key:
+    return ECKey.import_key({**key.as_dict(private=True), "kid": "shared"})
