@@ -31,6 +31,7 @@ has its own claims policy (`exchange.trust`, `exchange.clients`, `exchange.verif
 
     core = JWSVerifier(algorithms=["ES256"], typ={"at+jwt"})
     verified = await core.verify(token, keys)        # may fetch (JWKSCache)
+    header, payload, key = await core.check(token, keys)  # the same, a plain tuple
     verified = core.verify_sync(token, keys)         # may fetch, blocking: for sync frameworks
     header, payload, key = core.check_sync(token, keys)  # the same, a plain tuple: the hot path
     verified = core.verify_cached(token, keys)       # never does I/O
@@ -321,19 +322,26 @@ class JWSVerifier:
 
     async def verify(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """Verify `token` with a key of `keys` (fetching when the source needs to). Raises JWSError."""
+        return VerifiedJWS(*await self.check(token, keys))
+
+    async def check(
+        self, token: str | bytes | Compact, keys: KeySource
+    ) -> tuple[Mapping[str, Any], bytes, Key]:
+        """`verify` as a plain (header, payload, key) tuple, as `check_sync` is for `verify_sync`."""
         signing_input, segment, payload, signature = (
             token if isinstance(token, Compact) else split_parts(token, self._max_bytes)
         )
         header = self._headers.get(segment) or self.header(segment)
-        if header.kid is None:
-            key = self._signed(signing_input, signature, header, _usable(await keys.get_keys()))
-        else:
-            try:
-                key = await keys.get_key(header.kid)
-            except VerificationError as exc:
-                raise JWSError(_unknown(exc), f"kid {header.kid!r}: {exc}") from None
-            self._signed_by(signing_input, signature, header, key)
-        return VerifiedJWS(header.members, payload, key)
+        kid = header.kid
+        if kid is None:
+            keyless = self._signed(signing_input, signature, header, _usable(await keys.get_keys()))
+            return header.members, payload, keyless
+        try:
+            key = await keys.get_key(kid)
+        except VerificationError as exc:
+            raise JWSError(_unknown(exc), f"kid {kid!r}: {exc}") from None
+        self._signed_by(signing_input, signature, header, key)
+        return header.members, payload, key
 
     def verify_sync(self, token: str | bytes | Compact, keys: KeySource) -> VerifiedJWS:
         """`verify` for code without an event loop: the source may fetch, blocking. Raises JWSError."""

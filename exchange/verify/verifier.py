@@ -135,7 +135,7 @@ class PurposeTokenVerifier:
     ) -> VerifiedClaims:
         """Verify, fetching keys when needed (unknown kid, stale set). Raises VerificationError."""
         try:
-            payload = (await self._jws.verify(token, self.keys)).payload
+            payload = (await self._jws.check(token, self.keys))[1]
         except JWSError as exc:
             raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         claims, at = self._check(payload, purpose, now)

@@ -285,6 +285,21 @@ class TestRememberedKey:
                         check(token, source)
                     assert caught.value.problem == "bad_signature"
 
+    async def test_the_async_path_decides_by_the_callers_source_too(
+        self, ec_key: Key, other_ec_key: Key
+    ) -> None:
+        mine = StaticJWKS({"keys": [{**ec_key.as_dict(private=False), "kid": "shared"}]})
+        theirs = StaticJWKS({"keys": [{**other_ec_key.as_dict(private=False), "kid": "shared"}]})
+        token = forge.sign(_with_kid(ec_key), {"alg": "ES256", "kid": "shared"}, base_claims())
+        core = JWSVerifier(algorithms=["ES256"])
+        for _ in range(2):
+            assert (await core.check(token, mine))[2].kid == "shared"
+            assert (await core.verify(token, mine)).payload == forge.b64decode(token.split(".")[1])
+            for check in (core.check, core.verify):
+                with pytest.raises(JWSError) as caught:
+                    await check(token, theirs)
+                assert caught.value.problem == "bad_signature"
+
     def test_the_purpose_verifier_takes_the_straight_path_and_refuses_what_it_must(self, ec_key: Key) -> None:
         verifier = PurposeTokenVerifier(
             issuer=ISSUER,
