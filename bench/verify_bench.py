@@ -15,21 +15,27 @@ Same run, same tokens, same keys, for ES256 and RS256:
 
     .venv/bin/python bench/verify_bench.py [--number 300] [--repeat 40]
     .venv/bin/python bench/verify_bench.py --profile /tmp/verify-prof [--seconds 10]
+    .venv/bin/python bench/verify_bench.py --instructions [--number 300]
 
 Per-operation time is the best of `repeat` runs of `number` calls (least disturbed by the machine:
 short runs, many of them, so on a shared machine some run of each candidate goes undisturbed); the
 candidates' runs are interleaved so a busy moment does not favour one of them. The bench runs on
 the server CPU (0) while nothing else of ours does. `--profile` runs py-spy over a loop of
-`exchange.verify` alone, per algorithm, and groups the samples by module.
+`exchange.verify` alone, per algorithm, and groups the samples by module. `--instructions` counts
+instructions per call instead (valgrind's callgrind, each candidate's calls between two dumps, an
+empty loop subtracted): the same on a busy machine as on a quiet one, but not time, since the
+Python share of the work retires far fewer instructions per cycle than the signature's arithmetic.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 from collections.abc import Callable
@@ -54,6 +60,7 @@ from exchange.verify.jws import der_signature
 from exchange.verify.strictjson import refuse_duplicates
 
 ISSUER = "https://exchange.bench"
+NAMES = ("floor", "verifier", "pyjwt", "joserfc")
 AUDIENCE = "https://payments.internal"
 
 
@@ -161,6 +168,54 @@ def loop(alg: str, seconds: float) -> None:
             ours()
 
 
+def segments(calls: int) -> None:
+    """--segments (under callgrind): each candidate's calls between two os.getppid() calls, which
+    callgrind is told to dump before; the first timed segment is an empty loop, subtracted."""
+    order = []
+    fns: list[Callable[[], Any]] = []
+    for alg, (key, token) in tokens(int(time.time())).items():
+        for name, fn in candidates(key, alg, token).items():
+            fn()
+            fn()  # warm: every import, memo and cache is in place before counting
+            order.append(f"{alg} {name}")
+            fns.append(fn)
+
+    def empty() -> None:
+        pass
+
+    os.getppid()
+    for fn in [empty, *fns]:
+        for _ in range(calls):
+            fn()
+        os.getppid()
+    print(json.dumps(order))
+
+
+def run_instructions(calls: int) -> dict[str, dict[str, float]]:
+    """Instructions per call of each candidate (callgrind): repeatable whatever the machine's load."""
+    with tempfile.TemporaryDirectory(prefix="verify-cg-") as tmp:
+        out = Path(tmp) / "cg.out"
+        argv = [
+            "valgrind", "--tool=callgrind", "--dump-before=os_getppid", f"--callgrind-out-file={out}",
+            sys.executable, __file__, "--segments", str(calls),
+        ]  # fmt: skip
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=1800)
+        order = json.loads(done.stdout.strip().splitlines()[-1])
+        dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
+        totals = []
+        for dump in dumps:
+            summary = next(line for line in dump.read_text().splitlines() if line.startswith("summary:"))
+            totals.append(int(summary.split()[1]))
+    if len(totals) != len(order) + 2:
+        raise SystemExit("callgrind gave no per-segment dumps: this Python's os_getppid has no symbol")
+    empty = totals[1] / calls  # totals[0]: start-up to the first marker
+    rows: dict[str, dict[str, float]] = {}
+    for label, total in zip(order, totals[2:], strict=True):
+        alg, name = label.split()
+        rows.setdefault(alg, {})[name] = total / calls - empty
+    return rows
+
+
 def run_profile(out_dir: Path, seconds: float) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -188,10 +243,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=40, help="timed runs; the best is reported")
     parser.add_argument("--profile", metavar="DIR", help="py-spy over our verifier alone, per algorithm")
     parser.add_argument("--seconds", type=float, default=10.0, help="--profile: seconds per algorithm")
+    parser.add_argument(
+        "--instructions", action="store_true", help="instructions per call under callgrind, not time"
+    )
     parser.add_argument("--loop", choices=["ES256", "RS256"], help=argparse.SUPPRESS)
+    parser.add_argument("--segments", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.loop:
         loop(options.loop, min(options.seconds, 120))
+        return
+    if options.segments:
+        segments(options.segments)
+        return
+    if options.instructions:
+        calls = min(options.number, 2000)
+        title = "Purpose-token verification, cached key: instructions per call (callgrind)"
+        print(report.header(title, f"{calls} calls each, empty loop subtracted; ratio = / raw verify."))
+        table = [
+            [alg, f"{t['raw'] / 1000:.1f}k"]
+            + [f"+{(t[n] - t['raw']) / 1000:.1f}k ({report.ratio(t[n] / t['raw'])})" for n in NAMES]
+            for alg, t in run_instructions(calls).items()
+        ]
+        print(report.table(["alg", "raw verify", *(f"{n} over raw" for n in NAMES)], table))
         return
     if options.profile:
         print(
@@ -215,10 +288,7 @@ def main() -> None:
     for alg, t in rows:
         table.append(
             [alg, report.us(t["raw"])]
-            + [
-                f"{report.us(t[name])} ({report.ratio(t[name] / t['raw'])})"
-                for name in ("floor", "verifier", "pyjwt", "joserfc")
-            ]
+            + [f"{report.us(t[name])} ({report.ratio(t[name] / t['raw'])})" for name in NAMES]
         )
     print(
         report.table(
