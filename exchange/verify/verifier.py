@@ -20,15 +20,12 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
-import msgspec
-
-from exchange.verify.claims import CLAIMS_DECODER, VerifiedClaims
+from exchange.verify.claims import VerifiedClaims, decode_claims
 from exchange.verify.compact import JWSError, Problem
 from exchange.verify.errors import Reason, VerificationError
 from exchange.verify.jwks import JWKSCache, KeySource, key_source
 from exchange.verify.jws import JWSVerifier
 from exchange.verify.replay import InMemoryReplayGuard, ReplayGuard, SyncReplayGuard
-from exchange.verify.strictjson import AmbiguousJSON, refuse_duplicates
 from schemas.algorithms import ASYMMETRIC_ALGORITHMS
 from schemas.algorithms import DEFAULT_ALGORITHMS as DEFAULT_ALGORITHMS
 from schemas.base import MAX_LEEWAY, MAX_TOKEN_LIFETIME
@@ -152,11 +149,7 @@ class PurposeTokenVerifier:
 
     def _check(self, payload: bytes, purpose: str | None, now: float | None) -> tuple[VerifiedClaims, float]:
         """The purpose-token claims policy, on a payload whose signature is good."""
-        try:
-            claims = CLAIMS_DECODER.decode(payload)
-            refuse_duplicates(payload, claims)
-        except (msgspec.DecodeError, AmbiguousJSON) as exc:
-            raise VerificationError("malformed", f"claims: {exc}") from None
+        claims = decode_claims(payload)
         if claims.issuer != self.issuer:
             raise VerificationError("wrong_issuer", f"iss {claims.issuer!r}")
         if claims.audience != self.audience:
