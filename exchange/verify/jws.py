@@ -203,6 +203,23 @@ def _signature_check(algorithm: JWSAlgModel, key: Key, public: Any) -> Callable[
     return generic
 
 
+def _der_heads(size: int) -> tuple[tuple[tuple[bytes, bytes], ...], ...]:
+    """For halves of `size` octets with no leading zero octet: the octets before r (SEQUENCE and
+    INTEGER headers, a zero octet if r's high bit is set) and before s, by (r high bit, s high bit)."""
+
+    def heads(r_high: int, s_high: int) -> tuple[bytes, bytes]:
+        r_len, s_len = size + r_high, size + s_high
+        return bytes((0x30, r_len + s_len + 4, 0x02, r_len)) + b"\0" * r_high, bytes(
+            (0x02, s_len)
+        ) + b"\0" * s_high
+
+    return tuple(tuple(heads(r_high, s_high) for s_high in (0, 1)) for r_high in (0, 1))
+
+
+# P-256 and P-384 (a SEQUENCE under 128 octets: one length octet); P-521 takes the general path.
+_DER_HEADS: Final = {size: _der_heads(size) for size in (32, 48)}
+
+
 def der_signature(signature: bytes, size: int) -> bytes:
     """The DER `SEQUENCE { INTEGER r, INTEGER s }` of a JWS ECDSA signature, r || s of `size` bytes
     each (RFC 7518 §3.4): byte for byte what cryptography's `encode_dss_signature(r, s)` returns
@@ -215,6 +232,12 @@ def der_signature(signature: bytes, size: int) -> bytes:
     OpenSSL parses what it is handed strictly and compares it with its own re-encoding, so a wrong
     encoding could only fail a good signature, never pass a bad one.
     """
+    heads = _DER_HEADS.get(size)
+    if heads is not None and signature[0] and signature[size]:
+        # Neither half starts with a zero octet (255 signatures in 256): each is minimal as it is,
+        # and only the two high bits choose the headers.
+        r_head, s_head = heads[signature[0] >> 7][signature[size] >> 7]
+        return r_head + signature[:size] + s_head + signature[size:]
     r = signature[:size].lstrip(b"\0") or b"\0"
     s = signature[size:].lstrip(b"\0") or b"\0"
     if r[0] & 0x80:
