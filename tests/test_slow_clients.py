@@ -16,10 +16,13 @@ import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 
+from exchange.endpoint import BodyDeadlines
+from exchange.errors import RequestTimeout
 from tests.conftest import exchange_form, write_config
 from tests.idp import FakeIdP
 from tests.server import Server, free_port
@@ -203,3 +206,55 @@ async def test_an_idle_keep_alive_connection_is_closed_after_header_timeout(
         # Then nothing more is sent: the server closes the idle connection on its own.
         assert await asyncio.wait_for(reader.read(), timeout=60) == b""
         writer.close()
+
+
+class TestBodyDeadlines:
+    """The body timeout of every /token request on one timer (exchange/endpoint.py): each read is cut
+    off at its own deadline, a read that finishes is untouched, and a cancellation that is not the
+    deadline's stays a cancellation."""
+
+    @staticmethod
+    def receiver(chunks: list[bytes], pause: float) -> Any:
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(pause)
+            body = chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+        return receive
+
+    async def test_each_read_is_cut_off_at_its_own_deadline_and_the_others_finish(self) -> None:
+        deadlines = BodyDeadlines(0.3)
+        started = time.monotonic()
+
+        async def read(chunks: list[bytes], pause: float) -> bytes | str:
+            try:
+                return await deadlines.read(self.receiver(chunks, pause), 1024)
+            except RequestTimeout:
+                return f"timeout after {time.monotonic() - started:.2f}"
+
+        async def later(delay: float, chunks: list[bytes], pause: float) -> bytes | str:
+            await asyncio.sleep(delay)
+            return await read(chunks, pause)
+
+        results = await asyncio.gather(
+            read([b"a=1"], 0.0),  # at once
+            read([b"a", b"=", b"2"], 0.05),  # three chunks, well within the deadline
+            read([b"x"] * 100, 0.05),  # a dribbler: cut off after 0.3 s in all, not per chunk
+            later(0.2, [b"y"] * 100, 0.05),  # a later dribbler: cut off at its own deadline
+            later(0.2, [b"b=3"], 0.0),
+        )
+        assert results[0] == b"a=1" and results[1] == b"a=2" and results[4] == b"b=3"
+        first, second = (float(str(r).split()[-1]) for r in results[2:4])
+        assert str(results[2]).startswith("timeout") and str(results[3]).startswith("timeout")
+        # Each cut off at its own deadline, never before it (lower bounds only: no speed claim).
+        assert first >= 0.3 and second >= 0.5
+
+    async def test_a_cancellation_that_is_not_the_deadline_stays_one(self) -> None:
+        deadlines = BodyDeadlines(30)
+        task = asyncio.create_task(deadlines.read(self.receiver([b"a=1"], 10), 1024))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # And the deadline's timer has nothing left to cancel.
+        assert await deadlines.read(self.receiver([b"b=2"], 0.0), 1024) == b"b=2"
