@@ -41,11 +41,18 @@ def freeze(value: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
+    scalars = _SCALARS
     # The exact types first: claims are dicts and lists, and an ABC check costs more than the copy.
+    # Scalars are taken in place, without a call each (a token's claims are mostly scalars).
     if kind is dict or kind is MappingProxyType or isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+        return MappingProxyType(
+            {
+                k if type(k) is str else str(k): v if type(v) in scalars else freeze(v)
+                for k, v in value.items()
+            }
+        )
     if kind is list or kind is tuple or isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
+        return tuple([v if type(v) in scalars else freeze(v) for v in value])
     return value
 
 
@@ -164,8 +171,8 @@ class RuleContext:
         # Rules are plug-ins (python rules are operator code): nothing they do changes what the
         # exchange will mint or what the next rule sees.
         object.__setattr__(self, "subject", freeze(self.subject))
-        object.__setattr__(self, "details", freeze(list(self.details)))
-        object.__setattr__(self, "actor_chain", freeze(list(self.actor_chain)))
+        object.__setattr__(self, "details", freeze(list(self.details)) if self.details else ())
+        object.__setattr__(self, "actor_chain", freeze(list(self.actor_chain)) if self.actor_chain else ())
 
     @property
     def sub(self) -> str | None:
