@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 import re
+import select
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -276,8 +277,28 @@ def iso_utc_now() -> str:
 
 
 def _write(stream: TextIO, text: str) -> None:
-    stream.write(text)
-    stream.flush()
+    """Whole lines, at most PIPE_BUF bytes per write where they fit: the workers of one server share
+    its stdout, and only a pipe write of at most PIPE_BUF bytes is atomic (POSIX), so a longer batch
+    could have another worker's line land in the middle of one of ours."""
+    if len(text) <= _ATOMIC and text.isascii():
+        stream.write(text)
+        stream.flush()
+        return
+    chunk: list[str] = []
+    size = 0
+    lines = text.split("\n")  # a JSON line escapes its own newlines
+    tail = lines.pop()  # "" when the text ends with a line's "\n", as ours do
+    for line in (*(line + "\n" for line in lines), *((tail,) if tail else ())):
+        n = len(line.encode())
+        if chunk and size + n > _ATOMIC:
+            stream.write("".join(chunk))
+            stream.flush()
+            chunk, size = [], 0
+        chunk.append(line)
+        size += n
+    if chunk:
+        stream.write("".join(chunk))
+        stream.flush()
 
 
 def _flush_pending(stream: TextIO) -> None:
@@ -294,6 +315,7 @@ def _flush_at_exit() -> None:
 
 
 _BATCH_LINES: Final = 256
+_ATOMIC: Final = getattr(select, "PIPE_BUF", 512)  # POSIX guarantees at least 512
 _pending: list[str] = []
 atexit.register(_flush_at_exit)
 

@@ -11,6 +11,7 @@ import logging
 import os
 import pty
 import re
+import select
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+import exchange.logging
 from exchange.logging import (
     RequestLine,
     StdlibFormatter,
@@ -286,3 +288,35 @@ class TestRequestLine:
                 <= parsed
                 <= after + datetime.timedelta(microseconds=1)
             )
+
+
+class _Writes(io.RawIOBase):
+    """A raw stream that keeps each write(2)-sized call, under the buffered text layers stdout has."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.calls.append(bytes(data))
+        return len(data)
+
+
+@pytest.mark.parametrize("count", [1, 3, 40, 257])
+def test_a_batch_of_lines_leaves_in_whole_lines_of_at_most_pipe_buf_bytes_per_write(count: int) -> None:
+    # Workers share one stdout pipe and only writes of at most PIPE_BUF bytes are atomic: a longer one
+    # can take another worker's line into the middle of one of ours (seen in test_reload under load).
+    raw = _Writes()
+    stream = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=8192), encoding="utf-8")
+    lines = [
+        json.dumps({"event": "http_request", "n": n, "sub": "ü" * (n % 300)}) + "\n" for n in range(count)
+    ]
+    exchange.logging._write(stream, "".join(lines))
+    assert b"".join(raw.calls).decode() == "".join(lines)
+    for call in raw.calls:
+        assert call.endswith(b"\n")
+        assert len(call) <= select.PIPE_BUF or call.count(b"\n") == 1
+    if count == 257:
+        assert len(raw.calls) > 1
