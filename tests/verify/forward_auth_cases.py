@@ -121,12 +121,7 @@ def running(argv: Sequence[str], port: int, log: Path, env: dict[str, str] | Non
             time.sleep(0.1)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 def raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
