@@ -3,7 +3,9 @@
 Each proxy's test module (test_nginx_gateway.py, test_traefik_gateway.py, test_caddy_gateway.py) runs
 the real proxy with its config block of docs/VERIFY.md as written (ports substituted), in front of the
 echo upstream (tests/verify/upstream_app.py) and a real `exchange gateway` process, provides the
-module-scoped `front` fixture (the proxy's port), and subclasses `ForwardAuthCases`. The attacks are
+module-scoped `front` fixture (the proxy's port), and subclasses `ForwardAuthCases`; with a `txn_front`
+fixture (the same block in front of a gateway started with `--txn-trust-domain`) it subclasses
+`TxnForwardAuthCases` too. The attacks are
 sent as raw bytes; a case passes when the attack is refused, or when what reached the upstream is
 something the gateway would have let through anyway (Traefik cleans `..` out of a path before both
 the check and the upstream: the upstream then serves the clean path, which is the one checked).
@@ -24,10 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from joserfc.jwk import Key
+from joserfc.jwk import ECKey, Key
 
 from exchange.verify.routes import path_problem
-from tests.verify.conftest import AUDIENCE, ISSUER, PURPOSE, base_claims, mint, public_jwks
+from tests.verify.conftest import (
+    AUDIENCE,
+    ISSUER,
+    PURPOSE,
+    TRUST_DOMAIN,
+    TXN_SCOPE,
+    base_claims,
+    mint,
+    mint_txn,
+    public_jwks,
+    txn_claims,
+)
 from tests.verify.test_ambassador import ROOT, free_port, start, stop, wait_until_listening
 
 DOCS = ROOT / "docs" / "VERIFY.md"
@@ -83,10 +96,18 @@ def required(found: str | None, name: str, how: str) -> str:
 
 
 @contextmanager
-def gateway_and_upstream(work: Path, key: Key, proxy: str) -> Iterator[tuple[int, int]]:
-    """The echo upstream and `exchange gateway --proxy PROXY` on free loopback ports: (upstream, gateway)."""
+def gateway_and_upstream(work: Path, key: Key, proxy: str, *, txn: bool = False) -> Iterator[tuple[int, int]]:
+    """The echo upstream and `exchange gateway --proxy PROXY` on free loopback ports: (upstream, gateway).
+
+    The gateway checks purpose tokens on the ROUTES table, or with `txn` Txn-Tokens only (of TXN_SCOPE
+    in TRUST_DOMAIN, on every path)."""
     (work / "jwks.json").write_text(json.dumps(public_jwks(key)))
     (work / "routes.toml").write_text(ROUTES)
+    checks = (
+        ["--txn-trust-domain", TRUST_DOMAIN, "--txn-scope", TXN_SCOPE]
+        if txn
+        else ["--audience", AUDIENCE, "--routes", str(work / "routes.toml")]
+    )
     up_port, gw_port = free_port(), free_port()
     upstream = start(
         [sys.executable, "-m", "uvicorn", "tests.verify.upstream_app:app", "--host", "127.0.0.1",
@@ -95,8 +116,8 @@ def gateway_and_upstream(work: Path, key: Key, proxy: str) -> Iterator[tuple[int
     try:
         gateway = start(
             [str(Path(sys.executable).parent / "exchange"), "gateway", "--proxy", proxy,
-             "--listen", f"127.0.0.1:{gw_port}", "--issuer", ISSUER, "--audience", AUDIENCE,
-             "--jwks-file", str(work / "jwks.json"), "--routes", str(work / "routes.toml")], gw_port,
+             "--listen", f"127.0.0.1:{gw_port}", "--issuer", ISSUER, "--jwks-file", str(work / "jwks.json"),
+             *checks], gw_port,
         )  # fmt: skip
         try:
             yield up_port, gw_port
@@ -107,15 +128,17 @@ def gateway_and_upstream(work: Path, key: Key, proxy: str) -> Iterator[tuple[int
 
 
 @contextmanager
-def running(argv: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
-    """A proxy process, its output in `log`, until its config serves the open route (Traefik loads its
-    file provider after the port opens)."""
+def running(
+    argv: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None, *, txn: bool = False
+) -> Iterator[None]:
+    """A proxy process, its output in `log`, until its config answers through the gateway (Traefik loads
+    its file provider after the port opens): the open route's 200, or with `txn` the gateway's 403."""
     with log.open("wb") as out:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until_listening(port, process)
         deadline = time.monotonic() + 15
-        while raw(port, request("GET", "/open/ready"))[0] != 200:
+        while raw(port, request("GET", "/open/ready"))[0] != (403 if txn else 200):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"the proxy never served its config: {log.read_text()[-2000:]}")
             time.sleep(0.1)
@@ -303,3 +326,90 @@ class ForwardAuthCases:
         for pair in ([*good, ("Authorization", "Bearer junk")], [("Authorization", "Bearer junk"), *good]):
             status, _, body = raw(front, request("GET", "/accounts/1", pair))
             assert status not in range(200, 400), body
+
+
+def txn_token(key: Key, **claims: Any) -> str:
+    now = int(time.time())
+    return mint_txn(key, txn_claims(**{"iat": now, "exp": now + 300, **claims}))
+
+
+class TxnForwardAuthCases:
+    """Txn-Tokens through the proxy (docs/VERIFY.md: the same block serves them); `txn_front` fixture."""
+
+    # Whether the proxy hands the client the check's refusal body (nginx answers every 403 itself).
+    relays_refusal_body = True
+
+    def refused_with(self, answer: tuple[int, dict[str, str], bytes], error: str) -> None:
+        status, headers, body = answer
+        assert (status, "x-upstream" in headers) == (403, False), body
+        if self.relays_refusal_body:
+            assert json.loads(body) == {"error": error}
+
+    def test_a_txn_token_reaches_the_upstream_unmodified_with_its_claims(
+        self, txn_front: int, ec_key: Key
+    ) -> None:
+        value = txn_token(ec_key)
+        status, headers, body = raw(
+            txn_front, request("POST", "/orders/1?x=1", [("Txn-Token", value)], b"{}")
+        )
+        assert (status, headers.get("x-upstream")) == (200, "yes"), body
+        echo = echoed(body)
+        assert (echo["method"], echo["raw_path"], echo["query"]) == ("POST", "/orders/1", "x=1")
+        assert echo["header_map"]["txn-token"] == [value]
+        identity = identity_seen(echo)
+        assert sorted(identity) == ["x-purpose-txn-claims"], identity
+        claims = json.loads(identity["x-purpose-txn-claims"][0])
+        assert (claims["req_wl"], claims["txn"], claims["tctx"]) == (
+            "gateway", txn_claims()["txn"], {"item": "sku-42", "quantity": 3},
+        )  # fmt: skip
+
+    @pytest.mark.parametrize(
+        "name", ["X-Purpose-Txn-Claims", "x-purpose-txn-claims", "X_Purpose_Txn_Claims", "X-Purpose-Sub"]
+    )
+    def test_a_client_identity_header_beside_a_valid_txn_token_is_refused(
+        self, txn_front: int, ec_key: Key, name: str
+    ) -> None:
+        forged = [("Txn-Token", txn_token(ec_key)), (name, '{"req_wl":"admin"}')]
+        status, _, body = raw(txn_front, request("GET", "/orders/1", forged))
+        echo = reached_upstream(status, body)
+        if echo is not None:  # nginx drops `_` names itself: then the upstream has our claims only
+            identity = identity_seen(echo)
+            assert sorted(identity) == ["x-purpose-txn-claims"], identity
+            assert json.loads(identity["x-purpose-txn-claims"][0])["req_wl"] == "gateway"
+
+    @pytest.mark.parametrize(
+        ("claims", "error"),
+        [({"aud": "other.example"}, "invalid_txn_token"), ({"scope": "orders.read"}, "insufficient_scope"),
+         ({"iss": "https://elsewhere.example"}, "invalid_txn_token"), ({"exp": 1}, "invalid_txn_token"),
+         ({"txn": None}, "invalid_txn_token"), ({"req_wl": None}, "invalid_txn_token")],
+        ids=["audience", "scope", "issuer", "expired", "no-txn", "no-req_wl"],
+    )  # fmt: skip
+    def test_refused_txn_tokens_never_reach_the_upstream(
+        self, txn_front: int, ec_key: Key, claims: dict[str, Any], error: str
+    ) -> None:
+        answer = raw(txn_front, request("GET", "/orders/1", [("Txn-Token", txn_token(ec_key, **claims))]))
+        self.refused_with(answer, error)
+
+    def test_no_txn_token_is_403(self, txn_front: int) -> None:
+        self.refused_with(raw(txn_front, request("GET", "/orders/1")), "invalid_txn_token")
+
+    def test_a_token_of_another_key_or_type_is_refused(self, txn_front: int, ec_key: Key) -> None:
+        now = int(time.time())
+        impostor = ECKey.generate_key("P-256", parameters={"kid": ec_key.kid})  # our kid, not our key
+        stranger = mint_txn(impostor, txn_claims(iat=now, exp=now + 300))
+        purpose = mint(ec_key, base_claims(iat=now, exp=now + 300))  # not a Txn-Token
+        for value in (stranger, purpose):
+            self.refused_with(
+                raw(txn_front, request("GET", "/orders/1", [("Txn-Token", value)])), "invalid_txn_token"
+            )
+        # A gateway of Txn-Tokens only takes no bearer token in place of one.
+        answer = raw(txn_front, request("GET", "/orders/1", [("Authorization", f"Bearer {purpose}")]))
+        self.refused_with(
+            answer, "invalid_txn_token"
+        )  # a txn-only gateway takes no bearer token in place of one
+
+    def test_two_txn_token_headers_are_refused(self, txn_front: int, ec_key: Key) -> None:
+        good, other = txn_token(ec_key), txn_token(ec_key, req_wl="other")
+        for pair in ([("Txn-Token", good), ("Txn-Token", other)], [("Txn-Token", f"{good}, {other}")]):
+            status, headers, body = raw(txn_front, request("GET", "/orders/1", pair))
+            assert status not in range(200, 400) and "x-upstream" not in headers, body

