@@ -3,7 +3,7 @@ statements whose text is the same on SQLite and PostgreSQL.
 
 Statements are written once with PostgreSQL's `$n` parameters; `for_sqlite` turns them into SQLite's
 numbered `?n` (same positions, same values), so a column or a WHERE clause cannot drift between the
-two backends. Only what a dialect really does differently (PostgreSQL's batch insert through unnest,
+two backends. Only what a dialect really does differently (PostgreSQL's batch insert from one JSON array,
 key-change notification, read-only rule transactions) lives in the backend modules.
 """
 
@@ -226,6 +226,20 @@ def _text(value: str | None) -> str | None:
     """Text columns hold no NUL (PostgreSQL text cannot): a denial caused by hostile input is still
     audited, with U+FFFD where the NUL was."""
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def without_nul(r: AuditRecord) -> AuditRecord:
+    """The record with `_text`'s replacement applied to every text it holds, its rules' included."""
+    changed: dict[str, Any] = {
+        name: _text(value)
+        for name in AuditRecord.__struct_fields__
+        if isinstance(value := getattr(r, name), str) and "\x00" in value
+    }
+    if any("\x00" in o.rule or "\x00" in (o.code or "") for o in r.rules):
+        changed["rules"] = [
+            RuleOutcome(rule=_text(o.rule) or "", outcome=o.outcome, code=_text(o.code)) for o in r.rules
+        ]
+    return msgspec.structs.replace(r, **changed) if changed else r
 
 
 def audit_row(r: AuditRecord) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from exchange.store import migrate as migrations
 from exchange.store.base import MoveKey, StoreUnavailable
 from exchange.store.postgres import PostgresStore
 from schemas.config import StoreConfig
-from schemas.records import AuditRecord, StoredKey
+from schemas.records import AuditRecord, RuleOutcome, StoredKey
 
 # How long a step that must not hang may take before the test calls it hung. Far above the timeouts
 # configured here (0.5-1 s) and far below what the failure would take (forever, a 120 s sleep, a 600 s
@@ -313,6 +313,22 @@ class TestIntegrity:
         [record] = await pg_store.list_audit()
         # NUL cannot live in PostgreSQL text: it is replaced, so the denial is still audited.
         assert record.sub == "alice'); DROP TABLE audit_records; --\ufffd"
+
+    async def test_a_nul_anywhere_in_a_batch_is_replaced_and_the_rest_kept_exact(
+        self, pg_store: PostgresStore
+    ) -> None:
+        # The batch travels as one JSON text: NUL in a rule's code too, a spelled-out "\\u0000" kept.
+        spelled = "back\\slash \\u0000 \u00e9 \u2028 \t"
+        hostile = AuditRecord(
+            time=T0, request_id="r1", decision="denied", client_id=spelled,
+            rules=[RuleOutcome(rule="python a\x00b", outcome="deny", code="c\x00")],
+        )  # fmt: skip
+        plain = AuditRecord(time=T0 + 0.000001, request_id="r2", decision="granted", exp=2**40)
+        await pg_store.append_audit([hostile, plain])
+        first, second = sorted(await pg_store.list_audit(), key=lambda r: r.seq or 0)
+        assert first.client_id == spelled
+        assert first.rules == [RuleOutcome(rule="python a\ufffdb", outcome="deny", code="c\ufffd")]
+        assert (second.time, second.exp, second.rules) == (T0 + 0.000001, 2**40, [])
 
 
 class TestKeyWatch:
