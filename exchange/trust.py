@@ -10,7 +10,7 @@ itself or to parties it is configured for (`issued_to`; Keycloak's token exchang
 this as a CVE). Every failure is a `SubjectTokenInvalid` whose client-facing text is opaque and whose
 `reason` (e.g. "subject_token:expired") goes to the audit record.
 
-A token that passed is remembered by its exact bytes (their SHA-256) until it expires, at most
+A token that passed is remembered by its exact text (the dict compares whole strings), at most
 `remember` of them (oldest first out), so the same token presented again skips what cannot come out
 differently for the same bytes: the parse, the duplicate check, the header policy and the signature.
 Nothing that can change is skipped: the time window, the audience, the declared type and the binding
@@ -24,13 +24,12 @@ are the purpose token's (`single_use`, checked downstream), which this does not 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from joserfc.jwk import Key
 
@@ -46,12 +45,11 @@ from schemas.wire import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN
 
 __all__ = ["KeySource", "SubjectTrust", "VerifiedToken", "issued_to", "subject_trust"]
 
-#: Verified tokens remembered per SubjectTrust (about 1 KB each; 0 remembers none).
+#: Verified tokens remembered per SubjectTrust (about 2 KB each, text and claims; 0 remembers none).
 REMEMBER: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedToken:
+class VerifiedToken(NamedTuple):
     """A subject (or actor) token that passed every check; `claims` is read-only."""
 
     issuer: str
@@ -66,15 +64,16 @@ class _Issuer:
     keys: KeySource
     jws: JWSVerifier
     audiences: frozenset[str]
+    leeway: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Passed:
-    """What a token's bytes proved once: its issuer, claims and header type, and the key that verified it."""
+class _Passed(NamedTuple):
+    """What a token's bytes proved once: its issuer, the answer (claims read-only), the claims as
+    decoded (read by the checks here only), and the kid and key object that verified it."""
 
     issuer: _Issuer
-    claims: Mapping[str, Any]
-    typ: str | None
+    verified: VerifiedToken
+    claims: dict[str, Any]
     kid: str
     key: Key
 
@@ -90,19 +89,23 @@ class SubjectTrust:
         remember: int = REMEMBER,
     ) -> None:
         # One core per issuer: its own algorithm allow-list and header memo. typ is left to
-        # _check_type (it depends on the declared token type); a kid is required.
+        # _type_problem (it depends on the declared token type); a kid is required.
         self._issuers = {
             cfg.issuer: _Issuer(
                 cfg,
                 keys,
                 JWSVerifier(algorithms=cfg.algorithms, require_kid=True, max_bytes=max_token_bytes),
                 frozenset(cfg.audiences),
+                cfg.leeway,
             )
             for cfg, keys in issuers
         }
         self._max = max_token_bytes
         self._remember = remember
-        self._passed: OrderedDict[bytes, _Passed] = OrderedDict()
+        # Keyed by the token's text: a hit is an equal string, character for character, and a miss
+        # costs one string hash (~2k instructions; a SHA-256 of each distinct token cost ~19k). The
+        # process holds these tokens while they are remembered; it holds its own signing key too.
+        self._passed: OrderedDict[str, _Passed] = OrderedDict()
 
     def sources(self) -> dict[str, KeySource]:
         """Each trusted issuer's key source (for readiness and metrics)."""
@@ -131,92 +134,92 @@ class SubjectTrust:
         The token must have been issued to a party the presenter may speak for (`issued_to`); pass
         `presenter=None` only to diagnose a token outside any request (`exchange rules explain`).
         """
-
-        def fail(reason: str) -> SubjectTokenInvalid:
-            return SubjectTokenInvalid(reason, which=which)
-
         now = time.time() if now is None else now
-        digest = (
-            hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-            if len(token) <= self._max
-            else b""
+        passed = self._passed.get(token) if len(token) <= self._max else None
+        fresh = passed is None or passed.issuer.keys.get_cached_key(passed.kid) is not passed.key
+        if passed is None or fresh:
+            passed = await self._verify(token, which)
+        issuer, verified, claims = passed.issuer, passed.verified, passed.claims
+        problem = (
+            _claims_problem(issuer, claims, now)
+            or _type_problem(issuer.config, verified.typ, token_type)
+            or (_presenter_problem(issuer, claims, presenter) if presenter is not None else None)
         )
-        passed = self._passed.get(digest)
-        if passed is None or passed.issuer.keys.get_cached_key(passed.kid) is not passed.key:
-            passed = await self._verify(token, which, fail)
-            fresh = True
-        else:
-            fresh = False
-        issuer, claims, typ = passed.issuer, passed.claims, passed.typ
-        _check_claims(issuer, claims, fail, now)
-        _check_type(issuer.config, typ, token_type, fail)
-        if presenter is not None:
-            _check_presenter(issuer, claims, presenter, fail)
-        if fresh and digest and self._remember:
+        if problem is not None:
+            raise SubjectTokenInvalid(problem, which=which)
+        if fresh and self._remember:  # it passed, so it is within the size cap
             if len(self._passed) >= self._remember:
                 self._passed.popitem(last=False)  # the oldest (an expired one is never a hit anyway)
-            self._passed[digest] = passed
-        return VerifiedToken(issuer=issuer.config.issuer, claims=claims, kid=passed.key.kid, typ=typ)
+            self._passed[token] = passed
+        return verified
 
-    async def _verify(self, token: str, which: str, fail: Callable[[str], SubjectTokenInvalid]) -> _Passed:
+    async def _verify(self, token: str, which: str) -> _Passed:
         """The bytes' part of the check: strict parse, the named issuer, its key, the signature."""
         try:
             parts = split_compact(token, self._max)
-            # Read before the signature only to learn which issuer's keys may check it.
+            # Read before the signature only to learn which issuer's keys may check it. These claims
+            # are the ones returned: the core checks the signature over these very payload bytes.
             claims = decode_object(parts.payload)
         except JWSError as exc:
-            raise fail(exc.problem) from None
+            raise SubjectTokenInvalid(exc.problem, which=which) from None
         except AmbiguousJSON as exc:
-            raise fail("duplicate_member" if exc.duplicate else "malformed") from None
+            raise SubjectTokenInvalid(
+                "duplicate_member" if exc.duplicate else "malformed", which=which
+            ) from None
 
         iss = claims.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise fail("untrusted_issuer")
+            raise SubjectTokenInvalid("untrusted_issuer", which=which)
         try:
-            verified = await issuer.jws.verify(parts, issuer.keys)
+            header, _, key = await issuer.jws.check(parts, issuer.keys)
         except JWSError as exc:
             if exc.problem == "jwks_unavailable":
                 raise IssuerKeysUnavailable(which=which) from None
-            raise fail(exc.problem) from None
-        typ = verified.header.get("typ")
-        kid = verified.header.get("kid")
+            raise SubjectTokenInvalid(exc.problem, which=which) from None
+        typ = header.get("typ")
+        kid = header.get("kid")
         assert isinstance(kid, str), "the issuer's header policy requires a kid"
-        return _Passed(
-            issuer, MappingProxyType(claims), typ if isinstance(typ, str) else None, kid, verified.key
+        verified = VerifiedToken(
+            issuer.config.issuer, MappingProxyType(claims), key.kid, typ if isinstance(typ, str) else None
         )
+        return _Passed(issuer, verified, claims, kid, key)
 
 
-def _check_claims(
-    issuer: _Issuer, claims: Mapping[str, Any], fail: Callable[[str], SubjectTokenInvalid], now: float
-) -> None:
-    leeway = issuer.config.leeway
-    exp = claims.get("exp")
+def _claims_problem(issuer: _Issuer, claims: dict[str, Any], now: float) -> str | None:
+    """Why the claims of a verified token do not hold at `now`, or None (the first reason, in order)."""
+    leeway = issuer.leeway
+    get = claims.get
+    exp = get("exp")
     if exp is None:
-        raise fail("missing_exp")
+        return "missing_exp"
     if not is_numeric_date(exp):
-        raise fail("bad_numeric_date")
+        return "bad_numeric_date"
     if now >= exp + leeway:
-        raise fail("expired")
-    nbf = claims.get("nbf")
-    if nbf is not None and not is_numeric_date(nbf):
-        raise fail("bad_numeric_date")
-    if nbf is not None and now < nbf - leeway:
-        raise fail("not_yet_valid")
-    for name in ("iat", "auth_time"):
-        value = claims.get(name)
-        if value is not None and not is_numeric_date(value):
-            raise fail("bad_numeric_date")
-    iat = claims.get("iat")
+        return "expired"
+    nbf = get("nbf")
+    if nbf is not None:
+        if not is_numeric_date(nbf):
+            return "bad_numeric_date"
+        if now < nbf - leeway:
+            return "not_yet_valid"
+    iat, auth_time = get("iat"), get("auth_time")
+    if (iat is not None and not is_numeric_date(iat)) or (
+        auth_time is not None and not is_numeric_date(auth_time)
+    ):
+        return "bad_numeric_date"
     if iat is not None and iat > now + leeway:
-        raise fail("issued_in_future")
-    sub = claims.get("sub")
+        return "issued_in_future"
+    sub = get("sub")
     if not isinstance(sub, str) or not sub:
-        raise fail("missing_sub")
-    aud = claims.get("aud")
-    auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-    if not issuer.audiences.intersection(a for a in auds if isinstance(a, str)):
-        raise fail("wrong_audience")
+        return "missing_sub"
+    aud = get("aud")
+    audiences = issuer.audiences
+    if isinstance(aud, str):
+        return None if aud in audiences else "wrong_audience"
+    if isinstance(aud, list) and any(isinstance(a, str) and a in audiences for a in aud):
+        return None
+    return "wrong_audience"
 
 
 def issued_to(claims: Mapping[str, Any], our_audiences: frozenset[str]) -> frozenset[str] | None:
@@ -228,44 +231,39 @@ def issued_to(claims: Mapping[str, Any], our_audiences: frozenset[str]) -> froze
     configured for "tokens issued to purpose-exchange"). Two or more audiences beside ours and no
     `azp` leave the party unknown (OpenID Connect requires azp then): None.
     """
-    named = [value for value in (claims.get("azp"), claims.get("client_id")) if value is not None]
-    if named:
-        if not all(isinstance(value, str) and value for value in named) or len(set(named)) != 1:
+    azp, client_id = claims.get("azp"), claims.get("client_id")
+    if azp is not None or client_id is not None:
+        name = client_id if azp is None else azp
+        if not isinstance(name, str) or not name or (client_id is not None and client_id != name):
             return None
-        return frozenset(named)
+        return frozenset((name,))
     aud = claims.get("aud")
-    auds = (
-        [aud]
-        if isinstance(aud, str)
-        else [a for a in aud if isinstance(a, str)]
-        if isinstance(aud, list)
-        else []
-    )
+    if isinstance(aud, str):
+        return frozenset((aud,))  # beside ours or ours, the one audience names the party
+    auds = [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
     others = [a for a in auds if a not in our_audiences]
     if len(others) > 1:
         return None
     return frozenset(others) if others else frozenset(auds)
 
 
-def _check_presenter(
-    issuer: _Issuer, claims: Mapping[str, Any], presenter: Client, fail: Callable[[str], SubjectTokenInvalid]
-) -> None:
+def _presenter_problem(issuer: _Issuer, claims: Mapping[str, Any], presenter: Client) -> str | None:
     """A client may present only tokens issued to itself or to the parties it is configured for."""
     parties = issued_to(claims, issuer.audiences)
     if parties is None:
-        raise fail("ambiguous_party")
+        return "ambiguous_party"
     if presenter.client_id not in parties and parties.isdisjoint(presenter.tokens_issued_to):
-        raise fail("not_issued_to_client")
+        return "not_issued_to_client"
+    return None
 
 
-def _check_type(
-    config: TrustedIssuer, typ: str | None, declared: str, fail: Callable[[str], SubjectTokenInvalid]
-) -> None:
+def _type_problem(config: TrustedIssuer, typ: str | None, declared: str) -> str | None:
     is_at = typ is not None and typ.lower() in AT_JWT_TYPS
     if declared == TOKEN_TYPE_ID_TOKEN and is_at:
-        raise fail("access_token_declared_as_id_token")
+        return "access_token_declared_as_id_token"
     if declared == TOKEN_TYPE_ACCESS_TOKEN and not is_at and config.require_at_jwt_typ:
-        raise fail("not_an_access_token")
+        return "not_an_access_token"
+    return None
 
 
 def subject_trust(settings: Settings, *, previous: SubjectTrust | None = None) -> SubjectTrust:

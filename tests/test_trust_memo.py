@@ -137,3 +137,18 @@ async def test_a_remembered_token_is_refused_once_its_key_left_the_issuers_set(
     assert gone.value.reason.startswith("subject_token:unknown_kid")
     # The new key's tokens are accepted.
     await trust.validate(OTHER_KEY.token(azp="bank-web"), TOKEN_TYPE_ID_TOKEN, presenter=BANK)
+
+
+async def test_only_the_same_text_is_a_hit_a_token_one_character_apart_is_checked_in_full() -> None:
+    keys = CountingJWKS(IDP.jwks())
+    trust = trust_with(keys)
+    token = IDP.token(azp="bank-web")
+    await trust.validate(token, TOKEN_TYPE_ID_TOKEN, presenter=BANK)
+    head, _, signature = token.rpartition(".")
+    flipped = "A" if signature[0] != "A" else "B"
+    with pytest.raises(SubjectTokenInvalid) as forged:
+        await trust.validate(f"{head}.{flipped}{signature[1:]}", TOKEN_TYPE_ID_TOKEN, presenter=BANK)
+    assert forged.value.reason == "subject_token:bad_signature"
+    assert keys.lookups == 2
+    await trust.validate(token, TOKEN_TYPE_ID_TOKEN, presenter=BANK)
+    assert keys.lookups == 2
