@@ -11,10 +11,10 @@ Who is calling is decided by the credentials, never by a name the request merely
 - a public client ("none") names itself and proves nothing; it may not present a secret.
 
 Secrets are stored as scrypt hashes. scrypt is deliberately slow, so it runs in a small thread pool,
-never on the event loop, and a successful check is remembered for the process as an HMAC under a
-per-process random key (not a reusable hash of the secret): the hot path pays one HMAC, a wrong secret
-always pays full scrypt, and so does a secret for an unknown client (against a dummy hash), so client
-ids cannot be told apart by timing.
+never on the event loop, and a successful check is remembered for the process as a MAC (keyed
+BLAKE2b) under a per-process random key (not a reusable hash of the secret): the hot path pays one
+MAC, a wrong secret always pays full scrypt, and so does a secret for an unknown client (against a
+dummy hash), so client ids cannot be told apart by timing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import os
 import time
@@ -254,9 +255,12 @@ class ClientAuthenticator:
 
     async def _secret_matches(self, client: Client, secret: str) -> bool:
         stored = client.secret_hash or ""
-        # hmac.digest: OpenSSL's one-shot HMAC, the same tag as hmac.new(...).digest() without the
-        # Python HMAC object (3-4% of the GIL-holding samples of an exchange when it was).
-        tag = hmac.digest(self._pepper, f"{client.client_id}\0{secret}\0{stored}".encode(), "sha256")
+        # Keyed BLAKE2b (RFC 7693: keyed BLAKE2 is a MAC by itself, no HMAC construction) under the
+        # per-process key: ~1 µs, against ~4-6 µs for OpenSSL 3's one-shot HMAC-SHA256, which fetches
+        # its algorithm on every call (3% of an exchange's CPU). Compared in constant time as before.
+        tag = hashlib.blake2b(
+            f"{client.client_id}\0{secret}\0{stored}".encode(), key=self._pepper, digest_size=32
+        ).digest()
         known = self._verified.get(client.client_id)
         if known is not None and hmac.compare_digest(known, tag):
             return True

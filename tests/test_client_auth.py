@@ -352,3 +352,59 @@ class TestCrossUse:
         # Signed by a trusted issuer, naming a client: still not that client's key.
         token = idp.token(iss="signer", sub="signer", aud=f"{auth_server.url}/token")
         assert_invalid_client(post(auth_server, assertion_form(idp, token, client_id="signer")))
+
+
+class TestRememberedSecret:
+    """In process: a secret once checked by scrypt is remembered as a keyed tag, never as itself."""
+
+    async def test_only_the_same_secret_against_the_same_hash_skips_scrypt(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import exchange.clients as clients_module
+        from exchange.clients import ClientAuthenticator, presented_credentials
+        from exchange.errors import InvalidClient
+        from schemas.config import Client
+        from schemas.wire import TokenRequest
+
+        scrypt_calls: list[str] = []
+        real = clients_module.verify_secret
+
+        def counted(secret: str, stored: str) -> bool:
+            scrypt_calls.append(secret)
+            return real(secret, stored)
+
+        monkeypatch.setattr(clients_module, "verify_secret", counted)
+        first, second = hash_secret("s3cret-one-0123456789"), hash_secret("s3cret-two-0123456789")
+
+        def authenticator(stored: str, previous: ClientAuthenticator | None = None) -> ClientAuthenticator:
+            client = Client(client_id="app", auth_method="client_secret_basic", secret_hash=stored)
+            return ClientAuthenticator(
+                [client], token_endpoint="https://x/token", issuer="https://x", store=None,  # type: ignore[arg-type]
+                previous=previous,
+            )  # fmt: skip
+
+        async def check(auth: ClientAuthenticator, secret: str) -> str:
+            request = TokenRequest()
+            creds = presented_credentials(request, basic("app", secret)["Authorization"])
+            try:
+                return (await auth.authenticate(creds, request)).client_id
+            except InvalidClient as exc:
+                return exc.reason or ""
+
+        auth = authenticator(first)
+        try:
+            assert await check(auth, "s3cret-one-0123456789") == "app"
+            assert await check(auth, "s3cret-one-0123456789") == "app"
+            assert scrypt_calls == ["s3cret-one-0123456789"]  # the second time by its tag alone
+            assert await check(auth, "s3cret-one-012345678") == "bad_secret"
+            assert await check(auth, "s3cret-one-0123456789x") == "bad_secret"
+            assert len(scrypt_calls) == 3  # a wrong secret always pays scrypt
+            assert "s3cret" not in repr(auth._verified)  # a tag, not the secret
+            # A reload with another hash for the client: the remembered tag no longer matches.
+            reloaded = authenticator(second, previous=auth)
+            assert await check(reloaded, "s3cret-one-0123456789") == "bad_secret"
+            assert await check(reloaded, "s3cret-two-0123456789") == "app"
+            assert await check(reloaded, "s3cret-two-0123456789") == "app"
+            assert len(scrypt_calls) == 5
+        finally:
+            auth.close()
