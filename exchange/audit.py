@@ -4,18 +4,23 @@ except the refusals of callers that never authenticated, which are counted (`Den
 Group commit: callers `await record(...)`, which returns only once the record's batch is committed.
 While one batch is being written, newly arriving records queue up and go together in the next one,
 so under load there is one insert and one commit per batch, not per request; when idle, a lone record
-is written at once (no timer, no added latency).
+is written at once (no timer, no added latency). What must precede a caller's answer once its record is
+committed (the exchange's decision line) is its `committed` callback: the writer runs the callbacks of
+a batch, in the callers' contexts, inside `batched_lines()`, so their lines leave in one write, and only
+then wakes the callers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
+from exchange.logging import batched_lines
 from exchange.store.base import Store, StoreUnavailable
 from schemas.records import OTHER, AuditRecord, DenialCount
 
@@ -30,7 +35,7 @@ class Auditor:
         self._store = store
         self._metrics = metrics
         self._max_batch = max_batch
-        self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        self._pending: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -51,12 +56,18 @@ class Auditor:
         """Records waiting for a batch (not counting the batch being written)."""
         return len(self._pending)
 
-    async def record(self, record: AuditRecord) -> None:
-        """Return once the record is committed; raises StoreUnavailable if it is not."""
+    async def record(self, record: AuditRecord, committed: Callable[[], None] | None = None) -> None:
+        """Return once the record is committed; raises StoreUnavailable if it is not.
+
+        `committed` runs once the record's batch is committed, before this call returns, in the
+        caller's context variables; its lines (exchange.logging.RequestLine) leave with the batch's
+        in one write. Not called when the record is not committed; whatever it raises, this raises.
+        """
         if self._task is None or self._closing:
             raise StoreUnavailable("audit writer is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
+        context = None if committed is None else contextvars.copy_context()
+        self._pending.append((record, future, committed, context))
         self._wake.set()
         await future
 
@@ -67,23 +78,44 @@ class Auditor:
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 try:
-                    await self._store.append_audit([rec for rec, _ in batch])
+                    await self._store.append_audit([rec for rec, *_ in batch])
                 except Exception as exc:  # every waiter learns its record is not committed
                     log.error("audit_write_failed", records=len(batch), error=exc.__class__.__name__)
                     if self._metrics is not None:
                         self._metrics.store_errors.inc(("audit",))
                     failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
-                    for _, fut in batch:
+                    for _, fut, _, _ in batch:
                         if not fut.done():
                             fut.set_exception(failure)
                 else:
                     if self._metrics is not None:
                         self._metrics.audit_batch(len(batch))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
+                    _committed(batch)
             if self._closing:
                 return
+
+
+# A record, its caller's future, and what runs once it is committed (in the caller's context).
+_Waiter = tuple[AuditRecord, "asyncio.Future[None]", Callable[[], None] | None, contextvars.Context | None]
+
+
+def _committed(batch: list[_Waiter]) -> None:
+    """A committed batch: its callbacks (their lines in one write), then its callers resume."""
+    errors: dict[int, Exception] = {}
+    with batched_lines():
+        for index, (_, fut, committed, context) in enumerate(batch):
+            if committed is not None and context is not None and not fut.done():
+                try:
+                    context.run(committed)
+                except Exception as exc:  # the caller's own failure: it raises there, as if it ran there
+                    errors[index] = exc
+    # Only now, after the write: no caller of this batch can answer before its line has left.
+    for index, (_, fut, _, _) in enumerate(batch):
+        if not fut.done():
+            if index in errors:
+                fut.set_exception(errors[index])
+            else:
+                fut.set_result(None)
 
 
 # (reason, error, client_id, source): what one count is kept under.

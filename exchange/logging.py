@@ -22,7 +22,8 @@ import re
 import select
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Final, Literal, TextIO
 
 import msgspec
@@ -208,7 +209,9 @@ class RequestLine:
     UTC `timestamp` (what structlog's TimeStamper writes, from a per-second cached prefix), encoded by
     the same `_dumps` and written to the same stream. `immediate=True` (the exchange's decision line):
     each line is written and flushed before `info` returns, so it is in the stream before the answer is
-    sent (tests and operators read the line right after the answer). Otherwise, inside an event loop the
+    sent (tests and operators read the line right after the answer); inside `batched_lines()` (the audit
+    writer's, for the decisions of one committed batch) it is written when that block ends, together
+    with the others, before any of their answers can be sent. Otherwise, inside an event loop the
     lines of one loop turn leave together, one write and a flush scheduled with `call_soon`, so before
     the loop next waits for I/O (nginx's buffered access_log, without its delay); outside one, each line
     at once. Whenever structlog is configured any other way (the console renderer, a level above info, a
@@ -240,6 +243,9 @@ class RequestLine:
         line["timestamp"] = iso_utc_now()
         text = _dumps(line) + "\n"
         if self._immediate:
+            if _holding[0]:  # inside batched_lines(): written when it ends, before anyone resumes
+                _pending.append(text)
+                return
             if _pending:  # lines of this turn queued before it keep their place in the stream
                 text = "".join(_pending) + text
                 _pending.clear()
@@ -280,8 +286,16 @@ def _write(stream: TextIO, text: str) -> None:
     """Whole lines, at most PIPE_BUF bytes per write where they fit: the workers of one server share
     its stdout, and only a pipe write of at most PIPE_BUF bytes is atomic (POSIX), so a longer batch
     could have another worker's line land in the middle of one of ours."""
-    if len(text) <= _ATOMIC and text.isascii():
-        stream.write(text)
+    if text.isascii():  # characters are bytes: cut at the last newline that fits, found in C
+        start, end = 0, len(text)
+        while end - start > _ATOMIC:
+            cut = text.rfind("\n", start, start + _ATOMIC) + 1
+            if not cut:  # a line longer than PIPE_BUF leaves alone, whole
+                cut = text.find("\n", start) + 1 or end
+            stream.write(text[start:cut])
+            stream.flush()
+            start = cut
+        stream.write(text[start:] if start else text)
         stream.flush()
         return
     chunk: list[str] = []
@@ -308,6 +322,20 @@ def _flush_pending(stream: TextIO) -> None:
         _write(stream, text)
 
 
+@contextmanager
+def batched_lines() -> Iterator[None]:
+    """Every RequestLine emitted inside, immediate ones too, leaves in one write when the block ends
+    (whole lines of at most PIPE_BUF bytes per write, `_write`): for code that emits many lines at one
+    point and must have them all in the stream before it goes on (the audit writer)."""
+    _holding[0] += 1
+    try:
+        yield
+    finally:
+        _holding[0] -= 1
+        if not _holding[0] and _pending and _fast is not None:
+            _flush_pending(_fast[1])
+
+
 def _flush_at_exit() -> None:
     # A loop closed with the flush still scheduled: its lines are not lost.
     if _pending and _fast is not None:
@@ -317,6 +345,7 @@ def _flush_at_exit() -> None:
 _BATCH_LINES: Final = 256
 _ATOMIC: Final = getattr(select, "PIPE_BUF", 512)  # POSIX guarantees at least 512
 _pending: list[str] = []
+_holding = [0]  # how deep inside batched_lines() we are (a list: no global statement needed)
 atexit.register(_flush_at_exit)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
     from exchange.reload import Configured
     from exchange.tracing import RequestTrace
 
-# The decision's one canonical line (issue 11), written before the answer is sent.
+# The decision's one canonical line (issue 11), written before the answer is sent: by the audit writer
+# for a recorded decision (with its batch's, in one write), else here.
 _line = RequestLine("exchange.audit", immediate=True)
 
 
@@ -166,10 +168,14 @@ class TokenExchange:
             failure = ServerError("internal error", reason=f"crash:{exc.__class__.__name__}")
             cause = exc
         record = draft.record(now, request_id, failure)
+        logged = False
         try:
             with steps(AUDIT):
                 if draft.authenticated:
-                    await self._auditor.record(record)
+                    # The line is written by the audit writer once the record is committed, with the
+                    # lines of its batch in one write, before this request (or any of them) resumes.
+                    await self._auditor.record(record, partial(self._line, record, failure, steps))
+                    logged = True
                 else:
                     assert failure is not None, "no token without an authenticated client"
                     named = record.client_id is not None and configured.clients.get(record.client_id)
@@ -179,25 +185,30 @@ class TokenExchange:
             failure = TemporarilyUnavailable("the service is temporarily unavailable", reason=str(exc))
             draft.jti = draft.exp = None
             record = draft.record(now, request_id, failure)
-        self._done(record, failure, steps, trace)
+        self._done(record, failure, steps, trace, logged=logged)
         if failure is not None:
             raise failure from cause
         assert response is not None
         return response
 
     def _done(
-        self, record: AuditRecord, failure: OAuthError | None, steps: Steps, trace: RequestTrace | None
+        self,
+        record: AuditRecord,
+        failure: OAuthError | None,
+        steps: Steps,
+        trace: RequestTrace | None,
+        *,
+        logged: bool,
     ) -> None:
-        """The request's one canonical log line and its metrics, once its outcome is final."""
+        """The request's metrics and trace, and its one canonical log line unless `logged` already,
+        once its outcome is final."""
         if self._metrics is not None:
             outcome = "granted" if failure is None else failure.error
             self._metrics.exchange_done(record.purpose, record.client_id, outcome, record.denial, steps)
             if record.denial == STORE_UNAVAILABLE:
                 self._store_error("rules")
-        fields: dict[str, Any] = msgspec.to_builtins(record)  # omit_defaults: no empty fields
-        del fields["time"]  # the log line has its own timestamp
-        fields["status"] = 200 if failure is None else failure.status
-        fields["duration_ms"] = round((perf_counter() - steps.started) * 1000, 3)
+        if not logged:
+            self._line(record, failure, steps)
         if trace is not None:
             trace.annotate(
                 {
@@ -209,7 +220,15 @@ class TokenExchange:
                     "exchange.denial": record.denial,
                 }
             )
-            trace.end(fields["status"])
+            trace.end(200 if failure is None else failure.status)
+
+    @staticmethod
+    def _line(record: AuditRecord, failure: OAuthError | None, steps: Steps) -> None:
+        """The decision's one canonical line: the record's fields, the status and the duration."""
+        fields: dict[str, Any] = msgspec.to_builtins(record)  # omit_defaults: no empty fields
+        del fields["time"]  # the log line has its own timestamp
+        fields["status"] = 200 if failure is None else failure.status
+        fields["duration_ms"] = round((perf_counter() - steps.started) * 1000, 3)
         _line.emit("token_issued" if failure is None else "exchange_denied", fields)
 
     def _store_error(self, operation: str) -> None:

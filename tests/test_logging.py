@@ -304,15 +304,20 @@ class _Writes(io.RawIOBase):
         return len(data)
 
 
+@pytest.mark.parametrize("letter", ["ü", "u"])  # ASCII batches are cut without encoding them
 @pytest.mark.parametrize("count", [1, 3, 40, 257])
-def test_a_batch_of_lines_leaves_in_whole_lines_of_at_most_pipe_buf_bytes_per_write(count: int) -> None:
+def test_a_batch_of_lines_leaves_in_whole_lines_of_at_most_pipe_buf_bytes_per_write(
+    count: int, letter: str
+) -> None:
     # Workers share one stdout pipe and only writes of at most PIPE_BUF bytes are atomic: a longer one
     # can take another worker's line into the middle of one of ours (seen in test_reload under load).
     raw = _Writes()
     stream = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=8192), encoding="utf-8")
     lines = [
-        json.dumps({"event": "http_request", "n": n, "sub": "ü" * (n % 300)}) + "\n" for n in range(count)
-    ]
+        json.dumps({"event": "http_request", "n": n, "sub": letter * (n % 300 or 9000)}, ensure_ascii=False)
+        + "\n"
+        for n in range(count)
+    ]  # n = 0: a line longer than PIPE_BUF, which leaves whole, alone
     exchange.logging._write(stream, "".join(lines))
     assert b"".join(raw.calls).decode() == "".join(lines)
     for call in raw.calls:
