@@ -203,8 +203,7 @@ class TransactionTokens:
         if keys is None:  # config check requires keys for a self_signed workload; fail closed anyway
             raise fail("no_workload_keys")
         try:
-            verified = await self._self_signed.verify(token, keys)
-            claims = decode_object(verified.payload)
+            claims = decode_object((await self._self_signed.check(token, keys))[1])
         except JWSError as exc:
             raise fail(exc.problem) from None
         except AmbiguousJSON as exc:

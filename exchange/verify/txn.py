@@ -115,7 +115,7 @@ class TxnTokenVerifier:
         """Verify synchronously (Flask, Django, threads), fetching keys when needed, as
         PurposeTokenVerifier.verify does. Raises VerificationError."""
         try:
-            payload = self._jws.verify_sync(token, self.keys).payload
+            payload = self._jws.check_sync(token, self.keys)[1]
         except JWSError as exc:
             raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         return self._check(payload, scope, now)
@@ -125,7 +125,7 @@ class TxnTokenVerifier:
     ) -> TxnClaims:
         """Verify, fetching keys when needed (unknown kid, stale set). Raises VerificationError."""
         try:
-            payload = (await self._jws.verify(token, self.keys)).payload
+            payload = (await self._jws.check(token, self.keys))[1]
         except JWSError as exc:
             raise VerificationError(REASON_OF[exc.problem], str(exc)) from None
         return self._check(payload, scope, now)

@@ -131,6 +131,27 @@ class TestRefuses:
             )
 
 
+    async def test_the_async_path_refuses_each_token_for_the_reason_the_sync_path_gives(
+        self, ec_key: Key, other_ec_key: Key
+    ) -> None:
+        tokens = {
+            "wrong_type": mint(ec_key, txn_claims()),
+            "bad_signature": mint_txn(other_ec_key, kid=ec_key.kid),
+            "unknown_key": mint_txn(other_ec_key),
+            "wrong_audience": mint_txn(ec_key, txn_claims(aud="elsewhere.example")),
+            "wrong_issuer": mint_txn(ec_key, txn_claims(iss="https://evil.example")),
+            "expired": mint_txn(ec_key, txn_claims(exp=NOW - 11, iat=NOW - 100)),
+            "malformed": mint_txn(ec_key, txn_claims(sub="alice")),
+        }
+        for expected, token in tokens.items():
+            assert reason(lambda: verifier(ec_key).verify(token)) == expected
+            with pytest.raises(VerificationError) as refused:
+                await verifier(ec_key).averify(token)
+            assert refused.value.reason == expected
+        good = mint_txn(ec_key)
+        assert verifier(ec_key).verify(good) == await verifier(ec_key).averify(good)
+
+
 class TestHeader:
     def test_exactly_one_token(self) -> None:
         assert txn_token_of([]) is None
