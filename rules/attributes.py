@@ -55,7 +55,8 @@ class ClaimCheck:
         if self.op == "equals":
             return same(value, self.expected)
         if self.op == "contains":
-            if isinstance(value, Sequence) and not isinstance(value, str):
+            # The frozen subject holds its arrays as tuples: that exact type first, the ABC check otherwise.
+            if type(value) is tuple or (isinstance(value, Sequence) and not isinstance(value, str)):
                 return any(same(item, self.expected) for item in value)
             # A space-separated string claim (OAuth `scope`) is a set of words, never a substring
             # match: "admin" must not be found in "nonadmin".

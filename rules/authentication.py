@@ -30,9 +30,12 @@ class MfaCheck:
 
     async def check(self, ctx: RuleContext) -> Allow | Deny:
         amr = ctx.subject.get("amr")
-        if isinstance(amr, Sequence) and not isinstance(amr, str):
-            if any(isinstance(m, str) and m in self.methods for m in amr):
-                return Allow()
+        # The frozen subject holds its arrays as tuples: that exact type first, the ABC check otherwise.
+        if type(amr) is tuple or (isinstance(amr, Sequence) and not isinstance(amr, str)):
+            methods = self.methods
+            for m in amr:
+                if isinstance(m, str) and m in methods:
+                    return Allow()
         return Deny(
             self.code,
             "multi-factor authentication is required",

@@ -42,18 +42,36 @@ def freeze(value: Any) -> Any:
     if kind in _SCALARS:
         return value
     scalars = _SCALARS
-    # The exact types first: claims are dicts and lists, and an ABC check costs more than the copy.
-    # Scalars are taken in place, without a call each (a token's claims are mostly scalars).
-    if kind is dict or kind is MappingProxyType or isinstance(value, Mapping):
-        return MappingProxyType(
-            {
-                k if type(k) is str else str(k): v if type(v) in scalars else freeze(v)
-                for k, v in value.items()
-            }
-        )
-    if kind is list or kind is tuple or isinstance(value, list | tuple):
+    # Decoded JSON first (claims are a dict of mostly scalars, with str keys; trust.py hands them over
+    # behind a MappingProxyType, whose copy() is its dict's): copied whole in C, then only the
+    # containers in it replaced; an ABC check costs more than the copy.
+    if kind is dict or kind is MappingProxyType:
+        frozen = value.copy()
+        if type(frozen) is not dict:  # a proxy of some other mapping
+            return _freeze_mapping(value)
+        for k, v in value.items():
+            if type(k) is not str:
+                return _freeze_mapping(value)
+            if type(v) not in scalars:
+                frozen[k] = freeze(v)
+        return MappingProxyType(frozen)
+    if kind is list:
+        for v in value:
+            if type(v) not in scalars:
+                return tuple([v if type(v) in scalars else freeze(v) for v in value])
+        return tuple(value)
+    if isinstance(value, Mapping):
+        return _freeze_mapping(value)
+    if kind is tuple or isinstance(value, list | tuple):
         return tuple([v if type(v) in scalars else freeze(v) for v in value])
     return value
+
+
+def _freeze_mapping(value: Mapping[Any, Any]) -> MappingProxyType[str, Any]:
+    scalars = _SCALARS
+    return MappingProxyType(
+        {k if type(k) is str else str(k): v if type(v) in scalars else freeze(v) for k, v in value.items()}
+    )
 
 
 def thaw(value: Any) -> Any:

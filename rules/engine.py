@@ -120,6 +120,10 @@ class PurposePolicy:
         self.txn = txn
         # Cheap rules first, side effects last; a stable sort keeps the configured order within a stage.
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda rule: rule.stage))
+        # The outcome of each rule that allows, made once (immutable): a request allocates none.
+        self._allowed: tuple[RuleOutcome, ...] = tuple(
+            RuleOutcome(rule=rule.label, outcome="allow") for rule in self.rules
+        )
 
     @property
     def detail_types(self) -> tuple[str, ...]:
@@ -159,27 +163,26 @@ class PurposePolicy:
 
     async def evaluate(self, ctx: RuleContext) -> Decision:
         """Run the rules; the first denial stops evaluation. Never raises."""
-        outcomes: list[RuleOutcome] = []
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
             try:
                 result = await rule.check(ctx)
             except StoreUnavailable:  # an outage, not a verdict: the client may retry (503)
                 _log.warning("rule_store_unavailable", purpose=self.name, rule=rule.label)
-                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=STORE_UNAVAILABLE))
-                return Decision(allowed=False, outcomes=outcomes, denial=store_unavailable())
+                return self._stopped(index, "error", STORE_UNAVAILABLE, store_unavailable())
             except Exception as exc:  # fail closed; the reason is for operators, not the client
                 # Only the exception's type is logged: its message or traceback locals could hold claims.
                 _log.warning("rule_failed", purpose=self.name, rule=rule.label, error_type=type(exc).__name__)
-                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=RULE_ERROR))
-                return Decision(allowed=False, outcomes=outcomes, denial=rule_error())
+                return self._stopped(index, "error", RULE_ERROR, rule_error())
             if isinstance(result, Deny):
-                outcomes.append(RuleOutcome(rule=rule.label, outcome="deny", code=result.code))
-                return Decision(allowed=False, outcomes=outcomes, denial=_denial(result))
+                return self._stopped(index, "deny", result.code, _denial(result))
             if not isinstance(result, Allow):
-                outcomes.append(RuleOutcome(rule=rule.label, outcome="error", code=RULE_ERROR))
-                return Decision(allowed=False, outcomes=outcomes, denial=rule_error())
-            outcomes.append(RuleOutcome(rule=rule.label, outcome="allow"))
-        return Decision(allowed=True, outcomes=outcomes, denial=None)
+                return self._stopped(index, "error", RULE_ERROR, rule_error())
+        return Decision(allowed=True, outcomes=list(self._allowed), denial=None)
+
+    def _stopped(self, index: int, outcome: Literal["deny", "error"], code: str, denial: Denial) -> Decision:
+        """The denial of rule `index`: the outcomes of the rules before it (all allowed), then its own."""
+        stopped = RuleOutcome(rule=self.rules[index].label, outcome=outcome, code=code)
+        return Decision(allowed=False, outcomes=[*self._allowed[:index], stopped], denial=denial)
 
 
 def _compile_purpose(name: str, purpose: Purpose, settings: Settings, problems: list[str]) -> PurposePolicy:

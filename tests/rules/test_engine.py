@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -10,6 +11,7 @@ import pytest
 
 from exchange.store import Store
 from rules import Denial, PolicyError, RuleContext, RuleReport, compile_policies
+from rules.context import freeze
 from tests.rules.conftest import FRIDAY_1430_PARIS, IDP, context, rules_policy, settings
 
 # The policy of issue 3, verbatim.
@@ -159,6 +161,31 @@ class TestEvaluation:
         assert ctx.claim("org.roles") == ("a",)
         assert "123-45" not in repr(ctx)
         assert repr(ctx) == (f"RuleContext(purpose='p', client_id='bank-web', issuer='{IDP}', sub='alice')")
+
+    def test_freeze_copies_every_container_at_any_depth_and_keys_become_text(self) -> None:
+        inner: list[Any] = [1, "a", None]
+        source: dict[Any, Any] = {
+            "flat": inner,
+            "deep": [{"x": [True]}, (2.5,)],
+            "m": MappingProxyType({"k": [3]}),
+        }
+        frozen = freeze(source)
+        assert frozen == {
+            "flat": (1, "a", None),
+            "deep": (MappingProxyType({"x": (True,)}), (2.5,)),
+            "m": {"k": (3,)},
+        }
+        assert type(frozen) is MappingProxyType and type(frozen["deep"][0]) is MappingProxyType
+        inner.append("later")
+        source["new"] = 1
+        assert frozen["flat"] == (1, "a", None) and "new" not in frozen  # copies, not views
+        assert freeze({1: "one", "two": [2]}) == {"1": "one", "two": (2,)}  # as JSON would name them
+        assert freeze(["s", [1]]) == ("s", (1,))
+        underlying: dict[str, Any] = {"amr": ["pwd"]}  # verified claims arrive behind a proxy
+        proxied = freeze(MappingProxyType(underlying))
+        underlying["amr"].append("mfa")
+        underlying["sub"] = "mallory"
+        assert proxied == {"amr": ("pwd",)}
 
     def test_the_context_snapshot_does_not_follow_the_callers_dicts(self) -> None:
         claims: dict[str, Any] = {"sub": "alice", "roles": ["viewer"]}
