@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import msgspec
 import structlog
@@ -103,7 +103,11 @@ def _unform(text: str) -> str:
         return known
     if "+" in text:
         text = text.replace("+", " ")
-    return unquote(text, errors="strict") if "%" in text else text
+    if "%" not in text:
+        return text
+    # What unquote does with an all-ASCII string (its one ASCII run), without the run-splitting
+    # regular expression around it (~40% of its cost): an audience URL is percent-encoded.
+    return unquote_to_bytes(text).decode() if text.isascii() else unquote(text, errors="strict")
 
 
 def parse_form(body: bytes, max_fields: int = 32) -> TokenRequest:
