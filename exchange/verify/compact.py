@@ -71,6 +71,9 @@ class Compact(NamedTuple):
     signature: bytes
 
 
+_new_tuple: Final = tuple.__new__
+
+
 def b64url_decode(segment: bytes) -> bytes:
     """Strict, canonical base64url without padding; raises ValueError (len % 4 == 1 is never valid).
 
@@ -93,7 +96,8 @@ def split_compact(token: str | bytes, max_bytes: int) -> Compact:
 
     A JWE (five segments) or a JSON serialisation is refused as malformed.
     """
-    return Compact(*split_parts(token, max_bytes))
+    # tuple.__new__ is what Compact(...) ends in, without the generated __new__ in between.
+    return _new_tuple(Compact, split_parts(token, max_bytes))
 
 
 def split_parts(token: str | bytes, max_bytes: int) -> tuple[bytes, bytes, bytes, bytes]:
@@ -112,13 +116,13 @@ def split_parts(token: str | bytes, max_bytes: int) -> tuple[bytes, bytes, bytes
         raise TypeError(f"token must be str or bytes, not {type(token).__name__}")
     if value[:1] == b"{":
         raise JWSError("malformed", "JSON-serialised JWS; only compact serialisation is accepted")
-    # The two dots by find (memchr, no list, no segment copies beyond the slices taken below); a third
-    # dot anywhere after the second makes it not three segments, exactly as split(b".") would say.
-    first = value.find(b".")
-    second = value.find(b".", first + 1) if first >= 0 else -1
-    if second < 0 or value.find(b".", second + 1) >= 0:
+    # The last dot, then the first dot before it: two calls that hand back the signing input and the
+    # three segments (no list, no extra slices); a dot left in the middle segment makes it more than
+    # three segments, and a missing one fewer, exactly as split(b".") would say.
+    signing_input, _, signature_segment = value.rpartition(b".")
+    header_segment, dot, payload_segment = signing_input.partition(b".")
+    if not dot or b"." in payload_segment:
         raise JWSError("malformed", "a compact JWS has three segments")
-    payload_segment, signature_segment = value[first + 1 : second], value[second + 1 :]
     # b64url_decode twice, inlined: this is every token's path.
     rest_p, rest_s = len(payload_segment) % 4, len(signature_segment) % 4
     if (rest_p and payload_segment[-1] not in _CANONICAL_LAST[rest_p]) or (
@@ -130,7 +134,7 @@ def split_parts(token: str | bytes, max_bytes: int) -> tuple[bytes, bytes, bytes
         signature = _a2b(signature_segment.translate(_FROM_BASE64URL) + _PADDING[rest_s], strict_mode=True)
     except binascii.Error:
         raise JWSError("malformed", "payload or signature is not base64url") from None
-    return value[:second], value[:first], payload, signature
+    return signing_input, header_segment, payload, signature
 
 
 def decode_header(segment: bytes) -> dict[str, Any]:

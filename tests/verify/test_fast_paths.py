@@ -5,8 +5,9 @@ adversarial inputs (hypothesis), not only on the tokens the benches use:
   against a plain reading with the standard library's `object_pairs_hook`, for dicts and for the
   purpose-token claims Struct, with repeated names at any depth, escapes, whitespace and colons in
   strings;
-- the strict compact parse (`compact.split_parts`: dots by `find`, two inlined base64url decodes)
-  against `split(b".")` and `b64url_decode` per segment;
+- the strict compact parse (`compact.split_parts`: dots by `rpartition` and `partition`, two inlined
+  base64url decodes) against `split(b".")` and `b64url_decode` per segment, and `b64url_decode`
+  against its definition (the alphabet, and the one text that encodes the bytes);
 - the r || s to DER conversion (`jws.der_signature`) against cryptography's `encode_dss_signature`;
 - the key a header remembers (`_Header.prepared`) never checks a signature for another key object,
   even under the same kid, in any order of calls.
@@ -14,8 +15,10 @@ adversarial inputs (hypothesis), not only on the tokens the benches use:
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -227,6 +230,53 @@ class TestStrictParse:
             signature,
         )
         assert split_compact(token, 300) == split_parts(token, 300)
+
+
+def b64url_by_definition(segment: bytes) -> bytes | None:
+    """RFC 7515 §2 base64url, read by its definition: only the 64 characters of its alphabet, no
+    padding, and the one text that encodes the bytes (re-encoding gives it back: unused bits zero)."""
+    if re.fullmatch(rb"[A-Za-z0-9_-]*", segment) is None or len(segment) % 4 == 1:
+        return None
+    data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    return data if b64url_encode(data) == segment else None
+
+
+def _b64url_decision(segment: bytes) -> bytes | None:
+    try:
+        return b64url_decode(segment)
+    except (ValueError, binascii.Error):
+        return None
+
+
+_SEGMENT_CHARS = st.sampled_from(list(_B64URL + "=+/.!*~ \t\n\r\x00\x7f\x80\xff"))
+
+
+class TestStrictBase64url:
+    @settings(max_examples=3000, deadline=None)
+    @given(st.lists(_SEGMENT_CHARS, max_size=24).map(lambda cs: "".join(cs).encode("latin-1")))
+    def test_the_strict_decode_accepts_exactly_the_canonical_base64url_texts(self, segment: bytes) -> None:
+        assert _b64url_decision(segment) == b64url_by_definition(segment)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.binary(max_size=40),
+        st.sampled_from(list(_B64URL + "=+/ ")),
+        st.sampled_from(["last", "pad", "pad2"]),
+    )
+    def test_a_real_segment_edited_where_padding_and_unused_bits_live_decides_alike(
+        self, data: bytes, char: str, how: str
+    ) -> None:
+        segment = b64url_encode(data)
+        edited = {
+            "last": segment[:-1] + char.encode(),
+            "pad": segment + char.encode(),
+            "pad2": segment + char.encode() * 2,
+        }[how]
+        assert _b64url_decision(segment) == data
+        assert _b64url_decision(edited) == b64url_by_definition(edited)
+        # The parse decides each segment alike: as a payload and as a signature.
+        for token in (b"eyJhbGciOiJFUzI1NiJ9." + edited + b".AA", b"eyJhbGciOiJFUzI1NiJ9.e30." + edited):
+            assert _decision(split_parts, token) == _decision(slow_split, token)
 
 
 # --- r || s to DER -----------------------------------------------------------------------------------
