@@ -152,3 +152,14 @@ async def test_only_the_same_text_is_a_hit_a_token_one_character_apart_is_checke
     assert keys.lookups == 2
     await trust.validate(token, TOKEN_TYPE_ID_TOKEN, presenter=BANK)
     assert keys.lookups == 2
+
+
+async def test_the_memo_keeps_no_bearer_token_only_a_digest_of_it() -> None:
+    # A memory dump of the process must not hand out the subject tokens it has seen.
+    trust = trust_with(CountingJWKS(IDP.jwks()))
+    token = IDP.token(azp="bank-web")
+    await trust.validate(token, TOKEN_TYPE_ID_TOKEN, presenter=BANK)
+    [(key, passed)] = trust._passed.items()
+    assert isinstance(key, bytes) and len(key) == 32 and token.encode() not in key
+    signature = token.rpartition(".")[2]
+    assert not [field for field in passed if isinstance(field, str) and signature in field]
