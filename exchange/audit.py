@@ -102,13 +102,19 @@ _Waiter = tuple[AuditRecord, "asyncio.Future[None]", Callable[[], None] | None, 
 def _committed(batch: list[_Waiter]) -> None:
     """A committed batch: its callbacks (their lines in one write), then its callers resume."""
     errors: dict[int, Exception] = {}
-    with batched_lines():
-        for index, (_, fut, committed, context) in enumerate(batch):
-            if committed is not None and context is not None and not fut.done():
-                try:
-                    context.run(committed)
-                except Exception as exc:  # the caller's own failure: it raises there, as if it ran there
-                    errors[index] = exc
+    try:
+        with batched_lines():
+            for index, (_, fut, committed, context) in enumerate(batch):
+                if committed is not None and context is not None and not fut.done():
+                    try:
+                        context.run(committed)
+                    except Exception as exc:  # the caller's own failure: it raises there, as if it ran there
+                        errors[index] = exc
+    except Exception as exc:  # the lines could not be written (a broken log stream): each caller with a
+        # line raises it, as it did when it wrote its own, and the writer goes on for everyone else
+        for index, (_, _, committed, _) in enumerate(batch):
+            if committed is not None:
+                errors.setdefault(index, exc)
     # Only now, after the write: no caller of this batch can answer before its line has left.
     for index, (_, fut, _, _) in enumerate(batch):
         if not fut.done():
