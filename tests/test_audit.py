@@ -44,15 +44,29 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
+class _BrokenOnce(_Writes):
+    """A stream whose first write fails as a pipe whose reader went away does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            self.failed = True
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
 @pytest.fixture
-def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], _Writes]]:
+def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     saved = structlog.get_config()
     handlers = logging.getLogger().handlers[:]
     level = logging.getLogger().level
 
-    def install() -> _Writes:
+    def install(kind: type[_Writes] = _Writes) -> Any:
         # In the test itself: pytest puts its own capture back on sys.stderr after the fixtures' setup.
-        writes = _Writes()
+        writes = kind()
         monkeypatch.setattr(sys, "stderr", writes)
         configure_logging(json=True)
         return writes
@@ -141,3 +155,29 @@ class TestCommitted:
         assert results[0] is None and results[2] is None
         assert isinstance(results[1], TypeError)
         assert seen == {"r-0": ["r-0", "r-2"], "r-2": ["r-0", "r-2"]}
+
+
+async def test_a_failing_log_write_is_its_callers_error_and_the_writer_goes_on(
+    stream: Callable[..., Any],
+) -> None:
+    # A dead log shipper (EPIPE) must not kill the writer: each caller with a line raises, the rest go on.
+    broken = stream(_BrokenOnce)
+    store = _Store()
+    auditor = Auditor(cast(Store, store))
+    await auditor.start()
+
+    def line() -> None:
+        _line.info("token_issued", status=200)
+
+    try:
+        # The first batch's line cannot be written: its caller learns it (no answer without its line),
+        # it does not wait forever.
+        with pytest.raises(OSError):
+            await asyncio.wait_for(auditor.record(_record("r-1"), line), 5)
+        # The writer is still there for everyone else.
+        await asyncio.wait_for(auditor.record(_record("r-2"), line), 5)
+    finally:
+        auditor._closing = True  # not stop(): on a dead writer it re-raises the task's error
+        auditor._wake.set()
+    assert store.batches == [["r-1"], ["r-2"]]
+    assert broken.failed and broken.getvalue().count("token_issued") == 1  # r-2's line, once
